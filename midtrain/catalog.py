@@ -1,0 +1,317 @@
+"""Load and query `recipes/` and `registry/`. Fast (parsed YAML is cached) and torch-free.
+
+Every problem found while loading is reported with file, line and field path; `validate_paths`
+collects all of them instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from midtrain import __version__
+from midtrain.errors import MidtrainError, Problem, short
+from midtrain.yamlio import LineMap, format_path, load_yaml, problems_from_validation, read_text
+
+REGISTRY_FILES = {"sources": "sources.yaml", "models": "models.yaml", "scales": "scales.yaml"}
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The directory holding `recipes/` and `registry/`.
+
+    Order: $MIDTRAIN_HOME, the nearest parent of the working directory that has both, then the
+    checkout this package was installed from.
+    """
+    env = os.environ.get("MIDTRAIN_HOME")
+    if env:
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "registry").is_dir() and (candidate / "recipes").is_dir():
+            return candidate
+    return Path(__file__).resolve().parent.parent
+
+
+# ---------------------------------------------------------------- parse cache
+
+
+def _cache_file(root: Path) -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "midtrain"
+    digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
+    return base / f"parsed-{digest}.json"
+
+
+class _ParseCache:
+    """YAML parsing is the slow part of loading; its result is cached per file (mtime, size)."""
+
+    def __init__(self, root: Path):
+        self.path = _cache_file(root)
+        self.entries: dict[str, Any] = {}
+        self.dirty = False
+        try:
+            stored = json.loads(self.path.read_text())
+            if stored.get("version") == __version__:
+                self.entries = stored.get("files", {})
+        except (OSError, ValueError):
+            pass
+
+    def load(self, path: Path) -> tuple[Any, LineMap]:
+        stat = path.stat() if path.is_file() else None
+        key = str(path.resolve())
+        stamp = [stat.st_mtime_ns, stat.st_size] if stat else None
+        hit = self.entries.get(key)
+        if stamp and hit and hit["stamp"] == stamp:
+            return hit["data"], LineMap.from_json(hit["lines"])
+        data, lines = load_yaml(path)
+        if stamp:
+            self.entries[key] = {"stamp": stamp, "data": data, "lines": lines.to_json()}
+            self.dirty = True
+        return data, lines
+
+    def save(self) -> None:
+        if not self.dirty:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            payload = json.dumps({"version": __version__, "files": self.entries})
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".parsed-")
+            with os.fdopen(fd, "w") as handle:
+                handle.write(payload)
+            os.replace(tmp, self.path)
+        except OSError:
+            pass  # a cache we cannot write only costs speed
+        self.dirty = False
+
+
+# ---------------------------------------------------------------- registry
+
+
+@dataclass
+class LoadedRegistry:
+    registry: Any  # midtrain.schema.Registry
+    files: dict[str, Path]
+    lines: dict[str, LineMap]
+
+    def where(self, kind: str, name: str) -> tuple[Path, int | None]:
+        return self.files[kind], self.lines[kind].line_for((name,))
+
+
+def _load_registry(root: Path, cache: _ParseCache) -> LoadedRegistry:
+    from pydantic import ValidationError
+
+    from midtrain.schema.registry import Registry
+
+    problems: list[Problem] = []
+    data: dict[str, Any] = {}
+    files: dict[str, Path] = {}
+    lines: dict[str, LineMap] = {}
+    for kind, filename in REGISTRY_FILES.items():
+        path = root / "registry" / filename
+        files[kind] = path
+        try:
+            raw, line_map = cache.load(path)
+        except MidtrainError as exc:
+            problems.extend(exc.problems)
+            continue
+        if not isinstance(raw, dict):
+            problems.append(Problem("expected a mapping of names to entries", file=path, line=1, found=type(raw).__name__))
+            continue
+        data[kind], lines[kind] = raw, line_map
+    if problems:
+        raise MidtrainError(problems)
+    try:
+        registry = Registry.model_validate(data)
+    except ValidationError as exc:
+        for err_problem in _split_by_file(exc, files, lines):
+            problems.append(err_problem)
+        raise MidtrainError(problems) from None
+    return LoadedRegistry(registry, files, lines)
+
+
+def _split_by_file(exc: Any, files: dict[str, Path], lines: dict[str, LineMap]) -> list[Problem]:
+    out = []
+    for kind in files:
+        kind_errors = [e for e in exc.errors(include_url=False) if e["loc"] and e["loc"][0] == kind]
+        if not kind_errors:
+            continue
+
+        class _Sub:
+            def errors(self, include_url: bool = False) -> list[dict[str, Any]]:
+                return [{**e, "loc": e["loc"][1:]} for e in kind_errors]
+
+        out.extend(problems_from_validation(_Sub(), files[kind], lines[kind]))
+    return out
+
+
+# ---------------------------------------------------------------- recipes
+
+
+def _recipe_problems(path: Path, raw: Any, lines: LineMap, loaded: LoadedRegistry) -> tuple[Any, list[Problem]]:
+    """Validate one parsed recipe against the schema and the registry. Returns (recipe or None, problems)."""
+    from pydantic import ValidationError
+
+    from midtrain.schema.migrate import MigrationError, migrate
+    from midtrain.schema.recipe import Recipe
+
+    if not isinstance(raw, dict):
+        return None, [Problem("a recipe must be a YAML mapping", file=path, line=1, expected="a mapping", found=type(raw).__name__)]
+    try:
+        raw, _ = migrate(raw)
+    except MigrationError as exc:
+        return None, [Problem(str(exc), file=path, line=lines.line_for(("schema_version",)), path="schema_version")]
+    problems = _reference_problems(path, raw, lines, loaded)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        return None, problems + problems_from_validation(exc, path, lines)
+    if recipe.id != path.stem:
+        problems.append(
+            Problem("recipe id must match its file name", file=path, line=lines.line_for(("id",)), path="id",
+                    expected=path.stem, found=recipe.id)
+        )
+    return (None if problems else recipe), problems
+
+
+def _reference_problems(path: Path, raw: dict[str, Any], lines: LineMap, loaded: LoadedRegistry) -> list[Problem]:
+    """Dangling names: data sources and base models that the registry does not define."""
+    registry = loaded.registry
+    problems = []
+    base = raw.get("base")
+    if isinstance(base, dict) and isinstance(base.get("model"), str) and base["model"] not in registry.models:
+        problems.append(_dangling(path, lines, ("base", "model"), base["model"], "base model", registry.models, loaded.files["models"]))
+    for s_index, stage in enumerate(raw.get("stages") or []):
+        if not isinstance(stage, dict):
+            continue
+        mixture = stage.get("mixture")
+        components = mixture.get("components") if isinstance(mixture, dict) else None
+        for c_index, component in enumerate(components or []):
+            if isinstance(component, dict) and isinstance(component.get("source"), str):
+                name = component["source"]
+                if name not in registry.sources:
+                    where = ("stages", s_index, "mixture", "components", c_index, "source")
+                    problems.append(_dangling(path, lines, where, name, "data source", registry.sources, loaded.files["sources"]))
+    return problems
+
+
+def _dangling(path: Path, lines: LineMap, where: tuple[Any, ...], name: str, what: str, known: dict[str, Any], registry_file: Path) -> Problem:
+    close = difflib.get_close_matches(name, list(known), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return Problem(
+        f"unknown {what} {name!r}{hint}",
+        file=path,
+        line=lines.line_for(where),
+        path=format_path(where),
+        expected=f"a name defined in {registry_file}",
+        found=short(name),
+    )
+
+
+@dataclass
+class Catalog:
+    root: Path
+    loaded: LoadedRegistry
+    recipes: dict[str, Any] = field(default_factory=dict)  # id -> Recipe
+    paths: dict[str, Path] = field(default_factory=dict)  # id -> file
+    raw: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> plain data as written
+
+    @property
+    def registry(self) -> Any:
+        return self.loaded.registry
+
+    def get(self, recipe_id: str) -> Any:
+        key = recipe_id.removesuffix(".yaml").split("/")[-1]
+        if key in self.recipes:
+            return self.recipes[key]
+        close = difflib.get_close_matches(key, list(self.recipes), n=3, cutoff=0.5)
+        close += [r for r in self.recipes if key and key in r and r not in close]
+        hint = f"; did you mean {', '.join(close[:3])}?" if close else "; `midtrain list` shows them all"
+        raise MidtrainError.single(f"no recipe with id {recipe_id!r}{hint}")
+
+    def all(self) -> list[Any]:
+        return [self.recipes[k] for k in sorted(self.recipes)]
+
+
+def recipe_files(root: Path) -> list[Path]:
+    return sorted((root / "recipes").rglob("*.yaml"))
+
+
+def load_catalog(root: Path | None = None) -> Catalog:
+    """Registry plus every recipe under `recipes/`; raises MidtrainError listing all problems."""
+    root = (root or find_root()).resolve()
+    return _load_catalog_cached(str(root))
+
+
+@lru_cache(maxsize=4)
+def _load_catalog_cached(root_text: str) -> Catalog:
+    root = Path(root_text)
+    cache = _ParseCache(root)
+    loaded = _load_registry(root, cache)
+    catalog = Catalog(root, loaded)
+    problems: list[Problem] = []
+    for path in recipe_files(root):
+        try:
+            raw, lines = cache.load(path)
+        except MidtrainError as exc:
+            problems.extend(exc.problems)
+            continue
+        recipe, found = _recipe_problems(path, raw, lines, loaded)
+        problems.extend(found)
+        if recipe is not None:
+            if recipe.id in catalog.recipes:
+                problems.append(Problem(f"recipe id {recipe.id!r} is also used by {catalog.paths[recipe.id]}", file=path, line=lines.line_for(("id",)), path="id"))
+                continue
+            catalog.recipes[recipe.id] = recipe
+            catalog.paths[recipe.id] = path
+            catalog.raw[recipe.id] = raw
+    cache.save()
+    if problems:
+        raise MidtrainError(problems)
+    return catalog
+
+
+def load_registry(root: Path | None = None) -> LoadedRegistry:
+    root = (root or find_root()).resolve()
+    cache = _ParseCache(root)
+    loaded = _load_registry(root, cache)
+    cache.save()
+    return loaded
+
+
+def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[Any], list[Problem]]:
+    """Validate recipe files (or directories of them); returns the good recipes and every problem."""
+    root = (root or find_root()).resolve()
+    cache = _ParseCache(root)
+    problems: list[Problem] = []
+    try:
+        loaded = _load_registry(root, cache)
+    except MidtrainError as exc:
+        return [], exc.problems
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.rglob("*.yaml")) + sorted(path.rglob("*.yml"))
+            if not found:
+                problems.append(Problem("no .yaml files in this directory", file=path))
+            files.extend(found)
+        else:
+            files.append(path)
+    recipes = []
+    for path in files:
+        try:
+            raw, lines = load_yaml(path, read_text(path))
+        except MidtrainError as exc:
+            problems.extend(exc.problems)
+            continue
+        recipe, found = _recipe_problems(path, raw, lines, loaded)
+        problems.extend(found)
+        if recipe is not None:
+            recipes.append(recipe)
+    cache.save()
+    return recipes, problems

@@ -1,0 +1,60 @@
+"""The `midtrain` command. Browsing commands import neither torch nor transformers nor datasets nor dvc."""
+
+from __future__ import annotations
+
+import typer
+
+from midtrain import __version__
+from midtrain.errors import MidtrainError
+
+app = typer.Typer(
+    name="midtrain",
+    help=(
+        "Published LLM mid-training recipes as validated data: browse them, plan them at a scale, "
+        "reproduce them.\n\n"
+        "Start with [bold]midtrain list[/bold], then [bold]midtrain show ID[/bold]."
+    ),
+    rich_markup_mode="rich",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"midtrain {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Published LLM mid-training recipes as validated data."""
+
+
+def guarded(func):  # type: ignore[no-untyped-def]
+    """Command decorator: a MidtrainError becomes a located message on stderr and exit status 2."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return func(*args, **kwargs)
+        except MidtrainError as exc:
+            typer.echo(f"error: {exc.render()}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+from midtrain.cli import browse  # noqa: E402,F401  (registers the browsing commands)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

@@ -1,0 +1,346 @@
+"""Rich rendering of recipes: the catalogue table, `show`, `diff`, `compare`, provenance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from midtrain.schema.base import human_count
+from midtrain.schema.provenance import MARKS, Entry, covering_entry
+from midtrain.schema.recipe import Recipe
+from midtrain.summary import fmt_tokens, stage_facts
+
+STATUS_STYLE = {"stated": "green", "derived": "yellow", "assumed": "magenta", None: "red"}
+CATEGORY_STYLE = {
+    "web": "blue", "general": "blue", "academic": "cyan", "encyclopedic": "cyan", "math": "green",
+    "code": "yellow", "reasoning": "magenta", "qa": "bright_magenta", "instruction": "bright_cyan",
+    "long-context": "red", "multilingual": "bright_blue",
+}
+BAR_WIDTH = 28
+
+
+def console() -> Console:
+    return Console(highlight=False, soft_wrap=False)
+
+
+def err_console() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+class Marker:
+    """Attaches a provenance mark to every number shown for one recipe."""
+
+    def __init__(self, recipe: Recipe):
+        self.entries = recipe.canonical_provenance()
+
+    def entry(self, path: str) -> Entry | None:
+        hit = covering_entry(path, self.entries)
+        return hit[1] if hit else None
+
+    def __call__(self, text: str, path: str) -> Text:
+        entry = self.entry(path)
+        status = entry.status if entry else None
+        out = Text(text)
+        out.append(MARKS[status], style=STATUS_STYLE[status])
+        return out
+
+
+def legend() -> Text:
+    text = Text("provenance: ", style="dim")
+    for status in ("stated", "derived", "assumed", None):
+        text.append(MARKS[status], style=STATUS_STYLE[status])
+        text.append(f" {status or 'untagged'}  ", style="dim")
+    return text
+
+
+def catalogue_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    for column, justify in (
+        ("id", "left"), ("model", "left"), ("org", "left"), ("year", "right"), ("stages", "right"),
+        ("mid tokens", "right"), ("context", "right"), ("objectives", "left"),
+    ):
+        table.add_column(column, justify=justify, no_wrap=column != "objectives")  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(
+            Text(row["id"], style="bold cyan"),
+            f"{row['model']} {human_count(row['parameters'])}",
+            short_org(row["organization"]),
+            str(row["year"]),
+            str(row["stages"]),
+            fmt_tokens(row["mid_training_tokens"]),
+            f"{row['final_context'] // 1024}K" if row["final_context"] >= 1024 else str(row["final_context"]),
+            ", ".join(row["objectives"]),
+        )
+    return table
+
+
+def short_org(name: str) -> str:
+    """"Allen Institute for AI (Ai2)" -> "Ai2"; names without a short form are cut at 14 characters."""
+    if "(" in name and name.endswith(")"):
+        return name[name.rindex("(") + 1 : -1]
+    return name if len(name) <= 14 else name[:13] + "…"
+
+
+def mixture_chart(recipe: Recipe, stage_index: int, registry: Any, mark: Marker) -> Table:
+    stage = recipe.stages[stage_index]
+    shares = stage.mixture.shares()
+    tokens = stage.total_tokens()
+    table = Table(box=None, show_header=True, header_style="dim", pad_edge=False, padding=(0, 1))
+    table.add_column("source", no_wrap=True)
+    table.add_column("share", no_wrap=True)
+    table.add_column("", justify="right")
+    table.add_column("tokens", justify="right")
+    table.add_column("max epochs", justify="right")
+    table.add_column("category", style="dim")
+    for component in stage.mixture.components:
+        share = shares[component.source]
+        source = registry.sources.get(component.source) if registry else None
+        category = source.category.value if source else "?"
+        filled = share * BAR_WIDTH
+        bar = Text("█" * int(filled) + ("▌" if filled - int(filled) >= 0.5 else ""), style=CATEGORY_STYLE.get(category, "white"))
+        path = f"stages[{stage.name}].mixture.components[{component.source}]"
+        table.add_row(
+            component.source,
+            bar,
+            mark(f"{share:6.1%}", f"{path}.share" if component.share is not None else f"{path}.tokens"),
+            fmt_tokens(share * tokens) if tokens else "?",
+            mark(f"{component.max_epochs:g}", f"{path}.max_epochs") if component.max_epochs is not None else Text("-", style="dim"),
+            category,
+        )
+    return table
+
+
+def _kv(rows: list[tuple[str, Any]]) -> Table:
+    table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column()
+    for key, value in rows:
+        if value is None or value == "":
+            continue
+        table.add_row(key, value if isinstance(value, Text) else Text(str(value)))
+    return table
+
+
+def show(recipe: Recipe, registry: Any) -> Group:
+    mark = Marker(recipe)
+    parts: list[Any] = []
+    head = Text()
+    head.append(recipe.title, style="bold")
+    head.append(f"\n{recipe.id}", style="cyan")
+    head.append(f" · {recipe.organization}")
+    if recipe.release_date:
+        head.append(f" · released {recipe.release_date.isoformat()}")
+    identity = _kv(
+        [
+            ("model", Text(f"{recipe.architecture_class()} ({recipe.family.value}), ").append_text(mark(human_count(recipe.parameters), "parameters"))
+             .append_text(Text(" parameters" + (f", {human_count(recipe.active_parameters)} active" if recipe.active_parameters else "")))),
+            ("architecture", recipe.architecture),
+            ("paper", f"{recipe.source.title} ({recipe.source.year})" + (f" · arXiv:{recipe.source.arxiv}" if recipe.source.arxiv else "")),
+            ("url", recipe.source.url),
+            ("objectives", ", ".join(o.value for o in recipe.objectives)),
+            ("techniques", ", ".join(t.value for t in recipe.techniques)),
+        ]
+    )
+    for ref in recipe.source.references:
+        identity.add_row("reference", f"{ref.title}" + (f" <{ref.url}>" if ref.url else ""))
+    parts.append(Panel(Group(head, identity), box=box.ROUNDED))
+
+    base = recipe.base
+    model_entry = registry.models.get(base.model) if registry else None
+    hub = base.revision or ""
+    base_rows = [
+        ("model", f"{base.model}" + (f" ← {model_entry.hub_id}" if model_entry and model_entry.hub_id else "") + (f"@{hub}" if hub else "")),
+        ("checkpoint", base.checkpoint),
+        ("tokens seen", mark(fmt_tokens(base.tokens_seen), "base.tokens_seen") if base.tokens_seen else None),
+        ("context", mark(f"{base.context_length:,}", "base.context_length")),
+        ("RoPE θ", mark(f"{base.rope_theta:,.0f}", "base.rope_theta") if base.rope_theta else None),
+        ("peak LR", mark(f"{base.peak_lr:.3g}", "base.peak_lr") if base.peak_lr is not None else None),
+        ("LR at end", mark(f"{base.lr_at_end:.4g}", "base.lr_at_end") if base.lr_at_end is not None else None),
+        ("inherits optimizer", None if base.inherits_optimizer_state is None else str(base.inherits_optimizer_state)),
+        ("schedule before", base.schedule_before),
+    ]
+    opt = recipe.optimizer
+    base_rows.append(
+        (
+            "optimizer",
+            Text(f"{opt.type} ").append_text(mark(f"β={opt.betas[0]:g},{opt.betas[1]:g} ε={opt.eps:g} wd={opt.weight_decay:g}", "optimizer"))
+            .append(f" clip={opt.grad_clip}" + (f" no decay on {', '.join(opt.no_decay)}" if opt.no_decay else "")),
+        )
+    )
+    parts.append(Panel(_kv(base_rows), title="[bold]base[/bold]", title_align="left", box=box.ROUNDED))
+
+    facts = stage_facts(recipe, registry)
+    for index, (stage, fact) in enumerate(zip(recipe.stages, facts)):
+        p = f"stages[{stage.name}]"
+        budget = Text()
+        if stage.tokens is not None:
+            budget.append_text(mark(fmt_tokens(stage.tokens), f"{p}.tokens"))
+            budget.append(" tokens")
+        elif fact["tokens"]:
+            budget.append(f"{fmt_tokens(fact['tokens'])} tokens (from steps)")
+        if stage.steps is not None:
+            budget.append(", ").append_text(mark(f"{stage.steps:,}", f"{p}.steps")).append(" steps")
+        elif fact["steps"]:
+            budget.append(f" ≈ {fact['steps']:,} steps")
+        if stage.runs.count > 1:
+            budget.append(" × ").append_text(mark(str(stage.runs.count), f"{p}.runs.count")).append(f" runs ({stage.runs.vary})")
+        batch = None
+        if stage.batch:
+            batch = Text()
+            if stage.batch.sequences:
+                batch.append_text(mark(f"{stage.batch.sequences:,}", f"{p}.batch.sequences")).append(" sequences")
+            if stage.tokens_per_step():
+                batch.append(f" = {human_count(stage.tokens_per_step())} tokens/step")
+        lr_text = Text(stage.schedule.describe())
+        lr_text.stylize("none")
+        lr_row = mark(stage.schedule.describe(), f"{p}.schedule")
+        if fact["lr_start"] is not None:
+            lr_row.append(f"  (start {fact['lr_start']:.3g}, end {fact['lr_end']:.3g})", style="dim")
+        rows = [
+            ("budget", budget),
+            ("context", mark(f"{stage.sequence_length:,}", f"{p}.sequence_length")),
+            ("batch", batch),
+            ("schedule", lr_row),
+            ("RoPE", mark(stage.rope.describe(_previous_theta(recipe, index)), f"{p}.rope") if stage.rope else Text("unchanged", style="dim")),
+            ("z-loss", mark(f"{stage.z_loss:g}", f"{p}.z_loss") if stage.z_loss is not None else None),
+            ("starts from", stage.init),
+            ("share of mid-training", f"{fact['share_start']:.0%} → {fact['share_end']:.0%}" if fact["share_start"] is not None else None),
+        ]
+        body: list[Any] = []
+        if stage.description:
+            body.append(Text(stage.description, style="italic"))
+        body.append(_kv(rows))
+        body.append(mixture_chart(recipe, index, registry, mark))
+        if stage.mixture.note:
+            body.append(Text(stage.mixture.note, style="dim"))
+        title = f"[bold]stage {index + 1}: {stage.name}[/bold] [dim]({stage.kind.value})[/dim]"
+        parts.append(Panel(Group(*body), title=title, title_align="left", box=box.ROUNDED))
+
+    if recipe.merges:
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+        table.add_column("merge")
+        table.add_column("method")
+        table.add_column("inputs")
+        table.add_column("description", style="dim")
+        for merge in recipe.merges:
+            inputs = ", ".join(
+                f"{i.stage}" + (f"#{i.run}" if i.run is not None else " (all runs)") + (f" ×{i.weight:g}" if i.weight else "")
+                for i in merge.inputs
+            )
+            method = merge.method + (f", {merge.checkpoints} checkpoints" if merge.checkpoints else "") + (f", decay {merge.ema_decay}" if merge.ema_decay else "")
+            table.add_row(merge.name, method, inputs, merge.description or "")
+        parts.append(Panel(table, title="[bold]merges[/bold]", title_align="left", box=box.ROUNDED))
+
+    if recipe.results:
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+        for column in ("benchmark", "before", "after", "Δ", "model", "where"):
+            table.add_column(column, justify="right" if column in ("before", "after", "Δ") else "left")
+        for result in recipe.results:
+            delta = result.after - result.before if result.before is not None else None
+            table.add_row(
+                result.benchmark,
+                f"{result.before:g}" if result.before is not None else "-",
+                f"{result.after:g}",
+                Text(f"{delta:+.1f}", style="green" if delta >= 0 else "red") if delta is not None else "",
+                result.model or "",
+                result.where,
+            )
+        parts.append(Panel(table, title="[bold]reported results[/bold]", title_align="left", box=box.ROUNDED))
+
+    if recipe.contradictions:
+        lines = Text()
+        for item in recipe.contradictions:
+            lines.append("• " + ", ".join(item.about) + "\n", style="bold")
+            for source in item.sources:
+                lines.append(f"    {source}\n")
+            lines.append(f"    → {item.choice}\n", style="green")
+        parts.append(Panel(lines, title="[bold]contradictions between sources[/bold]", title_align="left", box=box.ROUNDED))
+    if recipe.notes:
+        parts.append(Panel(Text(recipe.notes), title="[bold]notes[/bold]", title_align="left", box=box.ROUNDED))
+    parts.append(legend())
+    return Group(*parts)
+
+
+def _previous_theta(recipe: Recipe, index: int) -> float | None:
+    theta = recipe.base.rope_theta
+    for stage in recipe.stages[:index]:
+        if stage.rope and stage.rope.theta:
+            theta = stage.rope.theta
+    return theta
+
+
+def provenance_table(recipe: Recipe, paths: dict[str, Any]) -> Table:
+    """Every number in the file: value, status, citation or note."""
+    mark = Marker(recipe)
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    table.add_column("status")
+    table.add_column("source / note", overflow="fold")
+    for path, value in paths.items():
+        entry = mark.entry(path)
+        status = entry.status if entry else None
+        where = ""
+        if entry:
+            where = " — ".join(x for x in (entry.cite, entry.note) if x)
+        table.add_row(path, f"{value:g}" if isinstance(value, float) else str(value), Text(f"{MARKS[status]} {status or 'untagged'}", style=STATUS_STYLE[status]), where)
+    return table
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) < 1e-2:
+            return f"{value:.3g}"
+        if abs(value) >= 1e5:
+            return human_count(value)
+        if value <= 1.0:
+            return f"{value:.3g}"
+        return f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def diff_view(result: dict[str, Any]) -> Group:
+    parts: list[Any] = [Text.assemble(("diff ", "bold"), (result["a"], "red"), " → ", (result["b"], "green"))]
+    if result["overview"]:
+        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+        table.add_column("field", style="dim")
+        table.add_column(result["a"], style="red")
+        table.add_column(result["b"], style="green")
+        for row in result["overview"]:
+            table.add_row(row["field"], _fmt(row["a"]), _fmt(row["b"]))
+        parts.append(table)
+    for stage in result["stages"]:
+        title = f"stage {stage['index'] + 1}: {stage['a'] or '∅'} → {stage['b'] or '∅'}"
+        if "only_in" in stage:
+            parts.append(Panel(Text(f"only in {result[stage['only_in']]}", style="yellow"), title=title, title_align="left", box=box.ROUNDED))
+            continue
+        table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
+        table.add_column(style="dim")
+        table.add_column(style="red")
+        table.add_column()
+        table.add_column(style="green")
+        for change in stage["changes"]:
+            table.add_row(change["field"], _fmt(change["a"]), "→", _fmt(change["b"]))
+        mixture = Table(box=None, show_header=True, header_style="dim", pad_edge=False, padding=(0, 1))
+        mixture.add_column(f"mixture by {stage['mixture_by']}")
+        mixture.add_column("a", justify="right")
+        mixture.add_column("b", justify="right")
+        mixture.add_column("Δ", justify="right")
+        for row in stage["mixture"]:
+            style = "green" if row["delta"] > 0 else "red"
+            mixture.add_row(row["key"], f"{row['a']:.1%}", f"{row['b']:.1%}", Text(f"{row['delta']:+.1%}", style=style))
+        body = [table] if stage["changes"] else [Text("no changes in budget, context, schedule or RoPE", style="dim")]
+        body.append(mixture if stage["mixture"] else Text("same mixture", style="dim"))
+        parts.append(Panel(Group(*body), title=title, title_align="left", box=box.ROUNDED))
+    return Group(*parts)

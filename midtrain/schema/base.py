@@ -1,0 +1,208 @@
+"""Shared building blocks of the schema: the strict base model, token counts and vocabularies."""
+
+from __future__ import annotations
+
+import math
+import re
+from enum import Enum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class Strict(BaseModel):
+    """Every schema model forbids unknown keys so that a typo is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, use_enum_values=False)
+
+
+_SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+_COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([KMBGT]?)\s*$", re.IGNORECASE)
+
+MAX_TOKENS = 1e15  # a quadrillion tokens: far beyond any published run; anything larger is a typo
+
+
+def parse_count(value: Any) -> Any:
+    """Accept 50e9, 50000000000, "50B", "1.5T", "40M" for counts of tokens or parameters."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number such as 50e9 or '50B', found a boolean")
+    if isinstance(value, str):
+        match = _COUNT.match(value)
+        if not match:
+            raise ValueError(f"expected a number such as 50e9 or '50B', found {value!r}")
+        return float(match.group(1)) * _SUFFIX[match.group(2).upper()]
+    return value
+
+
+def _finite_positive(value: float) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"expected a positive, finite number, found {value!r}")
+    if value > MAX_TOKENS:
+        raise ValueError(f"{value:.3g} is absurdly large (limit {MAX_TOKENS:.0e})")
+    return value
+
+
+Count = Annotated[float, BeforeValidator(parse_count), Field(gt=0, le=MAX_TOKENS)]
+"""A positive count (tokens, parameters); written as a number or with a K/M/B/T suffix."""
+
+Fraction = Annotated[float, Field(ge=0, le=1)]
+LearningRate = Annotated[float, Field(ge=0, le=1)]
+Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", min_length=1, max_length=80)]
+
+
+def human_count(value: float | None, unit: str = "") -> str:
+    """50e9 -> '50B', 4194304 -> '4.19M'."""
+    if value is None:
+        return "?"
+    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= scale:
+            number = value / scale
+            text = f"{number:.3g}"
+            return f"{text}{suffix}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+class Capability(str, Enum):
+    """Target capabilities: the survey's objective groups."""
+
+    general = "general"
+    math = "math"
+    code = "code"
+    reasoning = "reasoning"
+    long_context = "long-context"
+    instruction = "instruction"
+    agentic = "agentic"
+    multilingual = "multilingual"
+    knowledge = "knowledge"
+
+
+class Technique(str, Enum):
+    anneal = "anneal"
+    lr_to_zero = "lr-to-zero"
+    wsd = "wsd"
+    constant_lr_tail = "constant-lr-tail"
+    model_souping = "model-souping"
+    checkpoint_averaging = "checkpoint-averaging"
+    model_merging = "model-merging"
+    ema = "ema"
+    microanneal = "microanneal"
+    mixture_regression = "mixture-regression"
+    synthetic_data = "synthetic-data"
+    rewriting = "rewriting"
+    upsampling = "upsampling"
+    curriculum = "curriculum"
+    decontamination = "decontamination"
+    long_context_extension = "long-context-extension"
+    progressive_context = "progressive-context"
+    abf = "abf"
+    yarn = "yarn"
+    position_interpolation = "position-interpolation"
+    ntk = "ntk"
+    llama3_rope = "llama3-rope"
+    reasoning_data = "reasoning-data"
+    instruction_data = "instruction-data"
+    z_loss = "z-loss"
+    batch_ramp = "batch-ramp"
+    power_schedule = "power-schedule"
+
+
+class Category(str, Enum):
+    """What a data source is about; drives the built-in stand-in and per-domain evaluation."""
+
+    general = "general"
+    web = "web"
+    academic = "academic"
+    encyclopedic = "encyclopedic"
+    math = "math"
+    code = "code"
+    reasoning = "reasoning"
+    qa = "qa"
+    instruction = "instruction"
+    long_context = "long-context"
+    multilingual = "multilingual"
+
+
+class Format(str, Enum):
+    raw = "raw"
+    qa = "qa"
+    short_cot = "short-cot"
+    long_cot = "long-cot"
+    instruction = "instruction"
+    long_doc = "long-doc"
+    code = "code"
+
+
+class Builtin(str, Enum):
+    """The built-in corpora made on the machine for the tiny scale."""
+
+    prose = "prose"
+    code = "code"
+    math = "math"
+    qa = "qa"
+    longdoc = "longdoc"
+
+
+class StageKind(str, Enum):
+    anneal = "anneal"
+    cooldown = "cooldown"
+    decay = "decay"
+    capability = "capability"
+    reasoning = "reasoning"
+    long_context = "long-context"
+    continued_pretraining = "continued-pretraining"
+    agentic = "agentic"
+    pretraining = "pretraining"
+
+
+class Family(str, Enum):
+    """Model families; each maps to a `transformers` architecture and a tiny stand-in config."""
+
+    llama = "llama"
+    qwen2 = "qwen2"
+    qwen3 = "qwen3"
+    qwen3_moe = "qwen3_moe"
+    olmo2 = "olmo2"
+    olmo3 = "olmo3"
+    deepseek_v2 = "deepseek_v2"
+    deepseek_v3 = "deepseek_v3"
+    minicpm = "minicpm"
+    mistral = "mistral"
+    phi3 = "phi3"
+    granite = "granite"
+    smollm3 = "smollm3"
+    glm4_moe = "glm4_moe"
+    internlm2 = "internlm2"
+    hunyuan = "hunyuan"
+    nemotron_h = "nemotron_h"
+    apertus = "apertus"
+    mimo = "mimo"
+    longcat = "longcat"
+
+
+# family -> (the transformers class of the published model, the family used for tiny stand-ins).
+# Families whose published code is remote (trust_remote_code) or MoE run tiny as the nearest dense
+# architecture that `transformers` ships; the plan prints which one is used.
+FAMILY_ARCHITECTURES: dict[Family, tuple[str, str]] = {
+    Family.llama: ("LlamaForCausalLM", "llama"),
+    Family.qwen2: ("Qwen2ForCausalLM", "qwen2"),
+    Family.qwen3: ("Qwen3ForCausalLM", "qwen3"),
+    Family.qwen3_moe: ("Qwen3MoeForCausalLM", "qwen3"),
+    Family.olmo2: ("Olmo2ForCausalLM", "olmo2"),
+    Family.olmo3: ("Olmo3ForCausalLM", "olmo2"),
+    Family.deepseek_v2: ("DeepseekV2ForCausalLM", "llama"),
+    Family.deepseek_v3: ("DeepseekV3ForCausalLM", "llama"),
+    Family.minicpm: ("MiniCPMForCausalLM", "llama"),
+    Family.mistral: ("MistralForCausalLM", "llama"),
+    Family.phi3: ("Phi3ForCausalLM", "llama"),
+    Family.granite: ("GraniteForCausalLM", "llama"),
+    Family.smollm3: ("SmolLM3ForCausalLM", "llama"),
+    Family.glm4_moe: ("Glm4MoeForCausalLM", "llama"),
+    Family.internlm2: ("InternLM2ForCausalLM", "llama"),
+    Family.hunyuan: ("HunYuanForCausalLM", "llama"),
+    Family.nemotron_h: ("NemotronHForCausalLM", "llama"),
+    Family.apertus: ("ApertusForCausalLM", "llama"),
+    Family.mimo: ("MiMoForCausalLM", "qwen2"),
+    Family.longcat: ("LongcatFlashForCausalLM", "llama"),
+}

@@ -1,0 +1,58 @@
+"""Upgrading recipe files written for an older `schema_version`.
+
+Each entry of `MIGRATIONS` turns version N into N+1 on plain data (before validation). A file
+newer than this midtrain is refused with a message that says to upgrade midtrain.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from midtrain.schema.base import SCHEMA_VERSION
+
+Migration = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _v0_to_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 0 (the pre-release draft format) called stages' schedules `lr_schedule` and wrote
+    mixtures as a bare list of components; version 1 names it `schedule` and nests `components`."""
+    out = dict(data)
+    stages = []
+    for stage in out.get("stages", []) or []:
+        if isinstance(stage, dict):
+            stage = dict(stage)
+            if "lr_schedule" in stage and "schedule" not in stage:
+                stage["schedule"] = stage.pop("lr_schedule")
+            if isinstance(stage.get("mixture"), list):
+                stage["mixture"] = {"components": stage["mixture"]}
+        stages.append(stage)
+    if "stages" in out:
+        out["stages"] = stages
+    out["schema_version"] = 1
+    return out
+
+
+MIGRATIONS: dict[int, Migration] = {0: _v0_to_v1}
+
+
+class MigrationError(ValueError):
+    pass
+
+
+def migrate(data: dict[str, Any]) -> tuple[dict[str, Any], list[int]]:
+    """Bring `data` to SCHEMA_VERSION. Returns the new data and the versions it passed through."""
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise MigrationError(f"schema_version must be an integer, found {version!r}")
+    if version > SCHEMA_VERSION:
+        raise MigrationError(
+            f"schema_version {version} is newer than this midtrain understands ({SCHEMA_VERSION}); upgrade midtrain"
+        )
+    steps = []
+    while version < SCHEMA_VERSION:
+        if version not in MIGRATIONS:
+            raise MigrationError(f"no migration from schema_version {version}")
+        data = MIGRATIONS[version](data)
+        steps.append(version)
+        version += 1
+    return data, steps

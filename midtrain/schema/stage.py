@@ -1,0 +1,134 @@
+"""A mid-training stage: budget, batch, sequence length, mixture, schedule, optimizer, RoPE, runs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from midtrain.schema.base import Capability, Count, Slug, StageKind, Strict
+from midtrain.schema.mixture import Mixture
+from midtrain.schema.rope import Rope
+from midtrain.schema.schedule import Schedule
+
+MAX_SEQUENCE_LENGTH = 16 * 1024 * 1024
+
+
+class Optimizer(Strict):
+    type: Literal["adamw", "adam", "muon", "adafactor"] = "adamw"
+    betas: tuple[float, float] = Field((0.9, 0.95))
+    eps: float = Field(1e-8, gt=0, lt=1)
+    weight_decay: float = Field(0.1, ge=0, le=10)
+    no_decay: list[Literal["embeddings", "norms", "biases"]] = Field(
+        default_factory=list, description="Parameter groups trained without weight decay."
+    )
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this value.")
+
+    @model_validator(mode="after")
+    def _betas(self):  # type: ignore[no-untyped-def]
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must lie in [0, 1), found {self.betas}")
+        return self
+
+
+class Batch(Strict):
+    """Global batch: sequences per optimizer step and/or tokens per optimizer step."""
+
+    sequences: int | None = Field(None, gt=0, le=10_000_000)
+    tokens: Count | None = None
+
+    @model_validator(mode="after")
+    def _some(self):  # type: ignore[no-untyped-def]
+        if self.sequences is None and self.tokens is None:
+            raise ValueError("give sequences and/or tokens per step")
+        return self
+
+
+class Runs(Strict):
+    """Repeated runs of a stage (seeds / data orders) whose results are merged."""
+
+    count: int = Field(1, ge=1, le=64)
+    vary: Literal["data-order", "seed", "data-order-and-seed"] = "data-order"
+    seeds: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _seeds(self):  # type: ignore[no-untyped-def]
+        if self.seeds is not None and len(self.seeds) != self.count:
+            raise ValueError(f"{len(self.seeds)} seeds listed for {self.count} runs")
+        return self
+
+
+class Stage(Strict):
+    name: Slug
+    kind: StageKind
+    description: str | None = None
+    init: str = Field("previous", description="'base', 'previous', or the name of an earlier stage (or merge).")
+    objectives: list[Capability] = Field(default_factory=list)
+    tokens: Count | None = Field(None, description="Token budget of one run of this stage.")
+    steps: int | None = Field(None, gt=0, le=100_000_000)
+    sequence_length: int = Field(gt=0, le=MAX_SEQUENCE_LENGTH)
+    batch: Batch | None = None
+    mixture: Mixture
+    schedule: Schedule
+    optimizer: Optimizer | None = Field(None, description="Overrides the recipe's optimizer for this stage.")
+    rope: Rope | None = None
+    runs: Runs = Field(default_factory=Runs)
+    z_loss: float | None = Field(None, ge=0, le=1, description="Coefficient of the z-loss term (log² Z).")
+
+    @model_validator(mode="after")
+    def _budget(self):  # type: ignore[no-untyped-def]
+        if self.tokens is None and self.steps is None:
+            raise ValueError("give the stage's budget as tokens or steps")
+        if self.batch and self.batch.sequences and self.batch.tokens:
+            implied = self.batch.sequences * self.sequence_length
+            if abs(implied - self.batch.tokens) / self.batch.tokens > 0.02:
+                raise ValueError(
+                    f"batch of {self.batch.sequences} sequences × {self.sequence_length} = {implied:,} tokens "
+                    f"disagrees with batch.tokens {self.batch.tokens:,.0f}"
+                )
+        per_step = self.tokens_per_step()
+        if self.tokens is not None and self.steps is not None and per_step:
+            implied = self.steps * per_step
+            if abs(implied - self.tokens) / self.tokens > 0.02:
+                raise ValueError(
+                    f"{self.steps:,} steps × {per_step:,.0f} tokens/step = {implied:.4g} tokens disagrees with tokens {self.tokens:.4g}"
+                )
+        mixture_tokens = self.mixture.total_tokens()
+        budget = self.total_tokens()
+        if mixture_tokens is not None and budget is not None:
+            if abs(mixture_tokens - budget) / budget > 0.02:
+                raise ValueError(
+                    f"mixture tokens add up to {mixture_tokens:.4g} but the stage budget is {budget:.4g}"
+                )
+        if self.rope is not None:
+            capacity = self.rope.capacity(None)
+            if capacity is not None and self.sequence_length > capacity:
+                raise ValueError(
+                    f"sequence_length {self.sequence_length:,} exceeds what the RoPE scaling covers "
+                    f"({capacity:,} = original × factor)"
+                )
+        return self
+
+    def tokens_per_step(self) -> float | None:
+        if self.batch is None:
+            return None
+        if self.batch.sequences is not None:
+            return float(self.batch.sequences * self.sequence_length)
+        return self.batch.tokens
+
+    def total_tokens(self) -> float | None:
+        """Tokens of one run: stated, or steps × tokens per step."""
+        if self.tokens is not None:
+            return self.tokens
+        per_step = self.tokens_per_step()
+        if self.steps is not None and per_step:
+            return self.steps * per_step
+        return None
+
+    def total_steps(self) -> int | None:
+        if self.steps is not None:
+            return self.steps
+        per_step = self.tokens_per_step()
+        if self.tokens is not None and per_step:
+            return max(1, round(self.tokens / per_step))
+        return None
