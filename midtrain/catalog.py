@@ -48,6 +48,18 @@ def _cache_file(root: Path) -> Path:
     return base / f"parsed-{digest}.json"
 
 
+def _code_stamp() -> str:
+    """Cached results are only valid for the code that made them: version plus schema file stamps."""
+    here = Path(__file__).resolve().parent
+    parts = [__version__]
+    for path in sorted((here / "schema").glob("*.py")) + [here / "summary.py", here / "catalog.py"]:
+        try:
+            parts.append(f"{path.name}:{path.stat().st_mtime_ns}")
+        except OSError:
+            pass
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()
+
+
 class _ParseCache:
     """YAML parsing is the slow part of loading; its result is cached per file (mtime, size)."""
 
@@ -57,15 +69,22 @@ class _ParseCache:
         self.dirty = False
         try:
             stored = json.loads(self.path.read_text())
-            if stored.get("version") == __version__:
+            if stored.get("version") == _code_stamp():
                 self.entries = stored.get("files", {})
         except (OSError, ValueError):
             pass
 
+    @staticmethod
+    def stamp(path: Path) -> list[int] | None:
+        try:
+            stat = path.stat()
+        except OSError:
+            return None
+        return [stat.st_mtime_ns, stat.st_size]
+
     def load(self, path: Path) -> tuple[Any, LineMap]:
-        stat = path.stat() if path.is_file() else None
         key = str(path.resolve())
-        stamp = [stat.st_mtime_ns, stat.st_size] if stat else None
+        stamp = self.stamp(path) if path.is_file() else None
         hit = self.entries.get(key)
         if stamp and hit and hit["stamp"] == stamp:
             return hit["data"], LineMap.from_json(hit["lines"])
@@ -80,7 +99,7 @@ class _ParseCache:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            payload = json.dumps({"version": __version__, "files": self.entries})
+            payload = json.dumps({"version": _code_stamp(), "files": self.entries})
             fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".parsed-")
             with os.fdopen(fd, "w") as handle:
                 handle.write(payload)
@@ -270,10 +289,44 @@ def _load_catalog_cached(root_text: str) -> Catalog:
             catalog.recipes[recipe.id] = recipe
             catalog.paths[recipe.id] = path
             catalog.raw[recipe.id] = raw
+            entry = cache.entries.get(str(path.resolve()))
+            if entry is not None:
+                from midtrain.summary import list_row
+
+                entry["row"] = list_row(recipe)
+                cache.dirty = True
     cache.save()
     if problems:
         raise MidtrainError(problems)
     return catalog
+
+
+def cached_list_rows(root: Path | None = None) -> list[dict[str, Any]] | None:
+    """`midtrain list` rows straight from the cache when no recipe, registry or schema file changed.
+
+    This keeps the schema (and pydantic model building) off the path of the most common command.
+    Returns None when anything is stale; the caller then loads and validates the catalogue.
+    """
+    root = (root or find_root()).resolve()
+    cache = _ParseCache(root)
+    if not cache.entries:
+        return None
+    for filename in REGISTRY_FILES.values():
+        path = root / "registry" / filename
+        hit = cache.entries.get(str(path.resolve()))
+        if not hit or hit["stamp"] != cache.stamp(path):
+            return None
+    rows = []
+    files = recipe_files(root)
+    for path in files:
+        hit = cache.entries.get(str(path.resolve()))
+        if not hit or hit["stamp"] != cache.stamp(path) or "row" not in hit:
+            return None
+        rows.append(hit["row"])
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) != len(ids):
+        return None
+    return rows
 
 
 def load_registry(root: Path | None = None) -> LoadedRegistry:

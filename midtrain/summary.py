@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from midtrain.schema.base import human_count
+from midtrain.units import fmt_tokens, human_count
 from midtrain.schema.provenance import covering_entry, numeric_items
 from midtrain.schema.recipe import UNCOUNTED_PREFIXES, Recipe
 from midtrain.schema.schedule import lr_after_warmup
@@ -112,10 +112,6 @@ def coverage(recipe: Recipe) -> dict[str, Any]:
         "by_status": statuses,
         "untagged": untagged,
     }
-
-
-def fmt_tokens(value: float | None) -> str:
-    return human_count(value) if value else "?"
 
 
 # ---------------------------------------------------------------- diff

@@ -58,3 +58,6 @@ from midtrain.cli import browse  # noqa: E402,F401  (registers the browsing comm
 def main() -> None:
     """Console entry point."""
     app()
+
+if __name__ == "__main__":
+    main()

@@ -67,14 +67,18 @@ def list_(
       midtrain list --technique model-souping --org ai2
       midtrain list --json | jq '.[].id'
     """
-    from midtrain.summary import list_row
+    from midtrain.catalog import cached_list_rows
 
     if sort not in SORT_KEYS:
         raise MidtrainError.single(f"unknown sort key {sort!r}", expected=", ".join(SORT_KEYS), found=sort)
-    catalog = _catalog()
     _check_vocab(objective, "objective")
     _check_vocab(technique, "technique")
-    rows = [list_row(r) for r in catalog.all()]
+    rows = cached_list_rows()
+    if rows is None:
+        from midtrain.summary import list_row
+
+        rows = [list_row(r) for r in _catalog().all()]
+    total = len(rows)
     if objective:
         rows = [r for r in rows if set(objective) & set(r["objectives"])]
     if technique:
@@ -102,10 +106,12 @@ def list_(
         out.print("[yellow]no recipe matches these filters[/yellow]")
         return
     out.print(catalogue_table(rows))
-    out.print(f"[dim]{len(rows)} of {len(catalog.recipes)} recipes · `midtrain show ID` for details[/dim]")
+    out.print(f"[dim]{len(rows)} of {total} recipes · `midtrain show ID` for details[/dim]")
 
 
 def _check_vocab(values: Optional[list[str]], kind: str) -> None:
+    if not values:
+        return
     from midtrain.schema.base import Capability, Technique
 
     enum = Capability if kind == "objective" else Technique

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console, Group
@@ -10,10 +10,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from midtrain.schema.base import human_count
-from midtrain.schema.provenance import MARKS, Entry, covering_entry
-from midtrain.schema.recipe import Recipe
-from midtrain.summary import fmt_tokens, stage_facts
+from midtrain.units import fmt_tokens, human_count
+
+if TYPE_CHECKING:
+    from midtrain.schema.provenance import Entry
+    from midtrain.schema.recipe import Recipe
+
+MARKS = {"stated": "●", "derived": "◐", "assumed": "○", None: "·"}
 
 STATUS_STYLE = {"stated": "green", "derived": "yellow", "assumed": "magenta", None: "red"}
 CATEGORY_STYLE = {
@@ -39,6 +42,8 @@ class Marker:
         self.entries = recipe.canonical_provenance()
 
     def entry(self, path: str) -> Entry | None:
+        from midtrain.schema.provenance import covering_entry
+
         hit = covering_entry(path, self.entries)
         return hit[1] if hit else None
 
@@ -64,7 +69,7 @@ def catalogue_table(rows: list[dict[str, Any]]) -> Table:
         ("id", "left"), ("model", "left"), ("org", "left"), ("year", "right"), ("stages", "right"),
         ("mid tokens", "right"), ("context", "right"), ("objectives", "left"),
     ):
-        table.add_column(column, justify=justify, no_wrap=column != "objectives")  # type: ignore[arg-type]
+        table.add_column(column, justify=justify, no_wrap=column != "objectives", min_width=16 if column == "objectives" else None)  # type: ignore[arg-type]
     for row in rows:
         table.add_row(
             Text(row["id"], style="bold cyan"),
@@ -173,6 +178,8 @@ def show(recipe: Recipe, registry: Any) -> Group:
         )
     )
     parts.append(Panel(_kv(base_rows), title="[bold]base[/bold]", title_align="left", box=box.ROUNDED))
+
+    from midtrain.summary import stage_facts
 
     facts = stage_facts(recipe, registry)
     for index, (stage, fact) in enumerate(zip(recipe.stages, facts)):

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from midtrain.units import human_count  # noqa: F401  (re-exported)
+
 SCHEMA_VERSION = 1
 
 
@@ -50,18 +52,6 @@ Count = Annotated[float, BeforeValidator(parse_count), Field(gt=0, le=MAX_TOKENS
 Fraction = Annotated[float, Field(ge=0, le=1)]
 LearningRate = Annotated[float, Field(ge=0, le=1)]
 Slug = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", min_length=1, max_length=80)]
-
-
-def human_count(value: float | None, unit: str = "") -> str:
-    """50e9 -> '50B', 4194304 -> '4.19M'."""
-    if value is None:
-        return "?"
-    for suffix, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(value) >= scale:
-            number = value / scale
-            text = f"{number:.3g}"
-            return f"{text}{suffix}{unit}"
-    return f"{value:.3g}{unit}"
 
 
 class Capability(str, Enum):
