@@ -214,6 +214,8 @@ def _to_plain(node: Any, here: PathKey, lines: LineMap, budget: list[int], path:
                 pass
             items.append(_to_plain(item, child_path, lines, budget, path))
         return items
+    if type(node).__name__ == "TaggedScalar":
+        return _tagged(node, here, lines, path)
     if isinstance(node, bool) or node is None:
         return node
     if isinstance(node, int):
@@ -226,6 +228,28 @@ def _to_plain(node: Any, here: PathKey, lines: LineMap, budget: list[int], path:
         return node.isoformat()[:10]
     raise MidtrainError.single(
         "unsupported YAML value", file=path, line=lines.line_for(here), path=format_path(here), found=short(node)
+    )
+
+
+def _tagged(node: Any, here: PathKey, lines: LineMap, path: Path) -> Any:
+    """A scalar with an explicit standard tag (!!str, !!int, !!float, !!bool, !!null)."""
+    tag = str(getattr(node.tag, "value", node.tag)).rsplit(":", 1)[-1].lstrip("!")
+    text = node.value
+    try:
+        if tag == "str":
+            return str(text)
+        if tag == "int":
+            return int(text)
+        if tag == "float":
+            return float(text)
+        if tag == "bool" and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        if tag == "null":
+            return None
+    except ValueError:
+        pass
+    raise MidtrainError.single(
+        f"value does not match its tag !!{tag}", file=path, line=lines.line_for(here), path=format_path(here), found=short(text)
     )
 
 

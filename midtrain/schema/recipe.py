@@ -154,13 +154,13 @@ class Recipe(Strict):
         for index, merge in enumerate(self.merges):
             if merge.name in known:
                 problems.append((("merges", index, "name"), f"name {merge.name!r} is already used by a stage or merge"))
-            for item in merge.inputs:
+            for j, item in enumerate(merge.inputs):
                 if item.stage not in known:
-                    problems.append((("merges", index, "inputs"), f"{item.stage!r} is not a stage or earlier merge"))
+                    problems.append((("merges", index, "inputs", j, "stage"), f"{item.stage!r} is not a stage or earlier merge"))
                     continue
                 stage = next((s for s in self.stages if s.name == item.stage), None)
                 if stage is not None and item.run is not None and item.run >= stage.runs.count:
-                    problems.append((("merges", index, "inputs"), f"run {item.run} but {item.stage!r} has {stage.runs.count} runs"))
+                    problems.append((("merges", index, "inputs", j, "run"), f"run {item.run} but {item.stage!r} has {stage.runs.count} runs"))
             known.add(merge.name)
         if self.final is not None and self.final not in known:
             problems.append((("final",), f"{self.final!r} is not a stage or merge"))

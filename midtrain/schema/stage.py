@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from midtrain.errors import LocatedErrors
 from midtrain.schema.base import Capability, Count, Slug, StageKind, Strict
 from midtrain.schema.mixture import Mixture
 from midtrain.schema.rope import Rope
@@ -77,36 +78,48 @@ class Stage(Strict):
 
     @model_validator(mode="after")
     def _budget(self):  # type: ignore[no-untyped-def]
+        problems: list[tuple[tuple[str | int, ...], str]] = []
         if self.tokens is None and self.steps is None:
-            raise ValueError("give the stage's budget as tokens or steps")
+            problems.append(((), "give the stage's budget as tokens or steps"))
         if self.batch and self.batch.sequences and self.batch.tokens:
             implied = self.batch.sequences * self.sequence_length
             if abs(implied - self.batch.tokens) / self.batch.tokens > 0.02:
-                raise ValueError(
-                    f"batch of {self.batch.sequences} sequences × {self.sequence_length} = {implied:,} tokens "
-                    f"disagrees with batch.tokens {self.batch.tokens:,.0f}"
+                problems.append(
+                    (("batch", "tokens"), f"batch of {self.batch.sequences} sequences × {self.sequence_length} = {implied:,} tokens "
+                     f"disagrees with batch.tokens {self.batch.tokens:,.0f}")
                 )
         per_step = self.tokens_per_step()
         if self.tokens is not None and self.steps is not None and per_step:
             implied = self.steps * per_step
             if abs(implied - self.tokens) / self.tokens > 0.02:
-                raise ValueError(
-                    f"{self.steps:,} steps × {per_step:,.0f} tokens/step = {implied:.4g} tokens disagrees with tokens {self.tokens:.4g}"
+                problems.append(
+                    (("steps",), f"{self.steps:,} steps × {per_step:,.0f} tokens/step = {implied:.4g} tokens "
+                     f"disagrees with tokens {self.tokens:.4g}")
                 )
-        mixture_tokens = self.mixture.total_tokens()
         budget = self.total_tokens()
-        if mixture_tokens is not None and budget is not None:
-            if abs(mixture_tokens - budget) / budget > 0.02:
-                raise ValueError(
-                    f"mixture tokens add up to {mixture_tokens:.4g} but the stage budget is {budget:.4g}"
-                )
+        mixture_tokens = self.mixture.total_tokens()
+        if mixture_tokens is not None and budget is not None and abs(mixture_tokens - budget) / budget > 0.02:
+            problems.append((("mixture",), f"mixture tokens add up to {mixture_tokens:.4g} but the stage budget is {budget:.4g}"))
+        if budget is not None and mixture_tokens is None:
+            shares = self.mixture.shares()
+            for index, component in enumerate(self.mixture.components):
+                if component.tokens is not None:
+                    expected = shares[component.source] * budget
+                    if abs(component.tokens - expected) / expected > 0.02:
+                        problems.append(
+                            (("mixture", "components", index, "tokens"),
+                             f"{component.source}: {component.tokens:.4g} tokens disagrees with its share of the "
+                             f"budget ({shares[component.source]:.4g} × {budget:.4g} = {expected:.4g})")
+                        )
         if self.rope is not None:
             capacity = self.rope.capacity(None)
             if capacity is not None and self.sequence_length > capacity:
-                raise ValueError(
-                    f"sequence_length {self.sequence_length:,} exceeds what the RoPE scaling covers "
-                    f"({capacity:,} = original × factor)"
+                problems.append(
+                    (("sequence_length",), f"sequence_length {self.sequence_length:,} exceeds what the RoPE scaling covers "
+                     f"({capacity:,} = original × factor)")
                 )
+        if problems:
+            raise LocatedErrors(problems)
         return self
 
     def tokens_per_step(self) -> float | None:
