@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 from enum import Enum
-from typing import Annotated, Any
+from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -46,7 +46,12 @@ def _finite_positive(value: float) -> float:
     return value
 
 
-Count = Annotated[float, BeforeValidator(parse_count), Field(gt=0, le=MAX_TOKENS)]
+CountText = Annotated[str, Field(pattern=r"^\s*[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?\s*[KMBGTkmbgt]?\s*$")]
+Count = Annotated[
+    float,
+    BeforeValidator(parse_count, json_schema_input_type=Union[Annotated[float, Field(gt=0)], CountText]),
+    Field(gt=0, le=MAX_TOKENS),
+]
 """A positive count (tokens, parameters); written as a number or with a K/M/B/T suffix."""
 
 Fraction = Annotated[float, Field(ge=0, le=1)]

@@ -11,7 +11,7 @@ their name where they have one, so they read like the YAML: `stages[anneal].toke
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Literal
+from typing import Any, Iterator, Literal, Union
 
 from pydantic import BeforeValidator, Field, model_validator
 from typing_extensions import Annotated
@@ -50,7 +50,8 @@ class Entry(Strict):
         return self
 
 
-ProvenanceEntry = Annotated[Entry, BeforeValidator(_short_form)]
+ShortEntry = Annotated[str, Field(pattern=r"^(stated|derived|assumed):")]
+ProvenanceEntry = Annotated[Entry, BeforeValidator(_short_form, json_schema_input_type=Union[ShortEntry, Entry])]
 
 
 class Contradiction(Strict):
