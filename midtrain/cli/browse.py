@@ -105,7 +105,7 @@ def list_(
     if not rows:
         out.print("[yellow]no recipe matches these filters[/yellow]")
         return
-    out.print(catalogue_table(rows))
+    out.print(catalogue_table(rows, out.width))
     out.print(f"[dim]{len(rows)} of {total} recipes · `midtrain show ID` for details[/dim]")
 
 

@@ -63,15 +63,19 @@ def legend() -> Text:
     return text
 
 
-def catalogue_table(rows: list[dict[str, Any]]) -> Table:
+def catalogue_table(rows: list[dict[str, Any]], width: int = 120) -> Table:
+    """The catalogue; on narrow terminals the organisation (< 100 columns) and objectives (< 120) are left out."""
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for column, justify in (
-        ("id", "left"), ("model", "left"), ("org", "left"), ("year", "right"), ("stages", "right"),
-        ("mid tokens", "right"), ("context", "right"), ("objectives", "left"),
-    ):
-        table.add_column(column, justify=justify, no_wrap=column != "objectives", min_width=16 if column == "objectives" else None)  # type: ignore[arg-type]
+    columns = [("id", "left"), ("model", "left"), ("org", "left"), ("year", "right"), ("stages", "right"),
+               ("mid tokens", "right"), ("context", "right"), ("objectives", "left")]
+    if width < 120:
+        columns.pop()
+    if width < 100:
+        columns.pop(2)
+    for column, justify in columns:
+        table.add_column(column, justify=justify, no_wrap=column != "objectives")  # type: ignore[arg-type]
     for row in rows:
-        table.add_row(
+        cells = (
             Text(row["id"], style="bold cyan"),
             f"{row['model']} {human_count(row['parameters'])}",
             short_org(row["organization"]),
@@ -81,14 +85,21 @@ def catalogue_table(rows: list[dict[str, Any]]) -> Table:
             f"{row['final_context'] // 1024}K" if row["final_context"] >= 1024 else str(row["final_context"]),
             ", ".join(row["objectives"]),
         )
+        if width < 100:
+            cells = cells[:2] + cells[3:]
+        table.add_row(*cells[: len(columns)])
     return table
 
 
 def short_org(name: str) -> str:
-    """"Allen Institute for AI (Ai2)" -> "Ai2"; names without a short form are cut at 14 characters."""
+    """"Allen Institute for AI (Ai2)" -> "Ai2"; other names lose any parenthetical and are cut at 16."""
     if "(" in name and name.endswith(")"):
-        return name[name.rindex("(") + 1 : -1]
-    return name if len(name) <= 14 else name[:13] + "…"
+        inside = name[name.rindex("(") + 1 : -1]
+        if len(inside.split()) == 1:
+            return inside
+        name = name[: name.index("(")].strip()
+    name = name.split(",")[0]
+    return name if len(name) <= 16 else name[:15] + "…"
 
 
 def mixture_chart(recipe: Recipe, stage_index: int, registry: Any, mark: Marker) -> Table:
@@ -201,7 +212,9 @@ def show(recipe: Recipe, registry: Any) -> Group:
             batch = Text()
             if stage.batch.sequences:
                 batch.append_text(mark(f"{stage.batch.sequences:,}", f"{p}.batch.sequences")).append(" sequences")
-            if stage.tokens_per_step():
+            if stage.batch.sequences is None and stage.batch.tokens:
+                batch.append_text(mark(human_count(stage.batch.tokens), f"{p}.batch.tokens")).append(" tokens/step")
+            elif stage.tokens_per_step():
                 batch.append(f" = {human_count(stage.tokens_per_step())} tokens/step")
         lr_text = Text(stage.schedule.describe())
         lr_text.stylize("none")
@@ -215,6 +228,9 @@ def show(recipe: Recipe, registry: Any) -> Group:
             ("schedule", lr_row),
             ("RoPE", mark(stage.rope.describe(_previous_theta(recipe, index)), f"{p}.rope") if stage.rope else Text("unchanged", style="dim")),
             ("z-loss", mark(f"{stage.z_loss:g}", f"{p}.z_loss") if stage.z_loss is not None else None),
+            ("other losses", Text(", ").join(mark(f"{k} {v:g}", f"{p}.aux_losses.{k}") for k, v in stage.aux_losses.items()) if stage.aux_losses else None),
+            ("FIM rate", mark(f"{stage.fim_rate:g}", f"{p}.fim_rate") if stage.fim_rate is not None else None),
+            ("advance when", stage.advance_when),
             ("starts from", stage.init),
             ("share of mid-training", f"{fact['share_start']:.0%} → {fact['share_end']:.0%}" if fact["share_start"] is not None else None),
         ]
@@ -223,6 +239,10 @@ def show(recipe: Recipe, registry: Any) -> Group:
             body.append(Text(stage.description, style="italic"))
         body.append(_kv(rows))
         body.append(mixture_chart(recipe, index, registry, mark))
+        for component in stage.mixture.components:
+            if component.length_buckets:
+                spread = ", ".join(f"{b.share:.0%} at {b.min_tokens:,}-{b.max_tokens:,} tokens" for b in component.length_buckets)
+                body.append(mark(f"{component.source} lengths: {spread}", f"stages[{stage.name}].mixture.components[{component.source}].length_buckets"))
         if stage.mixture.note:
             body.append(Text(stage.mixture.note, style="dim"))
         title = f"[bold]stage {index + 1}: {stage.name}[/bold] [dim]({stage.kind.value})[/dim]"
@@ -239,7 +259,7 @@ def show(recipe: Recipe, registry: Any) -> Group:
                 f"{i.stage}" + (f"#{i.run}" if i.run is not None else " (all runs)") + (f" ×{i.weight:g}" if i.weight else "")
                 for i in merge.inputs
             )
-            method = merge.method + (f", {merge.checkpoints} checkpoints" if merge.checkpoints else "") + (f", decay {merge.ema_decay}" if merge.ema_decay else "")
+            method = merge.method + (f", {merge.checkpoints} checkpoints" if merge.checkpoints else "") + (f" every {merge.interval_steps} steps" if merge.interval_steps else "") + (f", decay {merge.ema_decay}" if merge.ema_decay else "")
             table.add_row(merge.name, method, inputs, merge.description or "")
         parts.append(Panel(table, title="[bold]merges[/bold]", title_align="left", box=box.ROUNDED))
 
@@ -248,16 +268,28 @@ def show(recipe: Recipe, registry: Any) -> Group:
         for column in ("benchmark", "before", "after", "Δ", "model", "where"):
             table.add_column(column, justify="right" if column in ("before", "after", "Δ") else "left")
         for result in recipe.results:
-            delta = result.after - result.before if result.before is not None else None
+            delta = result.delta
+            if delta is None and result.before is not None and result.after is not None:
+                delta = result.after - result.before
+            suffix = "%" if result.delta_kind == "relative" else ""
             table.add_row(
                 result.benchmark,
                 f"{result.before:g}" if result.before is not None else "-",
-                f"{result.after:g}",
-                Text(f"{delta:+.1f}", style="green" if delta >= 0 else "red") if delta is not None else "",
+                f"{result.after:g}" if result.after is not None else "-",
+                Text(f"{delta:+.1f}{suffix}", style="green" if delta >= 0 else "red") if delta is not None else "",
                 result.model or "",
                 result.where,
             )
         parts.append(Panel(table, title="[bold]reported results[/bold]", title_align="left", box=box.ROUNDED))
+
+    if recipe.inference is not None:
+        inf = recipe.inference
+        rows = [
+            ("context", mark(f"{inf.context_length:,}", "inference.context_length")),
+            ("RoPE", mark(inf.rope.describe(), "inference.rope") if inf.rope else None),
+            ("note", inf.note),
+        ]
+        parts.append(Panel(_kv(rows), title="[bold]at inference only (not trained)[/bold]", title_align="left", box=box.ROUNDED))
 
     if recipe.contradictions:
         lines = Text()
@@ -295,6 +327,8 @@ def provenance_table(recipe: Recipe, paths: dict[str, Any]) -> Table:
         where = ""
         if entry:
             where = " — ".join(x for x in (entry.cite, entry.note) if x)
+            if entry.bound != "exact":
+                where = f"({entry.bound}) {where}"
         table.add_row(path, f"{value:g}" if isinstance(value, float) else str(value), Text(f"{MARKS[status]} {status or 'untagged'}", style=STATUS_STYLE[status]), where)
     return table
 

@@ -11,12 +11,32 @@ from midtrain.schema.base import Count, Strict
 SHARE_TOLERANCE = 1e-6
 
 
+class LengthBucket(Strict):
+    """Part of a source's text whose documents fall in a length range (Qwen3 S3: 75% at 16K-32K)."""
+
+    min_tokens: int = Field(ge=0)
+    max_tokens: int = Field(gt=0)
+    share: float = Field(gt=0, le=1, description="Share of the component's text in this length range.")
+
+
 class Component(Strict):
     source: str = Field(description="Name of a data source in registry/sources.yaml.")
     share: float | None = Field(None, gt=0, le=1, description="Share of the stage's tokens (0-1].")
     tokens: Count | None = Field(None, description="Tokens of this source in the stage.")
     max_epochs: float | None = Field(None, gt=0, le=1000, description="Most passes over the source allowed.")
+    length_buckets: list[LengthBucket] | None = Field(None, description="How the component's text is spread over document lengths.")
     note: str | None = None
+
+    @model_validator(mode="after")
+    def _buckets(self):  # type: ignore[no-untyped-def]
+        if self.length_buckets:
+            total = sum(b.share for b in self.length_buckets)
+            if abs(total - 1.0) > 1e-6:
+                raise ValueError(f"length bucket shares must sum to 1, found {total:.6g}")
+            for bucket in self.length_buckets:
+                if bucket.min_tokens >= bucket.max_tokens:
+                    raise ValueError(f"length bucket {bucket.min_tokens}-{bucket.max_tokens} is empty")
+        return self
 
 
 class Mixture(Strict):

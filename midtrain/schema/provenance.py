@@ -38,6 +38,9 @@ class Entry(Strict):
     status: Status
     cite: str | None = Field(None, description="Section, table, figure or config file the value comes from.")
     note: str | None = Field(None, description="Arithmetic for derived values; the reason for assumed ones.")
+    bound: Literal["exact", "approximate", "lower", "upper"] = Field(
+        "exact", description="'approximate' for 'about 5T'; 'lower' for 'over 30T'; 'upper' for 'at most'."
+    )
 
     @model_validator(mode="after")
     def _needs(self):  # type: ignore[no-untyped-def]

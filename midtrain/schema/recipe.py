@@ -20,6 +20,7 @@ from midtrain.schema.base import (
     Technique,
 )
 from midtrain.schema.provenance import Contradiction, Entry, ProvenanceEntry, covering_entry, numeric_leaves, path_aliases
+from midtrain.schema.rope import Rope
 from midtrain.schema.stage import Optimizer, Stage
 
 # Numbers that are identifiers or bookkeeping, not claims a paper makes.
@@ -69,6 +70,7 @@ class Merge(Strict):
     inputs: list[MergeInput] = Field(default_factory=list)
     checkpoints: int | None = Field(None, ge=2, description="Polyak: how many checkpoints of a stage are averaged.")
     ema_decay: float | None = Field(None, gt=0, lt=1)
+    interval_steps: int | None = Field(None, gt=0, description="Polyak/EMA: steps between averaged checkpoints.")
     description: str | None = None
 
     @model_validator(mode="after")
@@ -88,14 +90,32 @@ class Merge(Strict):
         return self
 
 
+class Inference(Strict):
+    """Context settings used only when serving (e.g. Qwen3's YaRN ×4 at inference); never trained."""
+
+    context_length: int = Field(gt=0)
+    rope: Rope | None = None
+    note: str | None = None
+
+
 class Result(Strict):
     benchmark: str
     before: float | None = None
-    after: float
+    after: float | None = None
+    delta: float | None = Field(None, description="Reported change, when the paper gives only the difference.")
+    delta_kind: Literal["absolute", "relative", "unknown"] | None = None
     metric: str | None = None
     model: str | None = Field(None, description="Which model/variant the numbers are for.")
     where: str = Field(description="Table or section the numbers come from.")
     note: str | None = None
+
+    @model_validator(mode="after")
+    def _some_number(self):  # type: ignore[no-untyped-def]
+        if self.after is None and self.delta is None:
+            raise ValueError("give `after` (and `before`), or `delta` when only the change is reported")
+        if self.delta is not None and self.delta_kind is None:
+            raise ValueError("say whether the delta is absolute, relative or unknown (delta_kind)")
+        return self
 
 
 class Recipe(Strict):
@@ -116,6 +136,7 @@ class Recipe(Strict):
     stages: list[Stage] = Field(min_length=1)
     merges: list[Merge] = Field(default_factory=list)
     final: str | None = Field(None, description="The stage or merge that gives the released model; default: the last.")
+    inference: Inference | None = Field(None, description="Serving-time context extension, not part of training.")
     results: list[Result] = Field(default_factory=list)
     provenance: dict[str, ProvenanceEntry] = Field(default_factory=dict)
     contradictions: list[Contradiction] = Field(default_factory=list)

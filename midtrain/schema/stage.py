@@ -24,6 +24,9 @@ class Optimizer(Strict):
         default_factory=list, description="Parameter groups trained without weight decay."
     )
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this value.")
+    mup_width_ratio: float | None = Field(
+        None, gt=0, description="µP: the LR of hidden weight matrices is divided by this width ratio (d_model / d_base)."
+    )
 
     @model_validator(mode="after")
     def _betas(self):  # type: ignore[no-untyped-def]
@@ -75,6 +78,12 @@ class Stage(Strict):
     rope: Rope | None = None
     runs: Runs = Field(default_factory=Runs)
     z_loss: float | None = Field(None, ge=0, le=1, description="Coefficient of the z-loss term (log² Z).")
+    aux_losses: dict[str, float] = Field(
+        default_factory=dict,
+        description="Other loss weights or rates in force, by name (e.g. moe_balance_alpha, mtp_weight, router_bias_update_speed).",
+    )
+    fim_rate: float | None = Field(None, ge=0, le=1, description="Share of documents rearranged for fill-in-the-middle.")
+    advance_when: str | None = Field(None, description="A criterion that ends the stage instead of a fixed budget (Llama 3 §3.4.2).")
 
     @model_validator(mode="after")
     def _budget(self):  # type: ignore[no-untyped-def]

@@ -1,0 +1,97 @@
+"""n-gram decontamination of training documents against evaluation sets.
+
+Words are lower-cased alphanumeric runs; an n-gram (default n = 13, as in GPT-3 and later reports)
+is hashed to 64 bits. A training document is contaminated when it contains at least `threshold`
+of some evaluation item's n-grams (default 0.5: most of an item appears in it). Items shorter than
+n words are matched whole. Contaminated documents are dropped (or only flagged), and a report
+counts them per source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+_WORDS = re.compile(r"[a-z0-9]+")
+
+
+def words(text: str) -> list[str]:
+    return _WORDS.findall(text.lower())
+
+
+def ngram_hashes(text: str, n: int) -> set[int]:
+    tokens = words(text)
+    if not tokens:
+        return set()
+    if len(tokens) < n:
+        grams: Iterable[tuple[str, ...]] = [tuple(tokens)]
+    else:
+        grams = (tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
+    return {int.from_bytes(hashlib.blake2b(" ".join(g).encode(), digest_size=8).digest(), "little") for g in grams}
+
+
+@dataclass
+class EvalIndex:
+    """n-gram hash -> evaluation items containing it."""
+
+    n: int = 13
+    items: list[str] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    index: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+
+    def add(self, item_id: str, text: str) -> None:
+        hashes = ngram_hashes(text, self.n)
+        if not hashes:
+            return
+        number = len(self.items)
+        self.items.append(item_id)
+        self.sizes.append(len(hashes))
+        for h in hashes:
+            self.index[h].append(number)
+
+    def worst_overlap(self, text: str) -> tuple[float, str | None]:
+        """Largest share of any evaluation item's n-grams found in `text`, and that item's id."""
+        hits: Counter[int] = Counter()
+        for h in ngram_hashes(text, self.n):
+            for number in self.index.get(h, ()):
+                hits[number] += 1
+        if not hits:
+            return 0.0, None
+        number, count = max(hits.items(), key=lambda kv: (kv[1] / self.sizes[kv[0]], -kv[0]))
+        return count / self.sizes[number], self.items[number]
+
+
+@dataclass
+class Report:
+    n: int
+    threshold: float
+    action: str
+    sources: dict[str, dict[str, int]] = field(default_factory=dict)
+    examples: list[dict[str, object]] = field(default_factory=list)
+
+    def record(self, source: str, contaminated: bool, doc_id: str, eval_id: str | None, overlap: float) -> None:
+        counts = self.sources.setdefault(source, {"documents": 0, "contaminated": 0})
+        counts["documents"] += 1
+        if contaminated:
+            counts["contaminated"] += 1
+            if len(self.examples) < 50:
+                self.examples.append({"source": source, "document": doc_id, "eval_item": eval_id, "overlap": round(overlap, 4)})
+
+    def to_json(self) -> dict[str, object]:
+        return {"n": self.n, "threshold": self.threshold, "action": self.action, "sources": self.sources, "examples": self.examples}
+
+
+def filter_documents(
+    docs: Iterable[tuple[str, str]], index: EvalIndex, report: Report, source: str, threshold: float = 0.5, action: str = "drop"
+) -> Iterator[tuple[str, str]]:
+    """Yield (id, text) of the documents to keep; record every decision in `report`."""
+    for doc_id, text in docs:
+        overlap, eval_id = index.worst_overlap(text) if index.index else (0.0, None)
+        contaminated = overlap >= threshold
+        report.record(source, contaminated, doc_id, eval_id, overlap)
+        if contaminated and action == "drop":
+            continue
+        yield doc_id, text

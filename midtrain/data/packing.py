@@ -1,0 +1,157 @@
+"""Tokenize and pack documents into memory-mapped token shards.
+
+One stream (a source's split) becomes two files: `<name>.bin`, the concatenated token ids with EOS
+after every document (uint16 when the vocabulary fits, else uint32), and `<name>.idx`, the int64
+offset where each document starts (so per-document attention masks are possible). A manifest
+entry (tokens, documents, dtype, sha256 of both files) is written last: a shard without its entry
+is unfinished and is rebuilt. Documents are read and encoded in batches, never all at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+
+from midtrain.errors import MidtrainError
+from midtrain.io import atomic_writer, write_json
+
+BATCH_DOCS = 512
+MANIFEST = "manifest.json"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= 65_536 else np.dtype(np.uint32)
+
+
+def _batches(docs: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for doc in docs:
+        batch.append(doc)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pack_stream(
+    docs: Iterable[str],
+    tokenizer: Any,
+    out_dir: Path,
+    name: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Encode `docs` and write `<name>.bin` / `<name>.idx` atomically; returns the manifest entry."""
+    dtype = token_dtype(tokenizer.vocab_size)
+    eos = tokenizer.eos_id
+    bin_path, idx_path = out_dir / f"{name}.bin", out_dir / f"{name}.idx"
+    tokens = 0
+    documents = 0
+    offsets: list[np.ndarray] = []
+    with atomic_writer(bin_path, "wb") as handle:
+        for batch in _batches(docs, BATCH_DOCS):
+            encoded = tokenizer.encode_batch(batch)
+            lengths = np.fromiter((len(ids) + 1 for ids in encoded), dtype=np.int64, count=len(encoded))
+            flat = np.empty(int(lengths.sum()), dtype=dtype)
+            starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+            for start, ids in zip(starts.tolist(), encoded):
+                end = start + len(ids)
+                flat[start:end] = ids
+                flat[end] = eos
+            handle.write(flat.tobytes())
+            offsets.append(starts + tokens)
+            tokens += int(flat.size)
+            documents += len(batch)
+            if progress:
+                progress(len(batch), int(flat.size))
+    if documents == 0:
+        bin_path.unlink(missing_ok=True)
+        raise MidtrainError.single(f"stream {name!r} has no documents to pack")
+    with atomic_writer(idx_path, "wb") as handle:
+        handle.write(np.concatenate(offsets).astype(np.int64).tobytes())
+    return {
+        "name": name,
+        "tokens": tokens,
+        "documents": documents,
+        "dtype": dtype.name,
+        "bin": bin_path.name,
+        "idx": idx_path.name,
+        "sha256": {"bin": file_sha256(bin_path), "idx": file_sha256(idx_path)},
+    }
+
+
+@dataclass
+class Shard:
+    """A packed stream opened read-only as a memory map."""
+
+    name: str
+    tokens: np.ndarray
+    doc_starts: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.tokens.size)
+
+
+def read_manifest(shard_dir: Path) -> dict[str, Any]:
+    path = shard_dir / MANIFEST
+    if not path.exists():
+        raise MidtrainError.single("no shard manifest here; run `midtrain data prepare` first", file=path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MidtrainError.single(f"shard manifest is corrupt: {exc.msg}", file=path, line=exc.lineno) from None
+
+
+def write_manifest(shard_dir: Path, manifest: dict[str, Any]) -> None:
+    write_json(shard_dir / MANIFEST, manifest)
+
+
+def open_shard(shard_dir: Path, entry: dict[str, Any]) -> Shard:
+    bin_path = shard_dir / entry["bin"]
+    idx_path = shard_dir / entry["idx"]
+    for path in (bin_path, idx_path):
+        if not path.exists():
+            raise MidtrainError.single("shard listed in the manifest is missing; rerun `midtrain data prepare`", file=path)
+    expected = entry["tokens"] * np.dtype(entry["dtype"]).itemsize
+    if bin_path.stat().st_size != expected:
+        raise MidtrainError.single(
+            "shard size does not match its manifest (truncated or changed); rerun `midtrain data prepare`",
+            file=bin_path, expected=f"{expected} bytes", found=f"{bin_path.stat().st_size} bytes",
+        )
+    tokens = np.memmap(bin_path, dtype=np.dtype(entry["dtype"]), mode="r")
+    starts = np.fromfile(idx_path, dtype=np.int64)
+    return Shard(entry["name"], tokens, starts)
+
+
+def shard_is_complete(shard_dir: Path, entry: dict[str, Any] | None, verify_hash: bool = False) -> bool:
+    """True when both files exist with the recorded size (and, if asked, hash)."""
+    if not entry:
+        return False
+    bin_path, idx_path = shard_dir / entry["bin"], shard_dir / entry["idx"]
+    if not (bin_path.exists() and idx_path.exists()):
+        return False
+    if bin_path.stat().st_size != entry["tokens"] * np.dtype(entry["dtype"]).itemsize:
+        return False
+    if verify_hash:
+        return file_sha256(bin_path) == entry["sha256"]["bin"] and file_sha256(idx_path) == entry["sha256"]["idx"]
+    return True
+
+
+def default_threads() -> int:
+    """Threads for this process: MIDTRAIN_THREADS, else all cores (the caller divides among processes)."""
+    value = os.environ.get("MIDTRAIN_THREADS")
+    return max(1, int(value)) if value else max(1, os.cpu_count() or 1)

@@ -1,0 +1,195 @@
+"""`midtrain data prepare`: corpora -> tokenizer -> decontaminated, packed token shards.
+
+Layout of the output directory:
+
+    corpora/    built-in corpora as JSON lines + manifest.json       (tiny scale)
+    tokenizer/  tokenizer.json, tokenizer_config.json, midtrain.json
+    shards/     <stream>.bin / <stream>.idx + manifest.json          (stream = "<name>.<split>")
+    decontam.json
+
+Every step is resumable: a finished corpus, tokenizer or shard whose inputs have not changed is
+kept, anything unfinished is rebuilt from scratch (writes are atomic, manifests written last).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from midtrain.data import builtin
+from midtrain.data.decontam import EvalIndex, Report, filter_documents
+from midtrain.data.packing import pack_stream, read_manifest, shard_is_complete, write_manifest
+from midtrain.errors import MidtrainError
+from midtrain.io import write_json
+from midtrain.progress import progress_bar
+
+TOKENIZER_SAMPLE_CHARS = 1_500_000
+EVAL_SPLITS = {"math": "heldout", "longdoc": "heldout", "qa": "heldout"}
+
+
+@dataclass
+class PrepareOptions:
+    out: Path
+    vocab_size: int = 2048
+    seed: int = 0
+    ngram: int = 13
+    threshold: float = 0.5
+    action: str = "drop"  # or "flag"
+    sizes: builtin.CorpusSizes = field(default_factory=builtin.CorpusSizes)
+    extra_eval: list[Path] = field(default_factory=list)  # user evaluation sets (jsonl with "text")
+    progress: bool = True
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _read_rows(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            yield json.loads(line)
+
+
+def prepare_corpora(options: PrepareOptions) -> dict[str, Any]:
+    """Build the built-in corpora that are missing or changed. Returns corpora/manifest.json."""
+    directory = options.out / "corpora"
+    manifest_path = directory / "manifest.json"
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    want = _hash({"seed": options.seed, "sizes": options.sizes.__dict__, "version": 1})
+    with progress_bar("built-in corpora", len(builtin.BUILTINS), enabled=options.progress) as advance:
+        for name in builtin.BUILTINS:
+            entry = manifest.get(name)
+            fresh = entry and entry.get("inputs") == want and all((directory / s["file"]).exists() for s in entry["splits"].values())
+            if not fresh:
+                entry = builtin.build_builtin(name, directory, options.seed, options.sizes)
+                entry["inputs"] = want
+                manifest[name] = entry
+                write_json(manifest_path, manifest)
+            advance(1)
+    return manifest
+
+
+def prepare_tokenizer(options: PrepareOptions, corpora: dict[str, Any]) -> Path:
+    directory = options.out / "tokenizer"
+    inputs = {"vocab": options.vocab_size, "corpora": {n: corpora[n]["splits"]["train"]["sha256"] for n in builtin.BUILTINS}, "sample": TOKENIZER_SAMPLE_CHARS}
+    stamp = directory / "midtrain.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("inputs") == _hash(inputs):
+        return directory
+    from midtrain.data.tokenizer import sample_texts, train_bpe
+
+    files = [options.out / "corpora" / corpora[n]["splits"]["train"]["file"] for n in builtin.BUILTINS]
+    with progress_bar(f"tokenizer (BPE, vocab {options.vocab_size})", None, enabled=options.progress):
+        train_bpe(sample_texts(files, TOKENIZER_SAMPLE_CHARS), options.vocab_size, directory)
+    write_json(stamp, {"inputs": _hash(inputs), "vocab_size": options.vocab_size, "trained_on": "built-in corpora"})
+    return directory
+
+
+def build_eval_index(options: PrepareOptions, corpora: dict[str, Any]) -> EvalIndex:
+    """n-grams of every evaluation set: the built-in held-out math/longdoc/QA items plus user files."""
+    index = EvalIndex(n=options.ngram)
+    for name, split in EVAL_SPLITS.items():
+        for row in _read_rows(options.out / "corpora" / corpora[name]["splits"][split]["file"]):
+            index.add(row["id"], row.get("prompt") or row.get("context") or row["text"])
+    for path in options.extra_eval:
+        from midtrain.data.sources import iter_local_rows
+
+        for number, (_, row) in enumerate(iter_local_rows([path])):
+            if "text" not in row:
+                raise MidtrainError.single("evaluation rows need a 'text' field", file=path, line=number + 1, found=", ".join(sorted(row)))
+            index.add(f"{path.name}:{number}", row["text"])
+    return index
+
+
+def prepare_shards(options: PrepareOptions, corpora: dict[str, Any], tokenizer_dir: Path) -> dict[str, Any]:
+    from midtrain.data.tokenizer import load_tokenizer
+
+    shard_dir = options.out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(shard_dir) if (shard_dir / "manifest.json").exists() else {"streams": {}}
+    tokenizer_hash = json.loads((tokenizer_dir / "midtrain.json").read_text())["inputs"]
+    tokenizer = load_tokenizer(tokenizer_dir)
+    decontam = {"n": options.ngram, "threshold": options.threshold, "action": options.action, "extra": [str(p) for p in options.extra_eval]}
+    report = Report(options.ngram, options.threshold, options.action)
+    index: EvalIndex | None = None
+    jobs = [(name, split) for name in builtin.BUILTINS for split in ("train", "heldout")]
+    total_bytes = sum(corpora[n]["splits"][s]["bytes"] for n, s in jobs)
+    previous_report = {}
+    report_path = options.out / "decontam.json"
+    if report_path.exists():
+        previous_report = json.loads(report_path.read_text()).get("sources", {})
+    with progress_bar("tokenize + pack", total_bytes, unit=" bytes", enabled=options.progress) as advance:
+        for name, split in jobs:
+            stream = f"{name}.{split}"
+            corpus = corpora[name]["splits"][split]
+            inputs = _hash({"corpus": corpus["sha256"], "tokenizer": tokenizer_hash, "decontam": decontam if split == "train" else None})
+            entry = manifest["streams"].get(stream)
+            if entry and entry.get("inputs") == inputs and shard_is_complete(shard_dir, entry):
+                if stream in previous_report:
+                    report.sources[stream] = previous_report[stream]
+                advance(corpus["bytes"])
+                continue
+            rows = ((row["id"], row["text"]) for row in _read_rows(options.out / "corpora" / corpus["file"]))
+            if split == "train":
+                if index is None:
+                    index = build_eval_index(options, corpora)
+                rows = filter_documents(rows, index, report, stream, options.threshold, options.action)
+            bytes_per_doc = corpus["bytes"] / max(corpus["documents"], 1)
+            entry = pack_stream((text for _, text in rows), tokenizer, shard_dir, stream,
+                                progress=lambda docs, tokens: advance(docs * bytes_per_doc))
+            entry["inputs"] = inputs
+            entry["source"] = {"corpus": name, "split": split}
+            manifest["streams"][stream] = entry
+            manifest["tokenizer"] = {"path": "../tokenizer", "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}
+            write_manifest(shard_dir, manifest)
+    write_json(report_path, report.to_json())
+    return manifest
+
+
+def prepare_tiny(options: PrepareOptions) -> dict[str, Any]:
+    """Everything the tiny scale needs, built locally."""
+    options.out.mkdir(parents=True, exist_ok=True)
+    corpora = prepare_corpora(options)
+    tokenizer_dir = prepare_tokenizer(options, corpora)
+    return prepare_shards(options, corpora, tokenizer_dir)
+
+
+def prepare_sources(out: Path, sources: dict[str, Any], tokenizer_ref: str, revision: str | None = None,
+                    base: Path | None = None, progress: bool = True) -> dict[str, Any]:
+    """Larger scales: pack registry sources (hub ids or local files) with the published tokenizer."""
+    from midtrain.data.sources import iter_documents
+    from midtrain.data.tokenizer import load_tokenizer
+
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    manifest = read_manifest(shard_dir) if (shard_dir / "manifest.json").exists() else {"streams": {}}
+    tokenizer = load_tokenizer(tokenizer_ref, revision)
+    for name, source in sources.items():
+        stream = f"{name}.train"
+        inputs = _hash({"source": source.model_dump(mode="json"), "tokenizer": tokenizer_ref, "revision": revision})
+        entry = manifest["streams"].get(stream)
+        if entry and entry.get("inputs") == inputs and shard_is_complete(shard_dir, entry):
+            continue
+        with progress_bar(f"tokenize + pack {name}", source.approx_tokens, unit=" tokens", enabled=progress) as advance:
+            entry = pack_stream(iter_documents(source, name, base=base), tokenizer, shard_dir, stream,
+                                progress=lambda docs, tokens: advance(tokens))
+        entry["inputs"] = inputs
+        entry["source"] = {"registry": name}
+        manifest["streams"][stream] = entry
+        manifest["tokenizer"] = {"path": tokenizer_ref, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}
+        write_manifest(shard_dir, manifest)
+    return manifest
+
+
+def stage_streams(recipe: Any, stage: Any, registry: Any, scale: str) -> dict[str, float]:
+    """Mixture shares by stream: at tiny scale sources collapse onto their built-in stand-ins."""
+    shares = stage.mixture.shares()
+    if scale != "tiny":
+        return {f"{name}.train": share for name, share in shares.items()}
+    out: dict[str, float] = {}
+    for name, share in shares.items():
+        stream = f"{registry.sources[name].builtin.value}.train"
+        out[stream] = out.get(stream, 0.0) + share
+    return out

@@ -1,0 +1,163 @@
+"""Resolve a registry data source to documents (strings), streaming, with clear errors.
+
+Origins, in order of precedence:
+- `files`: local jsonl / json / parquet / txt files or globs (a DVC-tracked path is a local path;
+  if only its `.dvc` pointer is present, the error says to `dvc pull` it);
+- `hub_id`: `datasets.load_dataset(hub_id, subset, split=..., revision=..., streaming=...)` — the
+  same call works on a local dataset directory, which is how it is tested offline;
+- the built-in corpus (`builtin`), used at tiny scale.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from midtrain.errors import MidtrainError
+
+TEXT_SUFFIXES = (".txt", ".md", ".rst")
+
+
+def row_text(row: dict[str, Any], text_field: str | None, template: str | None, origin: str) -> str:
+    """The document text of one row: a field, or a template over the row's fields (QA/instruction rows)."""
+    if template is not None:
+        try:
+            return template.format(**row)
+        except KeyError as exc:
+            raise MidtrainError.single(
+                f"template refers to field {exc.args[0]!r}, which rows of {origin} do not have",
+                expected=f"one of {', '.join(sorted(row))}",
+                found=str(exc.args[0]),
+            ) from None
+    assert text_field is not None
+    if text_field not in row:
+        raise MidtrainError.single(
+            f"text field {text_field!r} not found in rows of {origin}",
+            expected=f"one of {', '.join(sorted(row))}",
+            found=text_field,
+        )
+    value = row[text_field]
+    if not isinstance(value, str):
+        value = json.dumps(value, ensure_ascii=False) if value is not None else ""
+    return value
+
+
+def expand_files(patterns: list[str], base: Path | None = None) -> list[Path]:
+    files: list[Path] = []
+    for pattern in patterns:
+        full = str(base / pattern) if base and not Path(pattern).is_absolute() else pattern
+        matches = sorted(glob.glob(full, recursive=True))
+        if not matches:
+            pointer = Path(full + ".dvc")
+            if pointer.exists():
+                raise MidtrainError.single(
+                    f"data is tracked by DVC but not present here; run `dvc pull {pointer}`", file=Path(full)
+                )
+            raise MidtrainError.single("no file matches this path or pattern", file=Path(full))
+        files.extend(Path(m) for m in matches if Path(m).is_file())
+    if not files:
+        raise MidtrainError.single(f"the patterns {patterns} match only directories")
+    return files
+
+
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise MidtrainError.single(
+                    "line is not valid UTF-8", file=path, line=number, expected="UTF-8 text", found=f"byte 0x{raw[exc.start]:02x}"
+                ) from None
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise MidtrainError.single(f"invalid JSON: {exc.msg}", file=path, line=number) from None
+            if not isinstance(row, dict):
+                raise MidtrainError.single("each JSON line must be an object", file=path, line=number, found=type(row).__name__)
+            yield row
+
+
+def _read_parquet(path: Path, batch_rows: int = 1024) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several types for a corrupt file
+        raise MidtrainError.single(f"cannot read parquet: {exc}", file=path) from None
+    for batch in parquet.iter_batches(batch_size=batch_rows):
+        yield from batch.to_pylist()
+
+
+def _read_text(path: Path) -> Iterator[dict[str, Any]]:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise MidtrainError.single(
+            "file is not valid UTF-8 (mixed or legacy encoding?)", file=path, line=line,
+            expected="UTF-8 text", found=f"byte 0x{data[exc.start]:02x}",
+        ) from None
+    yield {"text": text}
+
+
+def iter_local_rows(files: list[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in files:
+        suffix = "".join(path.suffixes[-1:]).lower()
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            rows = _read_jsonl(path)
+        elif suffix == ".parquet":
+            rows = _read_parquet(path)
+        elif suffix in TEXT_SUFFIXES:
+            rows = _read_text(path)
+        else:
+            raise MidtrainError.single("unsupported file type", file=path, expected="jsonl, json, parquet or txt", found=suffix or "no suffix")
+        for row in rows:
+            yield path, row
+
+
+def iter_hub_rows(hub_id: str, subset: str | None, split: str, revision: str | None, streaming: bool = True) -> Iterator[dict[str, Any]]:
+    """Rows of a hub dataset (or a local dataset directory, which `load_dataset` accepts the same way)."""
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(hub_id, subset, split=split, revision=revision, streaming=streaming)
+    except FileNotFoundError as exc:
+        raise MidtrainError.single(f"dataset {hub_id!r} not found: {exc}") from None
+    except ValueError as exc:
+        raise MidtrainError.single(f"cannot load dataset {hub_id!r} (subset {subset!r}, split {split!r}): {exc}") from None
+    except ConnectionError as exc:
+        raise MidtrainError.single(f"dataset {hub_id!r} needs the network, which is not available here: {exc}") from None
+    yield from dataset
+
+
+def iter_documents(source: Any, name: str, *, base: Path | None = None, streaming: bool = True) -> Iterator[str]:
+    """Documents of a registry `DataSource` from its files or hub id. Raises on empty sources."""
+    count = 0
+    if source.files:
+        files = expand_files(source.files, base)
+        for path, row in iter_local_rows(files):
+            text = row_text(row, source.text_field, source.template, str(path))
+            if text.strip():
+                count += 1
+                yield text
+        origin = ", ".join(source.files)
+    elif source.hub_id:
+        for row in iter_hub_rows(source.hub_id, source.subset, source.split, source.revision, streaming):
+            text = row_text(row, source.text_field, source.template, source.hub_id)
+            if text.strip():
+                count += 1
+                yield text
+        origin = source.hub_id
+    else:
+        raise MidtrainError.single(
+            f"data source {name!r} has no public release (no hub_id) and no `files`; at this scale point it at "
+            "your own copy with `files:` in registry/sources.yaml"
+        )
+    if count == 0:
+        raise MidtrainError.single(f"data source {name!r} ({origin}) has no non-empty documents")
