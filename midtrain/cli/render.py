@@ -185,7 +185,8 @@ def show(recipe: Recipe, registry: Any) -> Group:
         (
             "optimizer",
             Text(f"{opt.type} ").append_text(mark(f"β={opt.betas[0]:g},{opt.betas[1]:g} ε={opt.eps:g} wd={opt.weight_decay:g}", "optimizer"))
-            .append(f" clip={opt.grad_clip}" + (f" no decay on {', '.join(opt.no_decay)}" if opt.no_decay else "")),
+            .append(f" clip={opt.grad_clip}" + (f" no decay on {', '.join(opt.no_decay)}" if opt.no_decay else ""))
+            .append_text(Text(" µP width ratio ").append_text(mark(f"{opt.mup_width_ratio:g}", "optimizer.mup_width_ratio")) if opt.mup_width_ratio else Text("")),
         )
     )
     parts.append(Panel(_kv(base_rows), title="[bold]base[/bold]", title_align="left", box=box.ROUNDED))

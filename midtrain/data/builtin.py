@@ -52,7 +52,7 @@ def _split_name(key: str) -> str:
 
 
 def prose_documents() -> Iterator[tuple[str, str]]:
-    """(key, text): pydoc topics, then docstrings (≥ 300 characters) of the standard library."""
+    """(key, text): pydoc topics, then docstrings (≥ 120 characters) of the standard library."""
     import pydoc_data.topics
 
     for name in sorted(pydoc_data.topics.topics):
@@ -66,7 +66,7 @@ def prose_documents() -> Iterator[tuple[str, str]]:
         nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
         for node in nodes:
             doc = ast.get_docstring(node, clean=True)
-            if doc and len(doc) >= 300:
+            if doc and len(doc) >= 120:
                 name = getattr(node, "name", "")
                 yield f"doc:{module}:{name}:{getattr(node, 'lineno', 0)}", doc.strip()
 
@@ -249,11 +249,13 @@ def longdoc_documents(seed: int, count: int, stream: str, lengths: tuple[int, ..
 
 @dataclass
 class CorpusSizes:
-    math_train: int = 60_000
+    math_train: int = 30_000
     math_eval: int = 500
     qa_math: int = 20_000
-    longdoc_train: int = 3_000
+    longdoc_train: int = 1_500
     longdoc_eval: int = 200
+    prose_docs: int | None = None  # caps for quick tests; None keeps every document
+    code_docs: int | None = None
 
 
 def _write_jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> dict[str, Any]:
@@ -280,8 +282,11 @@ def build_builtin(name: str, out_dir: Path, seed: int = 0, sizes: CorpusSizes | 
     train: list[dict[str, Any]] = []
     heldout: list[dict[str, Any]] = []
     if name in ("prose", "code"):
+        import itertools
+
         docs = prose_documents() if name == "prose" else code_documents()
-        for key, text in docs:
+        cap = sizes.prose_docs if name == "prose" else sizes.code_docs
+        for key, text in itertools.islice(docs, cap):
             (heldout if _split_name(key) == "heldout" else train).append({"id": key, "text": text})
     elif name == "math":
         train = [{"id": f"math:train:{i}", "text": p.text(), "answer": p.answer, "difficulty": p.difficulty}

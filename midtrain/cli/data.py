@@ -1,0 +1,171 @@
+"""`midtrain data prepare` and `midtrain data inspect`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from midtrain.cli import guarded
+from midtrain.errors import MidtrainError
+
+data_app = typer.Typer(
+    help="Build and look at the token data a recipe trains on: corpora, tokenizer, decontaminated packed shards.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+
+@data_app.command()
+@guarded
+def prepare(
+    out: Path = typer.Option(Path("data"), "--out", "-o", help="Output directory."),
+    scale: str = typer.Option("tiny", "--scale", help="tiny (built-in corpora, trained BPE) or small/full (the recipe's sources)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe whose sources to prepare (needed above tiny)."),
+    seed: int = typer.Option(0, help="Seed of the built-in generators."),
+    vocab_size: Optional[int] = typer.Option(None, help="BPE vocabulary at tiny scale (default: the scale profile's)."),
+    ngram: int = typer.Option(13, help="n of the decontamination n-grams."),
+    threshold: float = typer.Option(0.5, help="Share of an evaluation item's n-grams that marks a document contaminated."),
+    flag_only: bool = typer.Option(False, "--flag-only", help="Report contaminated documents but keep them."),
+    eval_file: Optional[list[Path]] = typer.Option(None, "--eval-file", help="Extra evaluation set (jsonl with 'text') to decontaminate against."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+) -> None:
+    """Prepare token shards. Resumable: finished pieces whose inputs did not change are kept.
+
+    [bold]Examples[/bold]
+
+      midtrain data prepare --scale tiny --out data/tiny
+      midtrain data prepare --scale tiny --out data/tiny --eval-file my_benchmark.jsonl
+      midtrain data prepare --scale full --recipe olmo-2-1124-7b --out data/olmo2
+    """
+    from midtrain.catalog import load_catalog
+
+    catalog = load_catalog()
+    if scale not in catalog.registry.scales:
+        raise MidtrainError.single(f"unknown scale {scale!r}", expected=", ".join(catalog.registry.scales), found=scale)
+    if not 0 < threshold <= 1:
+        raise MidtrainError.single("threshold must be in (0, 1]", found=str(threshold))
+    for path in eval_file or []:
+        if not path.is_file():
+            raise MidtrainError.single("evaluation file not found", file=path)
+    if scale == "tiny":
+        from midtrain.data.prepare import PrepareOptions, prepare_tiny
+
+        profile = catalog.registry.scales["tiny"]
+        options = PrepareOptions(
+            out=out, vocab_size=vocab_size or profile.vocab_size or 2048, seed=seed, ngram=ngram, threshold=threshold,
+            action="flag" if flag_only else "drop", extra_eval=list(eval_file or []), progress=not quiet,
+        )
+        manifest = prepare_tiny(options)
+    else:
+        if recipe is None:
+            raise MidtrainError.single(f"--recipe is needed at scale {scale!r}: its sources and tokenizer are prepared")
+        from midtrain.data.prepare import prepare_sources
+
+        chosen = catalog.get(recipe)
+        names = sorted({c.source for s in chosen.stages for c in s.mixture.components})
+        model = catalog.registry.models[chosen.base.model]
+        if not model.hub_id:
+            raise MidtrainError.single(f"base model {chosen.base.model!r} has no hub id for its tokenizer")
+        manifest = prepare_sources(out, {n: catalog.registry.sources[n] for n in names}, model.hub_id, model.revision,
+                                   base=catalog.root, progress=not quiet)
+    streams = manifest["streams"]
+    total = sum(s["tokens"] for s in streams.values())
+    typer.echo(f"prepared {len(streams)} streams, {total:,} tokens in {out / 'shards'}")
+
+
+def _inspect(directory: Path, recipe_id: str | None, sequences: int, sequence_length: int, samples: int, seed: int) -> dict[str, Any]:
+    from midtrain.data.mixture import MixtureSampler, gather
+    from midtrain.data.packing import open_shard, read_manifest
+    from midtrain.data.tokenizer import load_tokenizer
+
+    shard_dir = directory / "shards"
+    manifest = read_manifest(shard_dir)
+    streams = manifest["streams"]
+    info: dict[str, Any] = {
+        "directory": str(directory),
+        "streams": {name: {"tokens": s["tokens"], "documents": s["documents"], "dtype": s["dtype"]} for name, s in streams.items()},
+        "total_tokens": sum(s["tokens"] for s in streams.values()),
+    }
+    report_path = directory / "decontam.json"
+    if report_path.exists():
+        report = json.loads(report_path.read_text())
+        info["decontamination"] = {"n": report["n"], "threshold": report["threshold"], "action": report["action"], "sources": report["sources"]}
+    if recipe_id is None:
+        return info
+    from midtrain.catalog import load_catalog
+    from midtrain.data.prepare import stage_streams
+
+    catalog = load_catalog()
+    recipe = catalog.get(recipe_id)
+    scale = "tiny" if any(name.endswith(".heldout") for name in streams) else "full"
+    tokenizer_path = manifest.get("tokenizer", {}).get("path", "../tokenizer")
+    tokenizer = load_tokenizer(shard_dir / tokenizer_path if tokenizer_path.startswith("..") else tokenizer_path)
+    shards = {name: open_shard(shard_dir, entry) for name, entry in streams.items()}
+    info["recipe"] = recipe.id
+    info["stages"] = {}
+    for stage in recipe.stages:
+        shares = stage_streams(recipe, stage, catalog.registry, scale)
+        sampler = MixtureSampler({n: s["tokens"] for n, s in streams.items()}, shares, sequence_length, global_batch=16, seed=seed)
+        realised = sampler.realised_shares(sequences)
+        picks = sampler.positions(0, samples)
+        windows = gather(shards, picks, sequence_length)
+        info["stages"][stage.name] = {
+            "target_shares": {k: round(v, 6) for k, v in shares.items()},
+            "realised_shares": {k: round(v, 6) for k, v in realised.items()},
+            "sequences": sequences,
+            "epochs": {k: round(v, 4) for k, v in sampler.epochs(sequences // 16).items()},
+            "samples": [{"stream": name, "window": window, "text": tokenizer.decode(row[:64].tolist())} for (name, window), row in zip(picks, windows)],
+        }
+    return info
+
+
+@data_app.command()
+@guarded
+def inspect(
+    directory: Path = typer.Argument(..., help="A directory made by `midtrain data prepare`."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Also sample each stage's mixture of this recipe."),
+    sequences: int = typer.Option(10_000, help="Sequences to draw when measuring realised shares."),
+    sequence_length: int = typer.Option(128, "--seq-len", help="Window length for sampling."),
+    samples: int = typer.Option(3, help="Decoded samples per stage."),
+    seed: int = typer.Option(0, help="Sampler seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Tokens per stream, decontamination counts, and (with --recipe) realised mixture shares,
+    repetition and decoded samples per stage.
+
+    [bold]Examples[/bold]
+
+      midtrain data inspect data/tiny
+      midtrain data inspect data/tiny --recipe olmo-2-1124-7b --json
+    """
+    info = _inspect(directory, recipe, sequences, sequence_length, samples, seed)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2, ensure_ascii=False))
+        return
+    from rich import box
+    from rich.table import Table
+
+    from midtrain.cli.render import console
+
+    out = console()
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", title=f"streams in {directory}")
+    for column in ("stream", "tokens", "documents", "dtype", "contaminated"):
+        table.add_column(column, justify="left" if column == "stream" else "right")
+    contamination = info.get("decontamination", {}).get("sources", {})
+    for name, stream in info["streams"].items():
+        counts = contamination.get(name)
+        table.add_row(name, f"{stream['tokens']:,}", f"{stream['documents']:,}", stream["dtype"],
+                      f"{counts['contaminated']:,} of {counts['documents']:,}" if counts else "-")
+    out.print(table)
+    for stage_name, stage in info.get("stages", {}).items():
+        shares = Table(box=box.SIMPLE_HEAD, header_style="bold", title=f"stage {stage_name}: {stage['sequences']:,} sequences")
+        for column in ("stream", "target", "realised", "epochs"):
+            shares.add_column(column, justify="left" if column == "stream" else "right")
+        for name, target in stage["target_shares"].items():
+            shares.add_row(name, f"{target:.2%}", f"{stage['realised_shares'].get(name, 0):.2%}", f"{stage['epochs'].get(name, 0):.3f}")
+        out.print(shares)
+        for sample in stage["samples"]:
+            out.print(f"[dim]{sample['stream']} #{sample['window']}:[/dim] {sample['text']!r}")

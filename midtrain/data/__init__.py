@@ -1,0 +1,1 @@
+"""Data: sources, built-in corpora, tokenizer, packing, mixture sampling, decontamination."""
