@@ -20,12 +20,15 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/midtrain list
 	$(BIN)/midtrain show olmo-2-1124-7b
+	$(BIN)/midtrain data prepare --scale tiny --out data/tiny
+	$(BIN)/midtrain data inspect data/tiny --recipe olmo-2-1124-7b
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -n 2
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cli_startup.py
+	$(BIN)/python benchmarks/data_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -160,7 +160,7 @@ def show(
         out.print(f"{cov['numbers']} numbers · {cov['tagged']:.0%} with provenance · {cov['stated']:.0%} stated")
         out.print(legend())
         return
-    out.print(render_show(recipe, catalog.registry))
+    out.print(render_show(recipe, catalog.registry, out.width))
 
 
 def _haystack(recipe: Any, registry: Any) -> dict[str, str]:

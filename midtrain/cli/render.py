@@ -102,7 +102,7 @@ def short_org(name: str) -> str:
     return name if len(name) <= 16 else name[:15] + "…"
 
 
-def mixture_chart(recipe: Recipe, stage_index: int, registry: Any, mark: Marker) -> Table:
+def mixture_chart(recipe: Recipe, stage_index: int, registry: Any, mark: Marker, width: int = 120) -> Table:
     stage = recipe.stages[stage_index]
     shares = stage.mixture.shares()
     tokens = stage.total_tokens()
@@ -111,23 +111,27 @@ def mixture_chart(recipe: Recipe, stage_index: int, registry: Any, mark: Marker)
     table.add_column("share", no_wrap=True)
     table.add_column("", justify="right")
     table.add_column("tokens", justify="right")
+    narrow = width < 110
+    bar_width = 12 if narrow else BAR_WIDTH
     table.add_column("max epochs", justify="right")
-    table.add_column("category", style="dim")
+    if not narrow:
+        table.add_column("category", style="dim")
     for component in stage.mixture.components:
         share = shares[component.source]
         source = registry.sources.get(component.source) if registry else None
         category = source.category.value if source else "?"
-        filled = share * BAR_WIDTH
+        filled = share * bar_width
         bar = Text("█" * int(filled) + ("▌" if filled - int(filled) >= 0.5 else ""), style=CATEGORY_STYLE.get(category, "white"))
         path = f"stages[{stage.name}].mixture.components[{component.source}]"
-        table.add_row(
+        cells = [
             component.source,
             bar,
             mark(f"{share:6.1%}", f"{path}.share" if component.share is not None else f"{path}.tokens"),
             fmt_tokens(share * tokens) if tokens else "?",
             mark(f"{component.max_epochs:g}", f"{path}.max_epochs") if component.max_epochs is not None else Text("-", style="dim"),
             category,
-        )
+        ]
+        table.add_row(*cells[: 5 if narrow else 6])
     return table
 
 
@@ -142,7 +146,7 @@ def _kv(rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
-def show(recipe: Recipe, registry: Any) -> Group:
+def show(recipe: Recipe, registry: Any, width: int = 120) -> Group:
     mark = Marker(recipe)
     parts: list[Any] = []
     head = Text()
@@ -239,7 +243,7 @@ def show(recipe: Recipe, registry: Any) -> Group:
         if stage.description:
             body.append(Text(stage.description, style="italic"))
         body.append(_kv(rows))
-        body.append(mixture_chart(recipe, index, registry, mark))
+        body.append(mixture_chart(recipe, index, registry, mark, width))
         for component in stage.mixture.components:
             if component.length_buckets:
                 spread = ", ".join(f"{b.share:.0%} at {b.min_tokens:,}-{b.max_tokens:,} tokens" for b in component.length_buckets)
