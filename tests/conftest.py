@@ -11,6 +11,11 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Two test workers share two cores: one thread per process (and per torchrun rank) avoids the
+# oversubscription that makes a step 25x slower, and keeps CPU results deterministic.
+os.environ.setdefault("MIDTRAIN_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -37,3 +42,18 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def olmo_text() -> str:
     return (REPO / "recipes" / "olmo-2" / "olmo-2-1124-7b.yaml").read_text()
+
+
+from midtrain.data.builtin import CorpusSizes  # noqa: E402
+
+SMALL = CorpusSizes(math_train=3000, math_eval=200, qa_math=2000, longdoc_train=100, longdoc_eval=40, prose_docs=400, code_docs=150)
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small tiny-scale data directory (vocabulary 512), built once per test process."""
+    from midtrain.data.prepare import PrepareOptions, prepare_tiny
+
+    out = tmp_path_factory.mktemp("prepared")
+    prepare_tiny(PrepareOptions(out=out, vocab_size=512, sizes=SMALL, progress=False))
+    return out

@@ -6,7 +6,7 @@ from pathlib import Path
 from midtrain.data.decontam import EvalIndex, Report, filter_documents
 from midtrain.data.prepare import PrepareOptions, prepare_tiny
 
-from .conftest import SMALL
+from tests.conftest import SMALL
 
 EVAL = [
     "Problem: Ada has 12 marbles. At the market, Ada buys 7 more. How many marbles does Ada have now?",

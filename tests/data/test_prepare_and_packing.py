@@ -13,7 +13,7 @@ from midtrain.data.prepare import PrepareOptions, prepare_tiny
 from midtrain.data.tokenizer import EOS, load_tokenizer
 from midtrain.errors import MidtrainError
 
-from .conftest import SMALL
+from tests.conftest import SMALL
 
 
 def test_tokenizer_loads_with_autotokenizer(prepared: Path) -> None:

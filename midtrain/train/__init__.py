@@ -1,0 +1,1 @@
+"""The built-in PyTorch trainer: models, optimizer, schedules, checkpoints, distributed, merging."""

@@ -1,0 +1,435 @@
+"""The training loop for one run of one stage. The whole step is on one screen (`_step`).
+
+Exactness: the batch at step s is a pure function of (data seed, s, rank, world size), the LR is a
+pure function of s, and a checkpoint holds the model, optimizer, averages and RNG state, so a run
+killed at any point and resumed from its last checkpoint reaches the same weights, bit for bit on
+the CPU, as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from midtrain.data.mixture import MixtureSampler, gather
+from midtrain.data.packing import open_shard, read_manifest
+from midtrain.errors import MidtrainError
+from midtrain.io import write_json
+from midtrain.progress import is_tty
+from midtrain.train import checkpoint as ckpt
+from midtrain.train.config import RunSpec
+from midtrain.train.distributed import Dist, all_reduce_sum, choose_strategy, setup, threads_per_process, wrap
+
+
+class NonFiniteLoss(MidtrainError):
+    pass
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    tokens: int
+    seconds: float
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise MidtrainError.single(f"output directory is not writable: {exc.strerror or exc}", file=out) from None
+
+
+def _sampler(spec: RunSpec) -> tuple[MixtureSampler, dict[str, Any], dict[str, Any]]:
+    shard_dir = spec.data / "shards"
+    manifest = read_manifest(shard_dir)
+    streams = manifest["streams"]
+    missing = [name for name in spec.streams if name not in streams]
+    if missing:
+        raise MidtrainError.single(
+            f"the run mixes streams that {shard_dir} does not have: {', '.join(missing)}",
+            expected=", ".join(sorted(streams)), found=", ".join(missing),
+        )
+    sampler = MixtureSampler(
+        {n: streams[n]["tokens"] for n in spec.streams}, spec.streams, spec.sequence_length, spec.global_batch,
+        seed=spec.data_seed, max_epochs=spec.max_epochs, on_repeat=spec.on_repeat,
+    )
+    shards = {n: open_shard(shard_dir, streams[n]) for n in spec.streams}
+    return sampler, shards, manifest
+
+
+class Averages:
+    """EMA and/or Polyak (uniform average of evenly spaced snapshots) of the weights, checkpointed."""
+
+    def __init__(self, spec: RunSpec, model: Any):
+        self.ema_decay = spec.ema_decay
+        self.tensors: dict[str, Any] = {}
+        self.snapshot_steps: set[int] = set()
+        if spec.polyak is not None:
+            k = spec.polyak.checkpoints
+            self.snapshot_steps = {round(spec.steps * (i + 1) / k) for i in range(k)}
+        self.count = 0
+        self.params = dict(_named_params(model))
+
+    @property
+    def active(self) -> bool:
+        return self.ema_decay is not None or bool(self.snapshot_steps)
+
+    def update(self, completed_steps: int) -> None:
+        import torch
+
+        with torch.no_grad():
+            if self.ema_decay is not None:
+                for name, param in self.params.items():
+                    full = _full(param)
+                    key = f"ema.{name}"
+                    if key not in self.tensors:
+                        self.tensors[key] = full.detach().clone().float()
+                    else:
+                        self.tensors[key].mul_(self.ema_decay).add_(full.float(), alpha=1 - self.ema_decay)
+            if completed_steps in self.snapshot_steps:
+                for name, param in self.params.items():
+                    key = f"polyak.{name}"
+                    full = _full(param).detach().float()
+                    self.tensors[key] = full.clone() if key not in self.tensors else self.tensors[key].add_(full)
+                self.count += 1
+
+    def state(self) -> dict[str, Any]:
+        import torch
+
+        return {**self.tensors, "_polyak_count": torch.tensor([self.count])} if self.tensors else {}
+
+    def load(self, tensors: dict[str, Any] | None) -> None:
+        if not tensors:
+            return
+        self.count = int(tensors.pop("_polyak_count", [0])[0])
+        self.tensors = dict(tensors)
+
+    def final(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        if self.ema_decay is not None and self.tensors:
+            out["ema"] = {k[4:]: v for k, v in self.tensors.items() if k.startswith("ema.")}
+        if self.count:
+            out["polyak"] = {k[7:]: v / self.count for k, v in self.tensors.items() if k.startswith("polyak.")}
+        return out
+
+
+def _named_params(model: Any) -> Any:
+    inner = getattr(model, "module", model)
+    return inner.named_parameters()
+
+
+def _full(param: Any) -> Any:
+    """The full tensor of a (possibly FSDP-sharded) parameter."""
+    return param.full_tensor() if hasattr(param, "full_tensor") else param
+
+
+def _loss_fn(logits: Any, targets: Any, z_loss: float | None) -> tuple[Any, Any]:
+    """Summed cross-entropy over the tokens, and the summed z-loss term (log² Z), in fp32."""
+    import torch
+
+    logits = logits.float().reshape(-1, logits.shape[-1])
+    ce = torch.nn.functional.cross_entropy(logits, targets.reshape(-1), reduction="sum")
+    z = torch.logsumexp(logits, dim=-1).pow(2).sum() * z_loss if z_loss else torch.zeros((), device=logits.device)
+    return ce, z
+
+
+class Trainer:
+    def __init__(self, spec: RunSpec, dist: Dist | None = None, progress: bool = True):
+        import torch
+
+        self.spec = spec
+        self.dist = dist or setup()
+        torch.set_num_threads(threads_per_process(spec.threads, self.dist.local_world))
+        self.progress = progress and self.dist.main
+        self.out = spec.out
+        if self.dist.main:
+            _check_writable(self.out)
+        from midtrain.data.tokenizer import load_tokenizer
+        from midtrain.train.model import check_fits, check_vocab, count_parameters, load_model, model_config
+
+        self.tokenizer = load_tokenizer(spec.tokenizer)
+        self.sampler, self.shards, _ = _sampler(spec)
+        self.sampler.check_repetition(spec.steps)
+        config = model_config(spec)
+        self.parameters = count_parameters(config)
+        check_fits(config, self.parameters, spec, self.dist.device, self.dist.world)
+        model = load_model(spec)
+        check_vocab(model, self.tokenizer.vocab_size, spec.tokenizer)
+        model.to(self.dist.device)
+        if spec.activation_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.strategy = choose_strategy(spec.strategy, self.dist.world, self.parameters, self.dist.device)
+        self.model = wrap(model, self.strategy, self.dist, spec.precision)
+        self.forward = torch.compile(self.model) if spec.compile else self.model
+        from midtrain.train.optim import build_optimizer
+
+        self.optimizer = build_optimizer(self.model, spec.optimizer, lr=self._lr(0))
+        self.averages = Averages(spec, self.model)
+        self.step = 0
+        self.tokens_seen = 0
+        self.checkpoint_dir = self.out / "checkpoints"
+
+    # ---- state ----
+
+    def _lr(self, step: int) -> float:
+        return self.spec.schedule.lr_at(step, self.spec.steps, self.spec.base_lr)
+
+    def _state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(self.model, self.optimizer, options=options)
+
+    def save_checkpoint(self) -> None:
+        model_state, optimizer_state = self._state_dicts()  # collective under FSDP: every rank calls it
+        if self.dist.main:
+            state = {"tokens_seen": self.tokens_seen, "rng": ckpt.rng_state(), "run": self.spec.name, "parameters": self.parameters}
+            ckpt.save(self.checkpoint_dir, self.step, model_state, optimizer_state, state, self.averages.state(), self.spec.keep_last)
+        self._barrier()
+
+    def resume(self) -> bool:
+        """Continue from the newest good checkpoint in `out/checkpoints`, if there is one."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        ckpt.clean_partial(self.checkpoint_dir) if self.dist.main else None
+        self._barrier()
+        path = ckpt.latest_good(self.checkpoint_dir)
+        if path is None:
+            return False
+        model_state, optimizer_state, state, averages = ckpt.load(path)
+        if state.get("parameters") not in (None, self.parameters):
+            raise MidtrainError.single(
+                "checkpoint does not match this model", file=path,
+                expected=f"{self.parameters:,} parameters", found=f"{state['parameters']:,}",
+            )
+        try:
+            set_state_dict(self.model, self.optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                           options=StateDictOptions(full_state_dict=True))
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise MidtrainError.single(f"checkpoint does not match this model: {str(exc).splitlines()[0]}", file=path) from None
+        self.averages.load(averages)
+        ckpt.set_rng_state(state["rng"])
+        self.step = state["step"]
+        self.tokens_seen = state["tokens_seen"]
+        return True
+
+    def _barrier(self) -> None:
+        import torch
+
+        if self.dist.world > 1:
+            torch.distributed.barrier()
+
+    # ---- one optimizer step ----
+
+    def _step(self, step: int) -> StepResult:
+        import torch
+
+        spec, dist = self.spec, self.dist
+        start = time.perf_counter()
+        lr = self._lr(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        windows = torch.from_numpy(gather(self.shards, self.sampler.batch(step, dist.rank, dist.world), spec.sequence_length))
+        windows = windows.to(dist.device, non_blocking=True)
+        targets_global = spec.global_batch * spec.sequence_length
+        micro = [windows[i : i + spec.micro_batch] for i in range(0, windows.shape[0], spec.micro_batch)]
+        # Gradients are sums over this rank's tokens / all tokens of the global batch; DDP and FSDP
+        # average over ranks, so each rank's loss is scaled by the world size to make it a sum.
+        scale = dist.world / targets_global
+        loss_sum = 0.0
+        autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=spec.precision == "bf16")
+        for index, chunk in enumerate(micro):
+            sync = index == len(micro) - 1 or self.strategy != "ddp"
+            context = self.model.no_sync() if not sync else _null()
+            with context:
+                with autocast:
+                    logits = self.forward(input_ids=chunk[:, :-1]).logits
+                ce, z = _loss_fn(logits, chunk[:, 1:], spec.z_loss)
+                ((ce + z) * scale).backward()
+            loss_sum += float(ce.detach())
+        loss = all_reduce_sum(loss_sum, dist) / targets_global
+        clip = spec.optimizer.grad_clip or float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if not math.isfinite(loss) or not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss.single(
+                f"training stopped: the loss became {loss} at step {step} (grad norm {grad_norm}); the last good "
+                f"checkpoint in {self.checkpoint_dir} is kept. Lower the LR, enable z_loss or check the data"
+            )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return StepResult(loss, grad_norm, targets_global, time.perf_counter() - start)
+
+    # ---- the run ----
+
+    def fit(self, resume: bool = True) -> dict[str, Any]:
+        spec = self.spec
+        resumed = self.resume() if resume else False
+        live = _Live(self.out / "dvclive", self.step, enabled=self.dist.main)
+        reporter = _Reporter(spec.name, spec.steps, self.step, enabled=self.progress)
+        last: StepResult | None = None
+        tokens_per_s = 0.0
+        try:
+            while self.step < spec.steps:
+                result = self._step(self.step)
+                self.step += 1
+                self.tokens_seen += result.tokens
+                self.averages.update(self.step)
+                tokens_per_s = result.tokens / max(result.seconds, 1e-9)
+                if self.dist.main and (self.step % spec.log_every == 0 or self.step == spec.steps):
+                    live.log(self.step, {"loss": result.loss, "lr": self._lr(self.step - 1), "grad_norm": result.grad_norm,
+                                         "tokens_seen": self.tokens_seen, "tokens_per_s": tokens_per_s})
+                reporter.update(self.step, result.loss, tokens_per_s)
+                last = result
+                if self.step % spec.checkpoint_every == 0 and self.step < spec.steps:
+                    self.save_checkpoint()
+        finally:
+            reporter.close()
+        self.save_checkpoint()
+        summary = self._finish(last, tokens_per_s, resumed)
+        live.close()
+        return summary
+
+    def _finish(self, last: StepResult | None, tokens_per_s: float, resumed: bool) -> dict[str, Any]:
+        from midtrain.train.model import save_pretrained
+
+        model_state, _ = self._state_dicts()
+        averages = self.averages.final()
+        summary = {
+            "run": self.spec.name, "steps": self.step, "tokens_seen": self.tokens_seen, "parameters": self.parameters,
+            "final_loss": last.loss if last else None, "tokens_per_s": tokens_per_s, "resumed": resumed,
+            "strategy": self.strategy, "world_size": self.dist.world,
+        }
+        if self.dist.main:
+            inner = getattr(self.model, "module", self.model)
+            extra = {"run": self.spec.name, "steps": self.step, "tokens_seen": self.tokens_seen}
+            if self.strategy == "fsdp":
+                inner = _unsharded_copy(self.spec, model_state)
+            save_pretrained(inner, self.spec.tokenizer, self.out / "model", extra)
+            for name, tensors in averages.items():
+                copy = _unsharded_copy(self.spec, tensors)
+                save_pretrained(copy, self.spec.tokenizer, self.out / f"model-{name}", {**extra, "average": name})
+            write_json(self.out / "summary.json", summary)
+        self._barrier()
+        return summary
+
+
+def _unsharded_copy(spec: RunSpec, tensors: dict[str, Any]) -> Any:
+    """A plain CPU model holding `tensors` (for saving averages or FSDP-gathered weights)."""
+    from midtrain.train.model import load_model
+
+    model = load_model(spec)
+    missing, unexpected = model.load_state_dict({k: v for k, v in tensors.items()}, strict=False)
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    if unexpected or [m for m in missing if not (tied and "lm_head" in m)]:
+        raise RuntimeError(f"averaged weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _Live:
+    """dvclive metrics (rank 0 only). On resume, rows past the checkpoint are dropped first."""
+
+    def __init__(self, directory: Path, step: int, enabled: bool):
+        self.live = None
+        if not enabled:
+            return
+        if step > 0:
+            _truncate_tsv(directory, step)
+        from dvclive import Live
+
+        self.live = Live(str(directory), resume=step > 0, save_dvc_exp=False, dvcyaml=None)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.live is None:
+            return
+        self.live.step = step
+        for name, value in metrics.items():
+            self.live.log_metric(f"train/{name}", value)
+        self.live.next_step()
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.end()
+
+
+def _truncate_tsv(directory: Path, step: int) -> None:
+    for path in (directory / "plots" / "metrics").rglob("*.tsv") if directory.exists() else []:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle, delimiter="\t"))
+        if not rows:
+            continue
+        header, body = rows[0], rows[1:]
+        at = header.index("step") if "step" in header else None
+        kept = [r for r in body if at is None or int(float(r[at])) < step]
+        with open(path, "w", newline="") as handle:
+            csv.writer(handle, delimiter="\t").writerows([header, *kept])
+
+
+class _Reporter:
+    """A Rich bar with ETA and tokens/s on a terminal; a line every 10% otherwise."""
+
+    def __init__(self, name: str, total: int, start: int, enabled: bool):
+        self.enabled = enabled
+        self.total = total
+        self.started = time.monotonic()
+        self.start_step = start
+        self.next_print = start + max(1, total // 10)
+        self.progress = None
+        if enabled and is_tty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn(f"[bold]{name}[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+            self.progress.start()
+            self.task = self.progress.add_task(name, total=total, completed=start, info="")
+        elif enabled:
+            print(f"{name}: {total} steps" + (f", resuming at step {start}" if start else ""), flush=True)
+        self.name = name
+
+    def update(self, step: int, loss: float, tokens_per_s: float) -> None:
+        if not self.enabled:
+            return
+        info = f"loss {loss:.4f} · {tokens_per_s:,.0f} tok/s"
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, info=info)
+        elif step >= self.next_print or step == self.total:
+            rate = (step - self.start_step) / max(time.monotonic() - self.started, 1e-9)
+            eta = (self.total - step) / rate if rate else 0
+            print(f"{self.name}: step {step}/{self.total} {info} · eta {eta:,.0f}s", flush=True)
+            self.next_print = step + max(1, self.total // 10)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def train(spec: RunSpec, resume: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Train one run; the entry point of `midtrain train` and of each torchrun rank."""
+    trainer = Trainer(spec, progress=progress)
+    return trainer.fit(resume=resume)
+
+
+def run_from_file(path: Path, resume: bool = True) -> dict[str, Any]:
+    spec = RunSpec.load(path)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return train(spec, resume=resume)
+
+
+

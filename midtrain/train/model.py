@@ -1,0 +1,187 @@
+"""Models: `transformers` causal LMs from a config or `from_pretrained`, RoPE per stage, HF-format saving."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from midtrain.errors import MidtrainError
+from midtrain.schema.base import FAMILY_ARCHITECTURES
+from midtrain.train.config import NewModel, Pretrained, RunSpec
+
+CONFIG_CLASSES = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config", "olmo2": "Olmo2Config"}
+
+
+def new_config(spec: NewModel) -> Any:
+    """A `transformers` config of the family's tiny/small stand-in architecture."""
+    import transformers
+
+    family = FAMILY_ARCHITECTURES[spec.family][1]
+    cls = getattr(transformers, CONFIG_CLASSES[family])
+    kwargs: dict[str, Any] = dict(
+        vocab_size=spec.vocab_size,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=spec.tie_word_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        **spec.dims.model_dump(),
+    )
+    if family == "qwen3":
+        kwargs["head_dim"] = spec.dims.hidden_size // spec.dims.num_attention_heads
+    config = cls(**kwargs)
+    config.use_cache = False
+    return config
+
+
+def apply_rope(config: Any, spec: RunSpec) -> Any:
+    """Set the stage's RoPE base / scaling and max positions on the config (persisted when saved)."""
+    current = dict(getattr(config, "rope_parameters", None) or {})
+    theta = current.get("rope_theta", getattr(config, "rope_theta", 10_000.0))
+    if spec.rope is not None:
+        if spec.rope.theta is not None:
+            theta = spec.rope.theta
+        params = spec.rope.to_hf(theta)
+        if spec.rope.scaling is None and current.get("rope_type", "default") != "default":
+            params = {**current, "rope_theta": theta}  # a base change keeps an earlier scaling
+        config.rope_parameters = params
+    if spec.max_position_embeddings:
+        config.max_position_embeddings = max(spec.max_position_embeddings, spec.sequence_length)
+    elif config.max_position_embeddings < spec.sequence_length:
+        config.max_position_embeddings = spec.sequence_length
+    return config
+
+
+def model_config(spec: RunSpec) -> Any:
+    """The config of the model a run trains, with the run's RoPE settings applied (nothing allocated)."""
+    from transformers import AutoConfig
+
+    init = spec.init
+    if isinstance(init, NewModel):
+        return apply_rope(new_config(init), spec)
+    path = Path(init.path)
+    if path.exists() and not (path / "config.json").exists():
+        raise MidtrainError.single("not a model directory (no config.json)", file=path)
+    if not path.exists() and (init.path.startswith((".", "/")) or init.path.count("/") != 1):
+        raise MidtrainError.single("model directory not found", file=path)
+    try:
+        config = AutoConfig.from_pretrained(init.path, revision=init.revision)
+    except OSError as exc:
+        raise MidtrainError.single(f"cannot load the model config of {init.path!r}: {exc}") from None
+    config = apply_rope(config, spec)
+    config.use_cache = False
+    return config
+
+
+def count_parameters(config: Any) -> int:
+    """Parameters of a config's model, counted on the meta device (no memory is allocated)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_model(spec: RunSpec, init_override: Path | None = None) -> Any:
+    """The model a run starts from, with the run's RoPE settings applied, in fp32 on the CPU."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    init = Pretrained(path=str(init_override)) if init_override else spec.init
+    if isinstance(init, NewModel):
+        config = apply_rope(new_config(init), spec)
+        torch.manual_seed(spec.seed)
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    path = Path(init.path)
+    if path.exists() and not (path / "config.json").exists():
+        raise MidtrainError.single("not a model directory (no config.json)", file=path)
+    if not path.exists() and (init.path.startswith((".", "/")) or init.path.count("/") != 1):
+        raise MidtrainError.single("model directory not found", file=path)
+    try:
+        config = AutoConfig.from_pretrained(init.path, revision=init.revision)
+    except OSError as exc:
+        raise MidtrainError.single(f"cannot load the model config of {init.path!r}: {exc}") from None
+    config = apply_rope(config, spec)
+    config.use_cache = False
+    try:
+        return AutoModelForCausalLM.from_pretrained(init.path, revision=init.revision, config=config, dtype=torch.float32)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise MidtrainError.single(f"cannot load model weights from {init.path!r}: {exc}") from None
+
+
+def check_vocab(model: Any, tokenizer_vocab: int, tokenizer_path: Path) -> None:
+    model_vocab = model.get_input_embeddings().weight.shape[0]
+    if tokenizer_vocab > model_vocab:
+        raise MidtrainError.single(
+            "tokenizer and model vocabularies do not match: token ids would index past the embedding table",
+            file=tokenizer_path, expected=f"at most {model_vocab} tokens (the model's embedding rows)", found=f"{tokenizer_vocab} tokens",
+        )
+
+
+def parameter_count(model: Any) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def estimate_memory_bytes(parameters: int, spec: RunSpec, hidden: int, layers: int, vocab: int, world: int = 1) -> int:
+    """Weights + grads + AdamW moments (fp32), plus activations of one micro-batch (rough upper bound)."""
+    state = parameters * 4 * 4
+    if spec.strategy == "fsdp" and world > 1:
+        state //= world
+    tokens = spec.micro_batch * spec.sequence_length
+    per_layer = tokens * hidden * 34 * (2 if spec.precision == "fp32" else 1)
+    activations = per_layer * (1 if spec.activation_checkpointing else layers) + tokens * vocab * 4 * 3
+    return int(state + activations)
+
+
+def check_fits(config: Any, parameters: int, spec: RunSpec, device: Any, world: int = 1) -> None:
+    """Refuse a configuration that cannot fit, before allocating it."""
+    import psutil
+    import torch
+
+    need = estimate_memory_bytes(parameters, spec, config.hidden_size, config.num_hidden_layers, config.vocab_size, world)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        where = f"GPU {device}"
+    else:
+        free = psutil.virtual_memory().available
+        where = "RAM"
+    if need > free:
+        raise MidtrainError.single(
+            f"this configuration needs about {need / 2**30:.1f} GiB but {where} has {free / 2**30:.1f} GiB free; "
+            "lower micro_batch or sequence_length, enable activation_checkpointing, or use FSDP over more devices",
+            expected=f"< {free / 2**30:.1f} GiB", found=f"≈ {need / 2**30:.1f} GiB",
+        )
+
+
+def save_pretrained(model: Any, tokenizer_dir: Path, out: Path, extra: dict[str, Any] | None = None) -> Path:
+    """Save in HF format (safetensors, config, generation config, tokenizer) atomically."""
+    from transformers import GenerationConfig
+    from transformers.utils import logging as hf_logging
+
+    from midtrain.io import atomic_dir
+
+    hf_logging.disable_progress_bar()
+
+    with atomic_dir(out) as tmp:
+        model.config.use_cache = True
+        model.save_pretrained(tmp, safe_serialization=True)
+        model.config.use_cache = False
+        generation = GenerationConfig.from_model_config(model.config)
+        tokenizer_config = tokenizer_dir / "tokenizer_config.json"
+        if tokenizer_config.exists():
+            info = json.loads(tokenizer_config.read_text())
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+            eos = info.get("eos_token")
+            pad = info.get("pad_token")
+            generation.eos_token_id = tok.token_to_id(eos) if isinstance(eos, str) else generation.eos_token_id
+            generation.pad_token_id = tok.token_to_id(pad) if isinstance(pad, str) else generation.eos_token_id
+        generation.save_pretrained(tmp)
+        for item in tokenizer_dir.iterdir():
+            if item.is_file() and item.name != "midtrain.json":
+                shutil.copy2(item, tmp / item.name)
+        if extra:
+            (tmp / "midtrain.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")
+    return out
