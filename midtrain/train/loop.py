@@ -344,7 +344,8 @@ class _null:
 
 
 class _Live:
-    """dvclive metrics (rank 0 only). On resume, rows past the checkpoint are dropped first."""
+    """dvclive metrics (rank 0 only). Rows are keyed by completed steps; on resume, rows logged after
+    the checkpoint (by the killed process) are dropped first, so the log equals an uninterrupted one."""
 
     def __init__(self, directory: Path, step: int, enabled: bool):
         self.live = None
@@ -377,7 +378,7 @@ def _truncate_tsv(directory: Path, step: int) -> None:
             continue
         header, body = rows[0], rows[1:]
         at = header.index("step") if "step" in header else None
-        kept = [r for r in body if at is None or int(float(r[at])) < step]
+        kept = [r for r in body if at is None or int(float(r[at])) <= step]  # rows up to the checkpoint are final
         with open(path, "w", newline="") as handle:
             csv.writer(handle, delimiter="\t").writerows([header, *kept])
 

@@ -33,6 +33,7 @@ def merge_models(inputs: list[Path], out: Path, weights: list[float] | None = No
 
     if len(inputs) < 2:
         raise MidtrainError.single("merging needs at least two models", found=str(len(inputs)))
+    uniform = weights is None
     weights = weights or [1.0 / len(inputs)] * len(inputs)
     if len(weights) != len(inputs):
         raise MidtrainError.single("one weight per input is needed", expected=str(len(inputs)), found=str(len(weights)))
@@ -59,12 +60,15 @@ def merge_models(inputs: list[Path], out: Path, weights: list[float] | None = No
             metadata = handles[0].metadata()
             for key in keys:
                 first = handles[0].get_tensor(key)
-                total = first.to(torch.float64) * weights[0]
+                # Uniform: sum, then divide by N (the exact mean); weighted: sum of weight × tensor.
+                total = first.to(torch.float64) * (1.0 if uniform else weights[0])
                 for weight, path, handle in zip(weights[1:], inputs[1:], handles[1:]):
                     tensor = handle.get_tensor(key)
                     if tensor.shape != first.shape:
                         raise MidtrainError.single(f"tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(first.shape)}", file=path / filename)
-                    total += tensor.to(torch.float64) * weight
+                    total += tensor.to(torch.float64) * (1.0 if uniform else weight)
+                if uniform:
+                    total /= len(inputs)
                 merged[key] = total.to(first.dtype) if first.is_floating_point() else first
                 tensors_written += 1
             save_file(merged, str(tmp / filename), metadata=metadata)
