@@ -166,7 +166,8 @@ class Trainer:
         check_vocab(model, self.tokenizer.vocab_size, spec.tokenizer)
         model.to(self.dist.device)
         if spec.activation_checkpointing:
-            model.gradient_checkpointing_enable()
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
         self.strategy = choose_strategy(spec.strategy, self.dist.world, self.parameters, self.dist.device)
         self.model = wrap(model, self.strategy, self.dist, spec.precision)
         self.forward = torch.compile(self.model) if spec.compile else self.model
@@ -177,6 +178,8 @@ class Trainer:
         self.step = 0
         self.tokens_seen = 0
         self.checkpoint_dir = self.out / "checkpoints"
+        self.loop_seconds = 0.0  # time in optimizer steps after the first one (benchmarks read it)
+        self.loop_steps = 0
 
     # ---- state ----
 
@@ -280,6 +283,7 @@ class Trainer:
         tokens_per_s = 0.0
         try:
             while self.step < spec.steps:
+                iteration_start = time.perf_counter()
                 result = self._step(self.step)
                 self.step += 1
                 self.tokens_seen += result.tokens
@@ -289,6 +293,9 @@ class Trainer:
                     live.log(self.step, {"loss": result.loss, "lr": self._lr(self.step - 1), "grad_norm": result.grad_norm,
                                          "tokens_seen": self.tokens_seen, "tokens_per_s": tokens_per_s})
                 reporter.update(self.step, result.loss, tokens_per_s)
+                if last is not None:  # whole iterations (step, averages, logging), the first one excluded
+                    self.loop_seconds += time.perf_counter() - iteration_start
+                    self.loop_steps += 1
                 last = result
                 if self.step % spec.checkpoint_every == 0 and self.step < spec.steps:
                     self.save_checkpoint()

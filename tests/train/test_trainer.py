@@ -180,3 +180,10 @@ def test_trainer_cli_reports_errors_without_traceback(spec_factory) -> None:  # 
     result = CliRunner().invoke(app, ["train", str(path)])
     assert result.exit_code == 2 and "does not have: web.train" in result.output
     assert Trainer  # imported for type reference
+
+
+def test_gpu_options_run_on_cpu(spec_factory) -> None:  # type: ignore[no-untyped-def]
+    """bf16 autocast, activation checkpointing and torch.compile are GPU options; their code paths run here too."""
+    path = spec_factory("options", steps=3, precision="bf16", activation_checkpointing=True, compile=True)
+    summary = run(path)
+    assert summary["steps"] == 3 and summary["final_loss"] < 6.5
