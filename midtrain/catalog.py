@@ -112,61 +112,69 @@ class _ParseCache:
 # ---------------------------------------------------------------- registry
 
 
+def registry_files(root: Path) -> dict[str, list[Path]]:
+    """Per kind: `registry/<kind>.yaml` and/or every `registry/<kind>/*.yaml` (one file per family)."""
+    out: dict[str, list[Path]] = {}
+    for kind, filename in REGISTRY_FILES.items():
+        single = root / "registry" / filename
+        folder = root / "registry" / kind
+        files = ([single] if single.exists() else []) + (sorted(folder.glob("*.yaml")) if folder.is_dir() else [])
+        out[kind] = files or [single]  # a missing file is then reported by name
+    return out
+
+
 @dataclass
 class LoadedRegistry:
     registry: Any  # midtrain.schema.Registry
-    files: dict[str, Path]
-    lines: dict[str, LineMap]
+    locations: dict[str, dict[str, tuple[Path, int | None]]]  # kind -> name -> (file, line)
 
     def where(self, kind: str, name: str) -> tuple[Path, int | None]:
-        return self.files[kind], self.lines[kind].line_for((name,))
+        return self.locations[kind][name]
+
+    def files(self, kind: str) -> list[Path]:
+        return sorted({path for path, _ in self.locations[kind].values()})
 
 
 def _load_registry(root: Path, cache: _ParseCache) -> LoadedRegistry:
-    from pydantic import ValidationError
+    from pydantic import TypeAdapter, ValidationError
 
-    from midtrain.schema.registry import Registry
+    from midtrain.schema.registry import BaseModelEntry, DataSource, Registry, ScaleProfile
 
+    entry_types = {"sources": DataSource, "models": BaseModelEntry, "scales": ScaleProfile}
     problems: list[Problem] = []
-    data: dict[str, Any] = {}
-    files: dict[str, Path] = {}
-    lines: dict[str, LineMap] = {}
-    for kind, filename in REGISTRY_FILES.items():
-        path = root / "registry" / filename
-        files[kind] = path
-        try:
-            raw, line_map = cache.load(path)
-        except MidtrainError as exc:
-            problems.extend(exc.problems)
-            continue
-        if not isinstance(raw, dict):
-            problems.append(Problem("expected a mapping of names to entries", file=path, line=1, found=type(raw).__name__))
-            continue
-        data[kind], lines[kind] = raw, line_map
+    merged: dict[str, dict[str, Any]] = {kind: {} for kind in REGISTRY_FILES}
+    locations: dict[str, dict[str, tuple[Path, int | None]]] = {kind: {} for kind in REGISTRY_FILES}
+    for kind, paths in registry_files(root).items():
+        adapter = TypeAdapter(dict[str, entry_types[kind]])  # type: ignore[valid-type]
+        for path in paths:
+            try:
+                raw, line_map = cache.load(path)
+            except MidtrainError as exc:
+                problems.extend(exc.problems)
+                continue
+            if not isinstance(raw, dict):
+                problems.append(Problem("expected a mapping of names to entries", file=path, line=1, found=type(raw).__name__))
+                continue
+            try:
+                entries = adapter.validate_python(raw)
+            except ValidationError as exc:
+                problems.extend(problems_from_validation(exc, path, line_map))
+                continue
+            for name, entry in entries.items():
+                if name in merged[kind]:
+                    first, first_line = locations[kind][name]
+                    problems.append(Problem(f"{kind[:-1]} {name!r} is already defined in {first}:{first_line}", file=path,
+                                            line=line_map.line_for((name,)), path=name))
+                    continue
+                merged[kind][name] = entry
+                locations[kind][name] = (path, line_map.line_for((name,)))
     if problems:
         raise MidtrainError(problems)
     try:
-        registry = Registry.model_validate(data)
-    except ValidationError as exc:
-        for err_problem in _split_by_file(exc, files, lines):
-            problems.append(err_problem)
-        raise MidtrainError(problems) from None
-    return LoadedRegistry(registry, files, lines)
-
-
-def _split_by_file(exc: Any, files: dict[str, Path], lines: dict[str, LineMap]) -> list[Problem]:
-    out = []
-    for kind in files:
-        kind_errors = [e for e in exc.errors(include_url=False) if e["loc"] and e["loc"][0] == kind]
-        if not kind_errors:
-            continue
-
-        class _Sub:
-            def errors(self, include_url: bool = False) -> list[dict[str, Any]]:
-                return [{**e, "loc": e["loc"][1:]} for e in kind_errors]
-
-        out.extend(problems_from_validation(_Sub(), files[kind], lines[kind]))
-    return out
+        registry = Registry.model_validate(merged)
+    except ValidationError as exc:  # names that are not slugs
+        raise MidtrainError(problems_from_validation(exc, root / "registry", LineMap())) from None
+    return LoadedRegistry(registry, locations)
 
 
 # ---------------------------------------------------------------- recipes
@@ -204,7 +212,7 @@ def _reference_problems(path: Path, raw: dict[str, Any], lines: LineMap, loaded:
     problems = []
     base = raw.get("base")
     if isinstance(base, dict) and isinstance(base.get("model"), str) and base["model"] not in registry.models:
-        problems.append(_dangling(path, lines, ("base", "model"), base["model"], "base model", registry.models, loaded.files["models"]))
+        problems.append(_dangling(path, lines, ("base", "model"), base["model"], "base model", registry.models, "registry/models"))
     for s_index, stage in enumerate(raw.get("stages") or []):
         if not isinstance(stage, dict):
             continue
@@ -215,11 +223,11 @@ def _reference_problems(path: Path, raw: dict[str, Any], lines: LineMap, loaded:
                 name = component["source"]
                 if name not in registry.sources:
                     where = ("stages", s_index, "mixture", "components", c_index, "source")
-                    problems.append(_dangling(path, lines, where, name, "data source", registry.sources, loaded.files["sources"]))
+                    problems.append(_dangling(path, lines, where, name, "data source", registry.sources, "registry/sources"))
     return problems
 
 
-def _dangling(path: Path, lines: LineMap, where: tuple[Any, ...], name: str, what: str, known: dict[str, Any], registry_file: Path) -> Problem:
+def _dangling(path: Path, lines: LineMap, where: tuple[Any, ...], name: str, what: str, known: dict[str, Any], registry_file: str) -> Problem:
     close = difflib.get_close_matches(name, list(known), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return Problem(
@@ -227,7 +235,7 @@ def _dangling(path: Path, lines: LineMap, where: tuple[Any, ...], name: str, wha
         file=path,
         line=lines.line_for(where),
         path=format_path(where),
-        expected=f"a name defined in {registry_file}",
+        expected=f"a name defined in {registry_file}.yaml or {registry_file}/*.yaml",
         found=short(name),
     )
 
@@ -295,6 +303,8 @@ def _load_catalog_cached(root_text: str) -> Catalog:
 
                 entry["row"] = list_row(recipe)
                 cache.dirty = True
+    cache.entries["registry-files"] = sorted(str(p) for paths in registry_files(root).values() for p in paths)
+    cache.dirty = True
     cache.save()
     if problems:
         raise MidtrainError(problems)
@@ -311,11 +321,14 @@ def cached_list_rows(root: Path | None = None) -> list[dict[str, Any]] | None:
     cache = _ParseCache(root)
     if not cache.entries:
         return None
-    for filename in REGISTRY_FILES.values():
-        path = root / "registry" / filename
-        hit = cache.entries.get(str(path.resolve()))
-        if not hit or hit["stamp"] != cache.stamp(path):
-            return None
+    current = registry_files(root)
+    if cache.entries.get("registry-files") != sorted(str(p) for paths in current.values() for p in paths):
+        return None  # a registry file was added or removed
+    for paths in current.values():
+        for path in paths:
+            hit = cache.entries.get(str(path.resolve()))
+            if not hit or hit["stamp"] != cache.stamp(path):
+                return None
     rows = []
     files = recipe_files(root)
     for path in files:
