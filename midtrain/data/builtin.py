@@ -130,14 +130,13 @@ class MathProblem:
         return f"Problem: {self.question}\nSolution:\n"
 
 
-def math_problem(rng: random.Random, difficulty: int) -> MathProblem:
-    """A word problem with `difficulty` + 1 arithmetic steps (1: two steps ... 3: four steps)."""
+def _counting(rng: random.Random, difficulty: int) -> MathProblem:
     name = rng.choice(NAMES)
     friend = rng.choice([n for n in NAMES if n != name])
     item, items = rng.choice(ITEMS)
     place = rng.choice(PLACES)
-    start = rng.randint(3, 40)
-    bought = rng.randint(2, 30)
+    start = rng.randint(3, 90)
+    bought = rng.randint(2, 60)
     steps = []
     total = start + bought
     question = f"{name} has {start} {items}. At the {place}, {name} buys {bought} more."
@@ -148,11 +147,11 @@ def math_problem(rng: random.Random, difficulty: int) -> MathProblem:
         steps.append(f"After giving {given} away, {total} - {given} = {total - given}.")
         total -= given
     if difficulty >= 3:
-        factor = rng.randint(2, 4)
+        factor = rng.randint(2, 9)
         question += f" Later the number of {items} is multiplied by {factor} in a game."
         steps.append(f"Multiplying by {factor} gives {total} × {factor} = {total * factor}.")
         total *= factor
-    groups = rng.choice([g for g in (2, 3, 4, 5) if total % g == 0] or [1])
+    groups = rng.choice([g for g in (2, 3, 4, 5, 6) if total % g == 0] or [1])
     if groups > 1:
         question += f" Finally {name} shares them equally among {groups} boxes. How many {items} go in each box?"
         steps.append(f"Sharing {total} among {groups} boxes gives {total} ÷ {groups} = {total // groups}.")
@@ -161,6 +160,114 @@ def math_problem(rng: random.Random, difficulty: int) -> MathProblem:
         question += f" How many {items} does {name} have now?"
         steps.append(f"So {name} has {total} {items}.")
     return MathProblem(question, tuple(steps), total, difficulty)
+
+
+def _shopping(rng: random.Random, difficulty: int) -> MathProblem:
+    name = rng.choice(NAMES)
+    item, items = rng.choice(ITEMS)
+    count = rng.randint(2, 12)
+    price = rng.randint(2, 25)
+    cost = count * price
+    question = f"At the {rng.choice(PLACES)}, one {item} costs {price} dollars. {name} buys {count} {items}."
+    steps = [f"The {items} cost {count} × {price} = {cost} dollars."]
+    total = cost
+    if difficulty >= 2:
+        extra = rng.randint(3, 40)
+        question += f" {name} also pays {extra} dollars for a bag."
+        steps.append(f"With the bag, {cost} + {extra} = {cost + extra} dollars.")
+        total = cost + extra
+    if difficulty >= 3:
+        paid = (total // 50 + 1 + rng.randint(0, 2)) * 50
+        question += f" {name} pays with {paid} dollars. How much change does {name} get?"
+        steps.append(f"The change is {paid} - {total} = {paid - total} dollars.")
+        total = paid - total
+    else:
+        question += f" How many dollars does {name} spend?"
+    return MathProblem(question, tuple(steps), total, difficulty)
+
+
+def _travel(rng: random.Random, difficulty: int) -> MathProblem:
+    name = rng.choice(NAMES)
+    speed = rng.randint(3, 60)
+    hours = rng.randint(2, 9)
+    distance = speed * hours
+    question = f"{name} travels at {speed} kilometres per hour for {hours} hours."
+    steps = [f"The distance is {speed} × {hours} = {distance} kilometres."]
+    total = distance
+    if difficulty >= 2:
+        more = rng.randint(5, 80)
+        more += (distance + more) % 2  # an even total always splits over days
+        question += f" Then {name} walks {more} more kilometres."
+        steps.append(f"In all, {distance} + {more} = {distance + more} kilometres.")
+        total = distance + more
+    if difficulty >= 3:
+        days = rng.choice([d for d in (2, 3, 4, 5) if total % d == 0] or [1])
+        if days > 1:
+            question += f" The same trip is split evenly over {days} days. How many kilometres per day?"
+            steps.append(f"Per day, {total} ÷ {days} = {total // days} kilometres.")
+            total //= days
+        else:
+            question += " How many kilometres in total?"
+    else:
+        question += " How many kilometres does " + name + " cover?"
+    return MathProblem(question, tuple(steps), total, difficulty)
+
+
+def _rectangle(rng: random.Random, difficulty: int) -> MathProblem:
+    width, height = rng.randint(2, 30), rng.randint(2, 30)
+    area = width * height
+    question = f"A garden is {width} metres wide and {height} metres long."
+    steps = [f"The area is {width} × {height} = {area} square metres."]
+    total = area
+    if difficulty >= 2:
+        path = rng.randint(1, max(1, area // 3))
+        path += (area - path) % 2 if path + 1 < area else 0  # an even remainder always splits into bags
+        question += f" A path covers {path} square metres of it."
+        steps.append(f"Without the path, {area} - {path} = {area - path} square metres.")
+        total = area - path
+    if difficulty >= 3:
+        per = rng.choice([p for p in (2, 3, 4, 5) if total % p == 0] or [1])
+        if per > 1:
+            question += f" One bag of seed covers {per} square metres. How many bags are needed?"
+            steps.append(f"Bags needed: {total} ÷ {per} = {total // per}.")
+            total //= per
+        else:
+            question += " How many square metres are planted?"
+    else:
+        question += " How many square metres can be planted?"
+    return MathProblem(question, tuple(steps), total, difficulty)
+
+
+def _ages(rng: random.Random, difficulty: int) -> MathProblem:
+    name, other = rng.sample(NAMES, 2)
+    age = rng.randint(4, 40)
+    gap = rng.randint(2, 30)
+    question = f"{name} is {age} years old. {other} is {gap} years older than {name}."
+    steps = [f"{other} is {age} + {gap} = {age + gap} years old."]
+    total = age + gap
+    if difficulty >= 2:
+        years = rng.randint(2, 20)
+        question += f" In {years} years,"
+        steps.append(f"In {years} years {other} will be {total} + {years} = {total + years}.")
+        total += years
+        if difficulty >= 3:
+            factor = rng.randint(2, 4)
+            question += f" what will {factor} times {other}'s age be?"
+            steps.append(f"{factor} times that is {total} × {factor} = {total * factor}.")
+            total *= factor
+        else:
+            question += f" how old will {other} be?"
+    else:
+        question += f" How old is {other}?"
+    return MathProblem(question, tuple(steps), total, difficulty)
+
+
+KINDS = (_counting, _shopping, _travel, _rectangle, _ages)
+
+
+def math_problem(rng: random.Random, difficulty: int) -> MathProblem:
+    """A word problem of one of five kinds with `difficulty` (1-3) arithmetic steps or more."""
+    return rng.choice(KINDS)(rng, difficulty)
 
 
 def math_problems(seed: int, count: int, stream: str) -> list[MathProblem]:
@@ -249,13 +356,13 @@ def longdoc_documents(seed: int, count: int, stream: str, lengths: tuple[int, ..
 
 @dataclass
 class CorpusSizes:
-    math_train: int = 30_000
+    math_train: int = 20_000
     math_eval: int = 500
     qa_math: int = 20_000
-    longdoc_train: int = 1_500
+    longdoc_train: int = 800
     longdoc_eval: int = 200
     prose_docs: int | None = None  # caps for quick tests; None keeps every document
-    code_docs: int | None = None
+    code_docs: int | None = 600
 
 
 def _write_jsonl(path: Path, rows: Iterator[dict[str, Any]]) -> dict[str, Any]:

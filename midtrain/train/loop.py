@@ -9,6 +9,7 @@ the CPU, as one that was never interrupted.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import time
@@ -46,6 +47,26 @@ def _check_writable(out: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise MidtrainError.single(f"output directory is not writable: {exc.strerror or exc}", file=out) from None
+
+
+def _claim(out: Path, spec: RunSpec) -> None:
+    """Record the spec in `out/spec.json`. Checkpoints of a different spec are not resumed: a run
+    directory reused for changed settings starts afresh (what it held is in DVC's cache)."""
+    import shutil
+
+    current = spec.model_dump(mode="json")
+    path = out / "spec.json"
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            previous = None
+        if previous != current:
+            for name in ("checkpoints", "model", "model-ema", "model-polyak", "dvclive", "summary.json"):
+                target = out / name
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+            print(f"{spec.name}: settings changed since the last run in {out}; starting afresh", flush=True)
+    write_json(path, current)
 
 
 def _sampler(spec: RunSpec) -> tuple[MixtureSampler, dict[str, Any], dict[str, Any]]:
@@ -153,6 +174,7 @@ class Trainer:
         self.out = spec.out
         if self.dist.main:
             _check_writable(self.out)
+            _claim(self.out, spec)
         from midtrain.data.tokenizer import load_tokenizer
         from midtrain.train.model import check_fits, check_vocab, count_parameters, load_model, model_config
 
