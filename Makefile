@@ -17,11 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The embedded default: reproduce OLMo 2 7B's mid-training at tiny scale through the DVC pipeline.
 demo: $(STAMP)
-	$(BIN)/midtrain list
-	$(BIN)/midtrain show olmo-2-1124-7b
-	$(BIN)/midtrain data prepare --scale tiny --out data/tiny
-	$(BIN)/midtrain data inspect data/tiny --recipe olmo-2-1124-7b
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/midtrain reproduce olmo-2-1124-7b --repro
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -n 2

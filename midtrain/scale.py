@@ -433,8 +433,8 @@ def _evaluation(plan: Plan, recipe: Recipe, profile: Any) -> dict[str, Any]:
         "sequence_length": base_context,
         "sequences": profile.eval_sequences or 64,
         "position": {"stream": "longdoc.heldout", "length": length, "base_context": base_context},
-        "math_exact_match": {"problems": 100, "max_new_tokens": 64},
-        "retrieval": {"lengths": lengths, "documents": 40},
+        "math_exact_match": {"problems": min(100, profile.eval_sequences or 64), "max_new_tokens": 64},
+        "retrieval": {"lengths": lengths, "documents": max(4, (profile.eval_sequences or 64) // 2)},
     }
 
 
