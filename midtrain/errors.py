@@ -24,10 +24,10 @@ class Problem:
         return where
 
     def render(self) -> str:
-        head = self.location()
+        head = self.location() if self.file or self.line is not None else ""
         if self.path:
-            head += f": {self.path}"
-        text = f"{head}: {self.message}"
+            head += f": {self.path}" if head else self.path
+        text = f"{head}: {self.message}" if head else self.message
         if self.expected is not None:
             text += f"\n    expected: {self.expected}"
         if self.found is not None:

@@ -160,8 +160,8 @@ def stage_midtrain(root: Path, plan_dir: Path) -> None:
     from midtrain.train.merge import merge_models
 
     mid = json.loads((plan_dir / "midtrain.json").read_text())
-    specs_dir = plan_dir / "runs"
-    specs_dir.mkdir(exist_ok=True)
+    specs_dir = root / "runs" / mid["recipe"] / "mid" / ".specs"  # inside this stage's output, never in plan/
+    specs_dir.mkdir(parents=True, exist_ok=True)
     for item in mid["order"]:
         name = item["name"]
         if item["kind"] == "run":

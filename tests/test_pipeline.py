@@ -1,0 +1,107 @@
+"""End to end through the real `dvc` CLI in a temporary git repository, on a shrunken tiny scale."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+QUICK_TINY = """
+tiny:
+  description: tiny, shrunk further for the test suite
+  hardware: CPU
+  model: stand-in
+  vocab_size: 512
+  base_context: 32
+  max_context: 256
+  tokens_per_step: 256
+  micro_batch_tokens: 256
+  base_tokens: 8K
+  mid_training_tokens: 3K
+  max_runs: 3
+  min_steps: 6
+  peak_lr: 3.0e-3
+  eval_sequences: 8
+  precision: fp32
+"""
+
+
+def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com", DVC_NO_ANALYTICS="1")
+    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "project"
+    root.mkdir()
+    for name in ("recipes", "registry"):
+        shutil.copytree(REPO / name, root / name)
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy2(REPO / name, root / name)
+    scales = (root / "registry" / "scales.yaml").read_text()
+    head, _, rest = scales.partition("tiny:")
+    rest = rest[rest.index("\nsmall:"):]
+    (root / "registry" / "scales.yaml").write_text(head + QUICK_TINY.strip() + "\n" + rest)
+    monkeypatch.delenv("MIDTRAIN_HOME", raising=False)
+    sh(["git", "init", "-q"], root)
+    sh(["dvc", "init", "-q"], root)
+    sh(["git", "add", "-A"], root)
+    sh(["git", "commit", "-qm", "init"], root)
+    return root
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end_then_no_op_then_partial_rerun(project: Path) -> None:
+    first = sh([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b", "--repro"], project)
+    metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    for domain in ("math", "prose", "code", "qa"):
+        assert set(metrics["loss"][domain]) == {"base", "final"}
+    assert set(metrics["position_loss"]) >= {"in_context", "beyond"}
+    assert metrics["retrieval"] and all(set(v) == {"base", "final"} for v in metrics["retrieval"].values())
+    assert "held-out loss" in first.stdout
+    for plot in ("loss_and_lr.png", "domains.png", "long_context.png", "mixture.png", "summary.md", "curves.csv"):
+        assert (project / "report" / plot).exists(), plot
+    soup = project / "runs" / "olmo-2-1124-7b" / "mid" / "soup"
+    assert (soup / "merge.json").exists() and len(json.loads((soup / "merge.json").read_text())["merged_from"]) == 3
+
+    again = sh(["dvc", "repro"], project)
+    assert "Running stage" not in again.stdout and "up to date" in again.stdout
+
+    metrics_show = sh(["dvc", "metrics", "show", "--json"], project)
+    assert "loss" in metrics_show.stdout
+
+    changed = sh([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b", "--repro",
+                  "--set", "stages.anneal.mixture.components[dolmino-math].share=0.308",
+                  "--set", "stages.anneal.mixture.components[dolmino-dclm].share=0.372"], project)
+    out = changed.stdout
+    assert "Stage 'data' didn't change" in out and "Stage 'base' didn't change" in out
+    for stage in ("plan", "midtrain", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in out, stage
+    assert "soup: merged" in out
+
+
+def test_reproduce_bad_input(project: Path, tmp_path: Path) -> None:
+    unknown = sh([str(BIN / "midtrain"), "reproduce", "olmo-2-7b"], project, check=False)
+    assert unknown.returncode == 2 and "did you mean" in unknown.stderr and "olmo-2-1124-7b" in unknown.stderr
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    not_git = sh([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b"], bare, check=False)
+    assert not_git.returncode == 2 and "not a git repository" in not_git.stderr
+    sh(["git", "init", "-q"], bare)
+    no_commit = sh([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b"], bare, check=False)
+    assert "no commit yet" in no_commit.stderr
+    shutil.rmtree(project / ".dvc")
+    no_dvc = sh([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b"], project, check=False)
+    assert "not a DVC project" in no_dvc.stderr and "Traceback" not in no_dvc.stderr
