@@ -261,7 +261,16 @@ def _plan_scaled(recipe: Recipe, registry: Any, scale: str, profile: Any, seed: 
         "base_context": base_context, "max_context": max_context, "rope_theta": base_theta,
     }
     data = {"scale": scale, "kind": "builtin", "vocab_size": vocab, "seed": seed}
-    optimizer = recipe.optimizer.model_dump(mode="json")
+    def trainable(settings: Any) -> dict[str, Any]:
+        data = settings.model_dump(mode="json")
+        if data["type"] not in ("adamw", "adam"):
+            note = f"optimizer {data['type']} runs as AdamW at this scale (the built-in trainer implements AdamW/Adam)"
+            if note not in notes:
+                notes.append(note)
+            data["type"] = "adamw"
+        return data
+
+    optimizer = trainable(recipe.optimizer)
     base_steps = max(int((profile.base_tokens or 1.5e6) // tokens_per_step), profile.min_steps)
     base_end = peak * end_ratio if end_ratio is not None else (recipe.base.lr_at_end * lr_factor if recipe.base.lr_at_end else peak * 0.1)
     if not recipe.base.peak_lr:
@@ -323,7 +332,7 @@ def _plan_scaled(recipe: Recipe, registry: Any, scale: str, profile: Any, seed: 
             spec = _spec(
                 name=f"{recipe.id}/{run_name}", out=f"runs/{recipe.id}/mid/{run_name}", init={"path": "__INIT__"}, streams=streams,
                 sequence_length=sequence_length, tokens_per_step=global_batch * sequence_length, micro_tokens=micro * sequence_length,
-                steps=steps, schedule=schedule, optimizer=(stage.optimizer or recipe.optimizer).model_dump(mode="json"),
+                steps=steps, schedule=schedule, optimizer=trainable(stage.optimizer or recipe.optimizer),
                 seed=seed + index, data_seed=seed * 1000 + seeds[index],
                 precision=profile.precision, checkpoint_every=max(steps // 4, 1),
                 rope=rope, max_position_embeddings=max_context, z_loss=stage.z_loss,

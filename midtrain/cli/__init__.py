@@ -53,7 +53,7 @@ def guarded(func):  # type: ignore[no-untyped-def]
 
 
 from midtrain.cli import browse  # noqa: E402,F401  (registers the browsing commands)
-from midtrain.cli import reproduce, train  # noqa: E402,F401  (plan, reproduce, stage; train, merge)
+from midtrain.cli import catalog, reproduce, train  # noqa: E402,F401  (catalog; plan, reproduce, stage; train, merge)
 from midtrain.cli.data import data_app  # noqa: E402
 
 app.add_typer(data_app, name="data")

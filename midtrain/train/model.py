@@ -87,7 +87,9 @@ def load_model(spec: RunSpec, init_override: Path | None = None) -> Any:
     """The model a run starts from, with the run's RoPE settings applied, in fp32 on the CPU."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     init = Pretrained(path=str(init_override)) if init_override else spec.init
     if isinstance(init, NewModel):
         config = apply_rope(new_config(init), spec)
@@ -178,6 +180,13 @@ def save_pretrained(model: Any, tokenizer_dir: Path, out: Path, extra: dict[str,
             pad = info.get("pad_token")
             generation.eos_token_id = tok.token_to_id(eos) if isinstance(eos, str) else generation.eos_token_id
             generation.pad_token_id = tok.token_to_id(pad) if isinstance(pad, str) else generation.eos_token_id
+            bos = info.get("bos_token")
+            generation.bos_token_id = tok.token_to_id(bos) if isinstance(bos, str) else generation.eos_token_id
+        for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
+            value = getattr(generation, key, None)
+            if value is not None:
+                setattr(model.config, key, value)
+        model.config.save_pretrained(tmp)
         generation.save_pretrained(tmp)
         for item in tokenizer_dir.iterdir():
             if item.is_file() and item.name != "midtrain.json":

@@ -38,7 +38,12 @@ def build_optimizer(model: Any, settings: Optimizer, lr: float) -> Any:
     import torch
 
     if settings.type not in ("adamw", "adam"):
-        raise NotImplementedError(f"optimizer {settings.type!r} is recorded in recipes but the trainer runs AdamW/Adam only")
+        from midtrain.errors import MidtrainError
+
+        raise MidtrainError.single(
+            f"optimizer {settings.type!r} is recorded in recipes but the built-in trainer runs AdamW/Adam only; "
+            "set optimizer.type to adamw in the run file (the tiny and small plans do this for you)"
+        )
     groups = parameter_groups(model, settings)
     if settings.type == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=settings.betas, eps=settings.eps)

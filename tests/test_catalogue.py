@@ -1,0 +1,84 @@
+"""The whole catalogue: it validates, meets the provenance goals, plans and trains at tiny scale, publishes."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from midtrain.catalog import load_catalog
+from midtrain.scale import plan_recipe
+from midtrain.summary import coverage
+
+REPO = Path(__file__).resolve().parent.parent
+CATALOG = load_catalog(REPO)
+IDS = sorted(CATALOG.recipes)
+
+
+def test_catalogue_size_and_provenance_goals() -> None:
+    assert len(IDS) >= 30
+    covs = [coverage(CATALOG.get(i)) for i in IDS]
+    numbers = sum(c["numbers"] for c in covs)
+    assert sum(c["tagged"] * c["numbers"] for c in covs) / numbers >= 0.95
+    assert sum(c["stated"] * c["numbers"] for c in covs) / numbers >= 0.80
+
+
+@pytest.mark.parametrize("recipe_id", IDS)
+def test_every_recipe_plans_at_every_scale(recipe_id: str) -> None:
+    for scale in ("tiny", "small", "full"):
+        plan = plan_recipe(CATALOG.get(recipe_id), CATALOG.registry, scale)
+        assert plan.stages and plan.runs and plan.final
+        for stage in plan.stages:
+            assert stage.steps >= 1 and stage.global_batch >= 1 and abs(sum(stage.streams.values()) - 1) < 1e-6
+
+
+@pytest.mark.parametrize("recipe_id", IDS)
+def test_every_stage_of_every_recipe_trains_a_few_steps_at_tiny_scale(recipe_id: str, prepared: Path, tmp_path: Path) -> None:
+    """Each stage's first run, shrunk to 2 steps of a small stand-in, from the previous stage's output."""
+    from midtrain.train.config import RunSpec
+    from midtrain.train.loop import train
+
+    plan = plan_recipe(CATALOG.get(recipe_id), CATALOG.registry, "tiny")
+    dims = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 64}
+    base = json.loads(json.dumps(plan.base["spec"]).replace("__DATA__", str(prepared)))
+    scale_down = {"steps": 2, "checkpoint_every": 2, "threads": 1, "precision": "fp32"}
+    base.update(scale_down, out=str(tmp_path / "base"), init={**base["init"], "dims": dims, "vocab_size": 512})
+    base["sequence_length"] = min(base["sequence_length"], 64)
+    base["global_batch"], base["micro_batch"] = 2, 2
+    train(RunSpec.model_validate(base), progress=False)
+    previous = tmp_path / "base" / "model"
+    for stage in plan.stages:
+        run = next(r for r in plan.runs if r.name == stage.runs[0])
+        spec = json.loads(json.dumps(run.spec).replace("__DATA__", str(prepared)))
+        spec.update(scale_down, out=str(tmp_path / run.name), init={"path": str(previous)})
+        factor = spec["sequence_length"] / 64 if spec["sequence_length"] > 256 else 1
+        spec["sequence_length"] = max(8, int(spec["sequence_length"] / factor))
+        if spec.get("rope", {}).get("scaling", {}).get("original_max_position_embeddings"):
+            spec["rope"]["scaling"]["original_max_position_embeddings"] = max(4, int(spec["rope"]["scaling"]["original_max_position_embeddings"] / factor))
+        spec["max_position_embeddings"] = max(spec["sequence_length"], 64)
+        spec["global_batch"], spec["micro_batch"] = 2, 1
+        spec.pop("polyak", None)
+        summary = train(RunSpec.model_validate(spec), progress=False)
+        assert summary["steps"] == 2 and summary["final_loss"] == summary["final_loss"]  # not NaN
+        previous = tmp_path / run.name / "model"
+
+
+def test_docs_catalog_is_current() -> None:
+    from midtrain.publish import catalog_markdown
+
+    stored = (REPO / "docs" / "catalog.md").read_text()
+    assert stored == catalog_markdown(CATALOG), "docs/catalog.md is stale: run `midtrain catalog markdown --out docs/catalog.md`"
+
+
+def test_static_site(tmp_path: Path) -> None:
+    from midtrain.publish import build_site
+
+    build_site(CATALOG, tmp_path / "site")
+    index = (tmp_path / "site" / "index.html").read_text()
+    assert index.count("<tr data-objectives=") == len(IDS) and "id=q" in index and "id=objective" in index
+    page = (tmp_path / "site" / "olmo-2-1124-7b.html").read_text()
+    assert "<svg class=lr" in page and "dolmino-math" in page and "Table 13" in page and page.count("class=stage") == 1
+    links = set(re.findall(r"href='([a-z0-9.\-]+\.html)'", index))
+    assert links == {f"{i}.html" for i in IDS} and all((tmp_path / "site" / link).exists() for link in links)
