@@ -113,8 +113,12 @@ def build_report(root: Path, plan_path: Path, metrics_path: Path, out: Path) -> 
     # position loss and retrieval
     fig, (ax_pos, ax_ret) = plt.subplots(1, 2, figsize=(10, 3.5))
     cut = metrics["config"]["position"]["base_context"]
+    import numpy as np
+
     for which, values in position_curve.items():
-        ax_pos.plot(range(1, len(values) + 1), values, lw=1, label=which, color=COLORS.get(which))
+        window = max(1, min(16, len(values) // 20))  # a moving average: per-position losses are noisy
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        ax_pos.plot(range(window, window + len(smooth)), smooth, lw=1.2, label=f"{which} ({window}-position mean)", color=COLORS.get(which))
     ax_pos.axvline(cut, color="#d33", lw=0.8, ls="--")
     ax_pos.set_xlabel("token position in a long document (dashed: the base's context)")
     ax_pos.set_ylabel("held-out loss")
