@@ -104,6 +104,8 @@ function apply(){const q=document.getElementById('q').value.toLowerCase();const 
 let shown=0;for(const r of rows){const ok=r.textContent.toLowerCase().includes(q)&&(!o||r.dataset.objectives.split(' ').includes(o));
 r.hidden=!ok;shown+=ok}document.getElementById('count').textContent=shown+' of '+rows.length+' recipes'}
 document.getElementById('q').addEventListener('input',apply);document.getElementById('objective').addEventListener('change',apply);
+const params=new URLSearchParams(location.search);if(params.get('q'))document.getElementById('q').value=params.get('q');
+if(params.get('objective'))document.getElementById('objective').value=params.get('objective');
 document.querySelectorAll('#recipes th').forEach((th,i)=>th.addEventListener('click',()=>{const body=th.closest('table').tBodies[0];
 const num=th.dataset.num!==undefined;[...body.rows].sort((a,b)=>{const x=a.cells[i].dataset.v??a.cells[i].textContent,y=b.cells[i].dataset.v??b.cells[i].textContent;
 return num?Number(x)-Number(y):x.localeCompare(y)}).forEach(r=>body.appendChild(r))}));apply();
