@@ -349,21 +349,8 @@ def _plan_scaled(recipe: Recipe, registry: Any, scale: str, profile: Any, seed: 
             schedule=_schedule_model(schedule).describe(), rope=(stage.rope.describe(theta) if stage.rope else "unchanged"),
             mixture=mixture, streams=streams, init=init,
         ))
-        previous_output = names[0]
         produced[stage.name] = names[0]
-        # merges that consume only this and earlier stages are resolved right here, in recipe order
-        for merge in recipe.merges:
-            if merge.name in {m.name for m in merges}:
-                continue
-            consumed = [i.stage for i in merge.inputs]
-            if stage.name not in consumed or any(c not in produced and c not in {m.name for m in merges} for c in consumed):
-                continue
-            plan_merge = _plan_merge(merge, recipe, runs, merges)
-            merges.append(plan_merge)
-            produced[merge.name] = merge.name
-            if stage.name in consumed:
-                previous_output = merge.name
-                produced[stage.name] = merge.name
+        previous_output = _resolve_merges(recipe, stage.name, runs, merges, produced)
     final = recipe.final or (previous_output if recipe.stages else "base")
     final = produced.get(final, final)
     plan = Plan(recipe.id, scale, model, data, base, stages, runs, merges, final, {}, notes)
@@ -392,6 +379,22 @@ def _scale_rope(rope: Any, length_factor: float) -> dict[str, Any] | None:
     if scaling and "original_max_position_embeddings" in scaling:
         scaling["original_max_position_embeddings"] = max(int(round(scaling["original_max_position_embeddings"] * length_factor)), 8)
     return data
+
+
+def _resolve_merges(recipe: Recipe, stage: str, runs: list[RunPlan], merges: list[MergePlan], produced: dict[str, str]) -> str:
+    """Plan the merges whose inputs are complete once `stage` has run (in recipe order); returns what
+    "previous" means for the next stage: the stage's first run, or the merge that consumed it."""
+    previous = produced[stage]
+    for merge in recipe.merges:
+        if merge.name in {m.name for m in merges}:
+            continue
+        consumed = [i.stage for i in merge.inputs]
+        if stage in consumed and all(c in produced or c in {m.name for m in merges} for c in consumed):
+            merges.append(_plan_merge(merge, recipe, runs, merges))
+            produced[merge.name] = merge.name
+            produced[stage] = merge.name
+            previous = merge.name
+    return previous
 
 
 def _plan_merge(merge: Any, recipe: Recipe, runs: list[RunPlan], merges: list[MergePlan]) -> MergePlan:
@@ -507,17 +510,8 @@ def _plan_full(recipe: Recipe, registry: Any, scale: str, seed: int) -> Plan:
         stages.append(StagePlan(stage.name, stage.kind.value, names, tokens, steps, stage.sequence_length, global_batch, 1,
                                 lr_start, lr_end, stage.schedule.describe(), stage.rope.describe(recipe.base.rope_theta) if stage.rope else "unchanged",
                                 {n: {"share": s, "stream": f"{n}.train"} for n, s in stage.mixture.shares().items()}, streams, init))
-        previous = names[0]
         produced[stage.name] = names[0]
-        for merge in recipe.merges:
-            if merge.name in {m.name for m in merges}:
-                continue
-            consumed = [i.stage for i in merge.inputs]
-            if stage.name in consumed and all(c in produced or c in {m.name for m in merges} for c in consumed):
-                merges.append(_plan_merge(merge, recipe, runs, merges))
-                produced[merge.name] = merge.name
-                previous = merge.name
-                produced[stage.name] = merge.name
+        previous = _resolve_merges(recipe, stage.name, runs, merges, produced)
     final = produced.get(recipe.final or previous, recipe.final or previous)
     plan = Plan(recipe.id, scale, model, data, base, stages, runs, merges, final, {}, notes)
     for run in plan.runs:

@@ -382,6 +382,10 @@ class _Live:
             return
         if step > 0:
             _truncate_tsv(directory, step)
+        else:
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)  # a run restarted from scratch logs from scratch
         from dvclive import Live
 
         self.live = Live(str(directory), resume=step > 0, save_dvc_exp=False, dvcyaml=None)
@@ -406,8 +410,17 @@ def _truncate_tsv(directory: Path, step: int) -> None:
         if not rows:
             continue
         header, body = rows[0], rows[1:]
-        at = header.index("step") if "step" in header else None
-        kept = [r for r in body if at is None or int(float(r[at])) <= step]  # rows up to the checkpoint are final
+        at = header.index("step") if "step" in header else 0
+        kept, last = [], 0
+        for row in body:  # a row cut short by the kill is dropped; rows after the checkpoint are redone
+            try:
+                row_step = int(float(row[at]))
+                float(row[-1])
+            except (ValueError, IndexError):
+                continue
+            if len(row) == len(header) and last < row_step <= step:
+                kept.append(row)
+                last = row_step
         with open(path, "w", newline="") as handle:
             csv.writer(handle, delimiter="\t").writerows([header, *kept])
 

@@ -86,7 +86,7 @@ def count_parameters(config: Any) -> int:
 def load_model(spec: RunSpec, init_override: Path | None = None) -> Any:
     """The model a run starts from, with the run's RoPE settings applied, in fp32 on the CPU."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -95,17 +95,7 @@ def load_model(spec: RunSpec, init_override: Path | None = None) -> Any:
         config = apply_rope(new_config(init), spec)
         torch.manual_seed(spec.seed)
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    path = Path(init.path)
-    if path.exists() and not (path / "config.json").exists():
-        raise MidtrainError.single("not a model directory (no config.json)", file=path)
-    if not path.exists() and (init.path.startswith((".", "/")) or init.path.count("/") != 1):
-        raise MidtrainError.single("model directory not found", file=path)
-    try:
-        config = AutoConfig.from_pretrained(init.path, revision=init.revision)
-    except OSError as exc:
-        raise MidtrainError.single(f"cannot load the model config of {init.path!r}: {exc}") from None
-    config = apply_rope(config, spec)
-    config.use_cache = False
+    config = model_config(spec.model_copy(update={"init": init}))
     try:
         return AutoModelForCausalLM.from_pretrained(init.path, revision=init.revision, config=config, dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as exc:
