@@ -129,7 +129,7 @@ def show(
     as_yaml: bool = typer.Option(False, "--yaml", help="Print the recipe file as written."),
     provenance: bool = typer.Option(False, "--provenance", "-p", help="List every number with its source."),
 ) -> None:
-    """Show one recipe: source, base, stages with mixture charts, schedules, RoPE, merges, results.
+    """Show one recipe: source, base, stages, mixtures, schedules, RoPE, merges, results.
 
     Every number carries a provenance mark: ● stated in the paper, ◐ derived from stated numbers,
     ○ assumed (the paper is silent), · untagged.
@@ -191,7 +191,9 @@ def search(
     text: list[str] = typer.Argument(..., help="Words to look for (all must match)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Full-text search over ids, titles, papers, techniques, stage descriptions, notes and data sources.
+    """Full-text search over recipes and their data sources.
+
+    Looks in ids, titles, papers, techniques, stage descriptions, notes and data sources.
 
     [bold]Examples[/bold]
 
@@ -251,8 +253,10 @@ def diff(
     b: str = typer.Argument(..., help="Recipe id or file.", autocompletion=_complete_recipe),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Semantic difference of two recipes, stage by stage: budgets, boundaries, LR at stage start,
-    context and RoPE, and mixture deltas (by source, and by category when sources differ).
+    """Semantic difference of two recipes, stage by stage.
+
+    Budgets, stage boundaries, LR at stage start, context and RoPE, and mixture deltas (by source,
+    and by category when the sources differ).
 
     [bold]Examples[/bold]
 
@@ -319,8 +323,10 @@ def validate(
     strict: bool = typer.Option(False, "--strict", help="Also fail when a number has no provenance."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Validate recipes against the schema and the registry; reports every problem at once,
-    each with file, line and field path. Exit status 1 when anything is wrong.
+    """Validate recipes against the schema and the registry.
+
+    Reports every problem at once, each with file, line and field path; exit status 1 when anything
+    is wrong.
 
     [bold]Examples[/bold]
 
@@ -412,8 +418,10 @@ def lint(
     min_stated: float = typer.Option(0.80, help="Fail when the overall share of `stated` numbers is below this."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON: {tagged, stated, recipes: {id: {...}}}."),
 ) -> None:
-    """Provenance coverage of the catalogue: per recipe and overall, the share of numbers that say
-    where they come from, and the share stated by the source.
+    """Provenance coverage of the catalogue.
+
+    Per recipe and overall: the share of numbers that say where they come from, and the share stated
+    by the source.
 
     [bold]Examples[/bold]
 

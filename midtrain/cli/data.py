@@ -32,7 +32,7 @@ def prepare(
     eval_file: Optional[list[Path]] = typer.Option(None, "--eval-file", help="Extra evaluation set (jsonl with 'text') to decontaminate against."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
-    """Prepare token shards. Resumable: finished pieces whose inputs did not change are kept.
+    """Prepare token shards (resumable: finished pieces whose inputs did not change are kept).
 
     [bold]Examples[/bold]
 
@@ -133,8 +133,9 @@ def inspect(
     seed: int = typer.Option(0, help="Sampler seed."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Tokens per stream, decontamination counts, and (with --recipe) realised mixture shares,
-    repetition and decoded samples per stage.
+    """Look at prepared data: tokens per stream and decontamination counts.
+
+    With --recipe, also each stage's realised mixture shares, repetition and decoded samples.
 
     [bold]Examples[/bold]
 

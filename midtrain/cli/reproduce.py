@@ -46,9 +46,10 @@ def plan(
     write: Optional[Path] = typer.Option(None, "--write", help="Also write plan.json and run specifications into this directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
-    """Print the concrete plan of a recipe at a scale: model, tokens and steps per stage, LR at each
-    stage's start and end, context, RoPE, mixture with the actual data, runs and merges; at full
-    scale also the compute it costs.
+    """Print the concrete plan of a recipe at a scale.
+
+    Model, tokens and steps per stage, LR at each stage's start and end, context, RoPE, mixture with
+    the actual data, runs and merges; at full scale also the compute it costs.
 
     [bold]Examples[/bold]
 
@@ -129,8 +130,9 @@ def reproduce(
     name: Optional[str] = typer.Option(None, "--name", help="Experiment name."),
     nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Processes per training run (torchrun)."),
 ) -> None:
-    """Reproduce a recipe end to end through the DVC pipeline in dvc.yaml: data → tokenizer →
-    base → mid-training stages → merges → evaluation → report. Writes params.yaml and runs
+    """Reproduce a recipe end to end through the DVC pipeline in dvc.yaml.
+
+    data → tokenizer → base → mid-training stages → merges → evaluation → report. Writes params.yaml and runs
     `dvc exp run` (or `dvc repro`); rerunning after a failure or Ctrl-C resumes, finished stages are
     not redone.
 

@@ -66,8 +66,10 @@ def merge(
     inputs: list[Path] = typer.Argument(..., help="Two or more model directories (HF format)."),
     weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weights summing to 1 (default: uniform)."),
 ) -> None:
-    """Average saved models tensor by tensor: a uniform soup (OLMo 2's data orders) or a weighted
-    linear merge (SmolLM3). Peak memory stays near one model.
+    """Average saved models tensor by tensor.
+
+    A uniform soup (OLMo 2's data orders) or a weighted linear merge (SmolLM3); peak memory stays
+    near one model.
 
     [bold]Examples[/bold]
 
