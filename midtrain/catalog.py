@@ -18,7 +18,7 @@ from typing import Any
 
 from midtrain import __version__
 from midtrain.errors import MidtrainError, Problem, short
-from midtrain.yamlio import LineMap, format_path, load_yaml, problems_from_validation, read_text
+from midtrain.yamlio import LineMap, format_path, load_yaml, problems_from_validation
 
 REGISTRY_FILES = {"sources": "sources.yaml", "models": "models.yaml", "scales": "scales.yaml"}
 
@@ -240,6 +240,16 @@ def _dangling(path: Path, lines: LineMap, where: tuple[Any, ...], name: str, wha
     )
 
 
+def _read_recipe(path: Path, load: Any, loaded: LoadedRegistry) -> tuple[Any, Any, LineMap | None, list[Problem]]:
+    """Parse and validate one recipe file: (recipe or None, plain data, line map, problems)."""
+    try:
+        raw, lines = load(path)
+    except MidtrainError as exc:
+        return None, None, None, exc.problems
+    recipe, problems = _recipe_problems(path, raw, lines, loaded)
+    return recipe, raw, lines, problems
+
+
 @dataclass
 class Catalog:
     root: Path
@@ -283,12 +293,7 @@ def _load_catalog_cached(root_text: str) -> Catalog:
     catalog = Catalog(root, loaded)
     problems: list[Problem] = []
     for path in recipe_files(root):
-        try:
-            raw, lines = cache.load(path)
-        except MidtrainError as exc:
-            problems.extend(exc.problems)
-            continue
-        recipe, found = _recipe_problems(path, raw, lines, loaded)
+        recipe, raw, lines, found = _read_recipe(path, cache.load, loaded)
         problems.extend(found)
         if recipe is not None:
             if recipe.id in catalog.recipes:
@@ -370,12 +375,7 @@ def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[An
             files.append(path)
     recipes = []
     for path in files:
-        try:
-            raw, lines = load_yaml(path, read_text(path))
-        except MidtrainError as exc:
-            problems.extend(exc.problems)
-            continue
-        recipe, found = _recipe_problems(path, raw, lines, loaded)
+        recipe, _, _, found = _read_recipe(path, load_yaml, loaded)  # user files: read fresh, not cached
         problems.extend(found)
         if recipe is not None:
             recipes.append(recipe)

@@ -10,20 +10,21 @@ from pydantic import Field
 from midtrain.schema.base import Strict
 
 
-class LinearScaling(Strict):
+class _FactorScaling(Strict):
+    factor: float = Field(gt=1, le=1024)
+    original_max_position_embeddings: int | None = Field(None, gt=0)
+
+
+class LinearScaling(_FactorScaling):
     """Position interpolation (Chen et al. 2023): positions divided by `factor`."""
 
     type: Literal["linear"] = "linear"
-    factor: float = Field(gt=1, le=1024)
-    original_max_position_embeddings: int | None = Field(None, gt=0)
 
 
-class DynamicNTK(Strict):
+class DynamicNTK(_FactorScaling):
     """Dynamic NTK-aware scaling: the base grows with the sequence length at run time."""
 
     type: Literal["dynamic"] = "dynamic"
-    factor: float = Field(gt=1, le=1024)
-    original_max_position_embeddings: int | None = Field(None, gt=0)
 
 
 class Yarn(Strict):
