@@ -25,15 +25,25 @@ import numpy as np
 from midtrain.errors import MidtrainError
 
 
-def _load(model_dir: Path) -> Any:
+def _load(model: Any, root: Path) -> Any:
+    """A model under test: a directory produced here, a local base directory, or a hub id@commit.
+    Code from a model folder is never run."""
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
-    if not (model_dir / "config.json").exists():
-        raise MidtrainError.single("model to evaluate not found (has its stage run?)", file=model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    model.eval()
-    return model
+    hf_logging.disable_progress_bar()
+    local = root / model.path
+    if local.exists() and not (local / "config.json").exists():
+        raise MidtrainError.single("model to evaluate not found (has its stage run?)", file=local)
+    source = str(local) if local.exists() else model.path
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(source, revision=None if local.exists() else model.revision,
+                                                      dtype=torch.float32, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise MidtrainError.single(f"cannot load the model to evaluate ({model.path}): {exc}") from None
+    loaded.eval()
+    return loaded
 
 
 def heldout_loss(model: Any, tokens: np.ndarray, sequence_length: int, sequences: int, batch: int = 8) -> float:
@@ -136,8 +146,9 @@ def retrieval_accuracy(model: Any, tokenizer: Any, prompts: list[tuple[str, int]
     return hits / len(prompts)
 
 
-def evaluate(config: dict[str, Any], root: Path = Path("."), progress: bool = True) -> dict[str, Any]:
-    """Run every evaluation on the base and the final model; returns the metrics dictionary."""
+def evaluate(config: Any, root: Path = Path("."), progress: bool = True) -> dict[str, Any]:
+    """Evaluate the base and the final model of a plan's `eval.json` (a `StandInEval` or a
+    `BenchmarkEval`); returns the metrics dictionary of metrics/eval.json."""
     import torch
     from transformers import AutoTokenizer
 
@@ -145,69 +156,142 @@ def evaluate(config: dict[str, Any], root: Path = Path("."), progress: bool = Tr
     from midtrain.progress import progress_bar
 
     torch.manual_seed(0)
-    data = root / config["data"]
+    data = root / config.data
     shard_dir = data / "shards"
     manifest = read_manifest(shard_dir)
     shards = {name: open_shard(shard_dir, entry) for name, entry in manifest["streams"].items() if name.endswith(".heldout")}
-    models = {"base": root / config["base"], "final": root / config["final"]}
-    tokenizer = AutoTokenizer.from_pretrained(models["final"])
-    math_rows = [json.loads(line) for line in open(data / "corpora" / "math.heldout.jsonl", encoding="utf-8")]
-    math_rows = math_rows[: config["math_exact_match"]["problems"]]
-    position = config["position"]
-    results: dict[str, Any] = {"loss": {}, "perplexity": {}, "position_loss": {"in_context": {}, "beyond": {}},
-                               "retrieval": {}, "math_exact_match": {}, "position_curve": {}}
-    retrieval_sets = {length: retrieval_prompts(tokenizer, length, config["retrieval"]["documents"]) for length in config["retrieval"]["lengths"]}
-    steps = len(models) * (len(config["domains"]) + 3)
+    domains = {d: s for d, s in config.domains.items() if s in shards}
+    models = {"base": config.base, "final": config.final}
+    tokenizer = AutoTokenizer.from_pretrained(str(data / "tokenizer"), trust_remote_code=False)
+    stand_in = config.kind == "stand_in"
+    results: dict[str, Any] = {"loss": {}, "perplexity": {}, "position_loss": {"in_context": {}, "beyond": {}}, "position_curve": {}}
+    if stand_in:
+        results.update(retrieval={}, math_exact_match={})
+        rows = [json.loads(line) for line in open(data / "corpora" / "math.heldout.jsonl", encoding="utf-8")][: config.math_problems]
+        retrieval_sets = {n: retrieval_prompts(tokenizer, n, config.retrieval_documents) for n in config.retrieval_lengths}
+    position = config.position if config.position and config.position.stream in shards else None
+    steps = len(models) * (len(domains) + 1 + (2 if stand_in else 0))
     with progress_bar("evaluate", steps, enabled=progress) as advance:
-        for which, path in models.items():
-            model = _load(path)
-            for domain, stream in config["domains"].items():
-                loss = heldout_loss(model, np.asarray(shards[stream].tokens), config["sequence_length"], config["sequences"])
+        for which, ref in models.items():
+            model = _load(ref, root)
+            for domain, stream in domains.items():
+                loss = heldout_loss(model, np.asarray(shards[stream].tokens), config.sequence_length, config.sequences)
                 results["loss"].setdefault(domain, {})[which] = loss
                 results["perplexity"].setdefault(domain, {})[which] = math.exp(loss)
                 advance(1)
-            long = shards[position["stream"]]
-            curve = position_losses(model, np.asarray(long.tokens), long.doc_starts, position["length"], config["sequences"])
-            cut = position["base_context"]
-            results["position_loss"]["in_context"][which] = float(curve[: cut - 1].mean())
-            results["position_loss"]["beyond"][which] = float(curve[cut - 1 :].mean()) if len(curve) >= cut else None
-            results["position_curve"][which] = [round(float(v), 5) for v in curve]
+            if position is not None:
+                long = shards[position.stream]
+                curve = position_losses(model, np.asarray(long.tokens), long.doc_starts, position.length, config.sequences)
+                cut = position.base_context
+                results["position_loss"]["in_context"][which] = float(curve[: cut - 1].mean())
+                results["position_loss"]["beyond"][which] = float(curve[cut - 1 :].mean()) if len(curve) >= cut else None
+                results["position_curve"][which] = [round(float(v), 5) for v in curve]
             advance(1)
-            results["math_exact_match"][which] = math_exact_match(model, tokenizer, math_rows, config["math_exact_match"]["max_new_tokens"])
-            advance(1)
-            for length, prompts in retrieval_sets.items():
-                results["retrieval"].setdefault(str(length), {})[which] = retrieval_accuracy(model, tokenizer, prompts)
-            advance(1)
+            if stand_in:
+                results["math_exact_match"][which] = math_exact_match(model, tokenizer, rows, config.math_max_new_tokens)
+                advance(1)
+                for length, prompts in retrieval_sets.items():
+                    results["retrieval"].setdefault(str(length), {})[which] = retrieval_accuracy(model, tokenizer, prompts)
+                advance(1)
             del model
+    if config.lm_eval is not None:
+        results["benchmarks"] = benchmarks(config, root, tokenizer)
     results["relative_change"] = {d: v["final"] / v["base"] - 1 for d, v in results["loss"].items()}
     beyond, inside = results["position_loss"]["beyond"], results["position_loss"]["in_context"]
-    results["beyond_vs_in_context"] = {w: (beyond[w] / inside[w] - 1) if beyond.get(w) is not None else None for w in models}
-    results["config"] = {k: v for k, v in config.items() if k in ("base", "final", "sequence_length", "sequences", "position", "retrieval")}
+    results["beyond_vs_in_context"] = {w: (beyond[w] / inside[w] - 1) if beyond.get(w) is not None else None for w in inside}
+    results["config"] = config.model_dump(mode="json", include={"kind", "base", "final", "sequence_length", "sequences", "position"})
     return results
+
+
+def benchmarks(config: Any, root: Path, tokenizer: Any) -> dict[str, dict[str, dict[str, float]]]:
+    """lm-evaluation-harness on the base and the final model: {task: {metric: {"base": x, "final": y}}}."""
+    import tempfile
+
+    spec = config.lm_eval
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="midtrain-tasks-") as tmp:
+        include = [str(Path(p) if Path(p).is_absolute() else root / p) for p in spec.include_paths]
+        if spec.local:
+            write_local_tasks(Path(tmp), spec.local, root / config.data, tokenizer)
+            include.append(tmp)
+        for which in ("base", "final"):
+            ref = getattr(config, which)
+            local = root / ref.path
+            scores = run_lm_eval(local if local.exists() else ref.path, spec.tasks, include, spec.limit,
+                                 revision=None if local.exists() else ref.revision, batch_size=spec.batch_size,
+                                 num_fewshot=spec.num_fewshot)
+            for task, metrics in scores.items():
+                for metric, value in metrics.items():
+                    if metric == "sample_len":
+                        continue
+                    out.setdefault(task, {}).setdefault(metric, {})[which] = value
+    return out
+
+
+def write_local_tasks(directory: Path, tasks: dict[str, dict[str, Any]], data: Path, tokenizer: Any) -> None:
+    """The shipped local lm-eval tasks, made from this data directory's held-out sets: multiple choice
+    over the final answer of a held-out math problem (with its worked solution), and over the value
+    of a planted fact at a given length."""
+    for name, settings in tasks.items():
+        rng = random.Random(f"task:{name}")
+        rows: list[dict[str, Any]] = []
+        if settings["kind"] == "math":
+            for line in list(open(data / "corpora" / "math.heldout.jsonl", encoding="utf-8"))[: settings["problems"]]:
+                row = json.loads(line)
+                context = row["text"][: row["text"].rindex("Answer:") + len("Answer:")]
+                rows.append(_choice_row(context, row["answer"], rng))
+        else:
+            for prompt, value in retrieval_prompts(tokenizer, settings["length"], settings["documents"], seed=1):
+                rows.append(_choice_row(prompt, value, rng))
+        (directory / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        (directory / f"{name}.yaml").write_text(
+            f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {json.dumps(str(directory / (name + '.jsonl')))}\n"
+            "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{{context}}\"\ndoc_to_choice: \"{{choices}}\"\n"
+            "doc_to_target: \"{{label}}\"\nmetric_list:\n  - metric: acc\n", encoding="utf-8")
+
+
+def _choice_row(context: str, answer: int, rng: random.Random) -> dict[str, Any]:
+    wrong: set[int] = set()
+    while len(wrong) < 3:
+        candidate = answer + rng.choice([-1, 1]) * rng.randint(1, max(3, abs(answer) // 4 + 1))
+        if candidate != answer:
+            wrong.add(candidate)
+    choices = [answer, *sorted(wrong)]
+    rng.shuffle(choices)
+    return {"context": context, "choices": [f" {c}" for c in choices], "label": choices.index(answer)}
 
 
 # ---------------------------------------------------------------- lm-evaluation-harness
 
 
-def lm_eval_model(model_dir: Path, batch_size: int = 8) -> Any:
-    """An lm-evaluation-harness `LM` backed by a saved midtrain / transformers model directory."""
+def lm_eval_model(model: Path | str, batch_size: int = 8, revision: str | None = None) -> Any:
+    """An lm-evaluation-harness `LM` backed by a saved model directory or a hub id@revision."""
     try:
         from lm_eval.models.huggingface import HFLM
     except ImportError:
         raise MidtrainError.single("lm-evaluation-harness is not installed: `pip install 'midtrain[eval]'`") from None
-    return HFLM(pretrained=str(model_dir), batch_size=batch_size, device="cuda" if _cuda() else "cpu")
+    return HFLM(pretrained=str(model), revision=revision or "main", batch_size=batch_size, device="cuda" if _cuda() else "cpu",
+                trust_remote_code=False)
 
 
-def run_lm_eval(model_dir: Path, tasks: list[str], include_path: Path | None = None, limit: int | None = None) -> dict[str, Any]:
+def run_lm_eval(model: Path | str, tasks: list[str], include_path: Path | str | list[str] | None = None, limit: int | None = None,
+                revision: str | None = None, batch_size: int = 8, num_fewshot: int | None = None) -> dict[str, Any]:
     """Evaluate on lm-eval tasks (hub tasks, or local YAML task files under `include_path`)."""
     try:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise MidtrainError.single("lm-evaluation-harness is not installed: `pip install 'midtrain[eval]'`") from None
-    manager = TaskManager(include_path=str(include_path) if include_path else None)
-    output = simple_evaluate(model=lm_eval_model(model_dir), tasks=tasks, task_manager=manager, limit=limit)
-    return {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float))} for task, metrics in output["results"].items()}
+    paths = [str(p) for p in include_path] if isinstance(include_path, list) else ([str(include_path)] if include_path else None)
+    manager = TaskManager(include_path=paths)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise MidtrainError.single(f"unknown lm-eval task {unknown[0]!r} (option --eval-tasks; local task YAMLs go in --eval-include)",
+                                   found=", ".join(unknown))
+    output = simple_evaluate(model=lm_eval_model(model, batch_size, revision), tasks=tasks, task_manager=manager, limit=limit,
+                             num_fewshot=num_fewshot)
+    return {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for task, metrics in output["results"].items()}
 
 
 def _cuda() -> bool:

@@ -28,174 +28,149 @@ from pathlib import Path
 from typing import Any
 
 from midtrain.errors import MidtrainError
-from midtrain.io import atomic_writer, write_json
+from midtrain.io import write_json
 
-PARAMS = "params.yaml"
-
-
-# ---------------------------------------------------------------- params
-
-
-def read_params(root: Path) -> dict[str, Any]:
-    from midtrain.yamlio import load_yaml
-
-    path = root / PARAMS
-    data, _ = load_yaml(path)
-    if not isinstance(data, dict) or "recipe" not in data:
-        raise MidtrainError.single("params.yaml needs at least `recipe:`", file=path)
-    data.setdefault("scale", "tiny")
-    data.setdefault("seed", 0)
-    data.setdefault("overrides", [])
-    if not isinstance(data["overrides"], list):
-        raise MidtrainError.single("overrides must be a list of KEY=VALUE strings", file=path, found=type(data["overrides"]).__name__)
-    return data
-
-
-def write_params(root: Path, recipe: str, scale: str, seed: int, overrides: list[str]) -> Path:
-    from midtrain.yamlio import dump_yaml
-
-    path = root / PARAMS
-    text = "# Which recipe the pipeline reproduces (see dvc.yaml). Written by `midtrain reproduce`; edit freely.\n"
-    text += dump_yaml({"recipe": recipe, "scale": scale, "seed": seed, "overrides": list(overrides)})
-    with atomic_writer(path) as handle:
-        handle.write(text)
-    return path
-
+from midtrain.plan.contract import Layout, read_plan_file, write_plan
+from midtrain.plan.request import PARAMS, PlanRequest, read_params, write_params  # noqa: F401  (re-exported)
 
 # ---------------------------------------------------------------- stages
 
 
 def stage_plan(root: Path, out: Path) -> Any:
-    """Validate the recipe with its overrides, plan it at the scale, write plan/."""
-    from pydantic import ValidationError
+    """Validate params.yaml and the recipe with its overrides, plan it, write plan/."""
+    from midtrain.plan.api import make_plan
 
-    from midtrain.catalog import load_catalog
-    from midtrain.scale import apply_overrides, plan_recipe, write_plan
-    from midtrain.schema.recipe import Recipe
-    from midtrain.yamlio import LineMap, problems_from_validation
-
-    params = read_params(root)
-    catalog = load_catalog(root)
-    recipe = catalog.get(str(params["recipe"]))
-    if params["overrides"]:
-        raw = apply_overrides(catalog.raw[recipe.id], [str(o) for o in params["overrides"]])
-        try:
-            recipe = Recipe.model_validate(raw)
-        except ValidationError as exc:
-            problems = problems_from_validation(exc, root / PARAMS, LineMap())
-            for problem in problems:
-                problem.message = f"after overrides {params['overrides']}: {problem.message}"
-            raise MidtrainError(problems) from None
-    plan = plan_recipe(recipe, catalog.registry, str(params["scale"]), int(params["seed"]))
-    data_dir = f"data/{params['scale']}" if params["scale"] != "full" else f"data/full-{recipe.id}"
-    write_plan(plan, out, data_dir)
+    request = read_params(root)
+    plan = make_plan(request, root, resolve=True, where=root / PARAMS)
+    if request.layout is not None and request.layout != plan.summary.layout.model_dump():
+        raise MidtrainError.single(
+            "params.yaml's `layout` does not match what this recipe and base plan to; rerun `midtrain reproduce` "
+            "(which writes both), or set layout to the expected value", file=root / PARAMS,
+            expected=str(plan.summary.layout.model_dump()), found=str(request.layout))
+    write_plan(plan, out)
     return plan
 
 
 def stage_data(root: Path, plan_dir: Path) -> None:
     from midtrain.catalog import load_catalog
-    from midtrain.data.prepare import PrepareOptions, prepare_sources, prepare_tiny
+    from midtrain.data.prepare import PrepareOptions, prepare_sources, prepare_stand_in, prepare_tiny
+    from midtrain.plan.contract import BuiltinData, StandInData
 
-    spec = json.loads((plan_dir / "data.json").read_text())
-    out = root / spec["out"]
-    if spec["kind"] == "builtin":
-        prepare_tiny(PrepareOptions(out=out, vocab_size=spec["vocab_size"], seed=spec["seed"], progress=True))
+    spec = read_plan_file(plan_dir, "data")
+    out = root / spec.out
+    if isinstance(spec, BuiltinData):
+        prepare_tiny(PrepareOptions(out=out, vocab_size=spec.vocab_size, seed=spec.seed, progress=True))
+        return
+    if isinstance(spec, StandInData):
+        prepare_stand_in(PrepareOptions(out=out, seed=spec.seed, progress=True), spec.tokenizer.path, spec.tokenizer.revision)
         return
     registry = load_catalog(root).registry
-    prepare_sources(out, {n: registry.sources[n] for n in spec["sources"]}, spec["tokenizer"], spec.get("revision"), base=root)
+    prepare_sources(out, {n: registry.sources[n] for n in spec.sources}, spec.tokenizer.path, spec.tokenizer.revision, base=root,
+                    seed=spec.seed)
 
 
-def _run_training(spec_path: Path) -> None:
+def _run_training(spec_path: Path, root: Path) -> None:
     """One training run, in a child process (torchrun when MIDTRAIN_NPROC > 1)."""
     nproc = int(os.environ.get("MIDTRAIN_NPROC", "1"))
     command = [sys.executable, "-m", "midtrain", "train", str(spec_path)]
     if nproc > 1:
         command += ["--nproc-per-node", str(nproc)]
-    status = subprocess.call(command)
+    status = subprocess.call(command, cwd=root)
     if status:
         raise MidtrainError.single(f"training run failed (exit status {status}); rerun to resume from its last checkpoint", file=spec_path)
 
 
 def stage_base(root: Path, plan_dir: Path) -> None:
-    spec = json.loads((plan_dir / "base.json").read_text())
-    if "published" in spec:
-        fetch_published(spec["published"]["hub_id"], spec["published"].get("revision"), root / spec["out"] / "model")
+    """Pretrain the stand-in base, or make the pretrained base available here and record it."""
+    from midtrain.plan.contract import PretrainBase
+
+    spec = read_plan_file(plan_dir, "base")
+    if isinstance(spec, PretrainBase):
+        path = root / spec.spec.out / ".spec.json"
+        write_json(path, spec.spec.model_dump(mode="json"))
+        _run_training(path, root)
         return
-    _run_training(plan_dir / "base.json")
+    fetch_pretrained(spec.model.path, spec.model.revision, root)
+    write_json(root / spec.out / "base.json", {"model": spec.model.path, "revision": spec.model.revision, "fingerprint": spec.fingerprint})
 
 
-def fetch_published(hub_id: str, revision: str | None, out: Path) -> None:
-    """Full scale: the published base through `from_pretrained` (hub id + revision, or a local directory)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def fetch_pretrained(ref: str, revision: str | None, root: Path) -> Path:
+    """The base's files through huggingface_hub (cache, or a download unless offline), or the
+    directory; its config and tokenizer are loaded once to fail here rather than in training."""
+    from transformers import AutoConfig, AutoTokenizer
 
-    from midtrain.io import atomic_dir
+    from midtrain.plan.bases import fetch_base, resolve_base
 
-    if (out / "config.json").exists():
-        return
+    resolved = resolve_base(ref, revision, root)
+    local = fetch_base(resolved, ref if resolved.is_hub else str((root / ref) if not Path(ref).is_absolute() else ref), revision)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(hub_id, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(hub_id, revision=revision, dtype="auto")
-    except OSError as exc:
-        raise MidtrainError.single(f"cannot load the published base {hub_id!r} (revision {revision}): {exc}") from None
-    with atomic_dir(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        AutoConfig.from_pretrained(str(local), trust_remote_code=False)
+        AutoTokenizer.from_pretrained(str(local), trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise MidtrainError.single(f"cannot load the base {ref!r} (revision {revision}): {exc}") from None
+    return local
 
 
-def _fingerprint(model_dir: Path) -> str:
-    """Identity of a model directory: the sha256 of its weight files."""
-    digest = hashlib.sha256()
+def _weights_fingerprint(model_dir: Path) -> str:
+    """Identity of a model directory written by a stage: the sha256 of its weight files."""
+    from midtrain.data.packing import file_sha256
+
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise MidtrainError.single("model directory has no weights (did its stage finish?)", file=model_dir)
-    for file in files:
-        with open(file, "rb") as handle:
-            while block := handle.read(1 << 22):
-                digest.update(block)
-    return digest.hexdigest()
+    return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+
+
+def _init_fingerprint(root: Path, path: str, base_fingerprint: str | None, base_path: str | None) -> str:
+    if base_fingerprint is not None and path == base_path:
+        return base_fingerprint
+    return _weights_fingerprint(root / path)
 
 
 def stage_midtrain(root: Path, plan_dir: Path) -> None:
     """Every mid-training run and merge of the plan, in order; unchanged ones are skipped."""
+    from midtrain.plan.contract import PretrainedBase
     from midtrain.train.merge import merge_models
 
-    mid = json.loads((plan_dir / "midtrain.json").read_text())
-    specs_dir = root / "runs" / mid["recipe"] / "mid" / ".specs"  # inside this stage's output, never in plan/
-    specs_dir.mkdir(parents=True, exist_ok=True)
-    for item in mid["order"]:
-        name = item["name"]
-        if item["kind"] == "run":
-            spec = mid["runs"][name]
-            out = root / spec["out"]
-            key = {"spec": spec, "init": _fingerprint(root / spec["init"]["path"])}
+    mid = read_plan_file(plan_dir, "midtrain")
+    base = read_plan_file(plan_dir, "base")
+    base_path = base.model.path if isinstance(base, PretrainedBase) else None
+    specs_dir = root / Path(next(iter(mid.runs.values())).out).parent / ".specs"  # inside this stage's output, never in plan/
+    for item in mid.order:
+        name = item.name
+        if item.kind == "run":
+            spec = mid.runs[name]
+            data = spec.model_dump(mode="json")
+            out = root / spec.out
+            key = {"spec": data, "init": _init_fingerprint(root, spec.init.path, mid.base_fingerprint, base_path)}
             stamp = out / "done.json"
             if stamp.exists() and json.loads(stamp.read_text()) == key and (out / "model" / "config.json").exists():
                 print(f"{name}: unchanged, skipped", flush=True)
                 continue
             stamp.unlink(missing_ok=True)
             spec_path = specs_dir / f"{name}.json"
-            write_json(spec_path, spec)
-            _run_training(spec_path)
+            write_json(spec_path, data)
+            _run_training(spec_path, root)
             write_json(stamp, key)
         else:
-            merge = mid["merges"][name]
-            if merge["source_of"]:
+            merge = mid.merges[name]
+            if merge.source_of:
                 continue  # an EMA/Polyak average written by its run
-            out = root / merge["out"]
-            key = {"merge": merge, "inputs": [_fingerprint(root / i) for i in merge["inputs"]]}
+            out = root / merge.out
+            key = {"merge": merge.model_dump(mode="json"), "inputs": [_weights_fingerprint(root / i) for i in merge.inputs]}
             stamp = out.parent / f".{out.name}.done.json"
             if stamp.exists() and json.loads(stamp.read_text()) == key and (out / "config.json").exists():
                 print(f"{name}: unchanged, skipped", flush=True)
                 continue
-            merge_models([root / i for i in merge["inputs"]], out, merge["weights"])
+            merge_models([root / i for i in merge.inputs], out, merge.weights)
             write_json(stamp, key)
-            print(f"{name}: merged {len(merge['inputs'])} models ({merge['method']})", flush=True)
+            print(f"{name}: merged {len(merge.inputs)} models ({merge.method})", flush=True)
 
 
 def stage_evaluate(root: Path, plan_dir: Path, out: Path) -> dict[str, Any]:
     from midtrain.evaluate import evaluate
 
-    config = json.loads((plan_dir / "eval.json").read_text())
+    config = read_plan_file(plan_dir, "eval")
     results = evaluate(config, root)
     write_json(out, {k: v for k, v in results.items() if k != "position_curve"})
     write_json(out.with_name("position_curve.json"), results["position_curve"])
@@ -241,12 +216,17 @@ def summary_lines(metrics: dict[str, Any]) -> list[str]:
         change = values["final"] / values["base"] - 1
         lines.append(f"  {domain:<10} {values['base']:>9.4f} {values['final']:>9.4f} {change:>+8.1%}")
     position = metrics["position_loss"]
-    if position["beyond"].get("base") is not None:
+    if position["beyond"].get("base") is not None and position["beyond"].get("final") is not None:
         lines.append("beyond vs in-context loss (long documents)")
         for which in ("base", "final"):
             ratio = position["beyond"][which] / position["in_context"][which] - 1
             lines.append(f"  {which:<10} in {position['in_context'][which]:.4f} · beyond {position['beyond'][which]:.4f} ({ratio:+.1%})")
-    lines.append("math exact match     base {base:.1%} → final {final:.1%}".format(**metrics["math_exact_match"]))
-    for length, values in metrics["retrieval"].items():
+    if "math_exact_match" in metrics:
+        lines.append("math exact match     base {base:.1%} → final {final:.1%}".format(**metrics["math_exact_match"]))
+    for length, values in metrics.get("retrieval", {}).items():
         lines.append(f"retrieval @ {length:>5} tokens   base {values['base']:.0%} → final {values['final']:.0%}")
+    for task, values in metrics.get("benchmarks", {}).items():
+        for metric, pair in values.items():
+            if "stderr" not in metric and {"base", "final"} <= set(pair):
+                lines.append(f"lm-eval {task:<24} {metric:<10} base {pair['base']:.3f} → final {pair['final']:.3f}")
     return lines

@@ -22,10 +22,13 @@ def _tsv(path: Path) -> list[tuple[int, float]]:
 
 def _run_dirs(root: Path, plan: dict[str, Any]) -> list[tuple[str, str, Path]]:
     """(stage, run, directory) in training order, the base first."""
-    out = [("base", "base", root / f"runs/{plan['recipe']}/base")]
+    from midtrain.plan.contract import Layout
+
+    layout = Layout.model_validate(plan["layout"])
+    out = [("base", "base", root / layout.base_dir)]
     for stage in plan["stages"]:
         for run in stage["runs"]:
-            out.append((stage["name"], run, root / f"runs/{plan['recipe']}/mid/{run}"))
+            out.append((stage["name"], run, root / layout.run_dir(run)))
     return out
 
 
@@ -112,7 +115,7 @@ def build_report(root: Path, plan_path: Path, metrics_path: Path, out: Path) -> 
 
     # position loss and retrieval
     fig, (ax_pos, ax_ret) = plt.subplots(1, 2, figsize=(10, 3.5))
-    cut = metrics["config"]["position"]["base_context"]
+    cut = (metrics["config"].get("position") or {}).get("base_context", 0)
     import numpy as np
 
     for which, values in position_curve.items():
@@ -123,9 +126,12 @@ def build_report(root: Path, plan_path: Path, metrics_path: Path, out: Path) -> 
     ax_pos.set_xlabel("token position in a long document (dashed: the base's context)")
     ax_pos.set_ylabel("held-out loss")
     ax_pos.legend()
-    lengths = list(metrics["retrieval"])
+    retrieval = metrics.get("retrieval") or {
+        task.rsplit("_", 1)[-1]: values["acc,none"] for task, values in metrics.get("benchmarks", {}).items()
+        if task.startswith("midtrain_retrieval_") and "acc,none" in values}
+    lengths = list(retrieval)
     for offset_x, which in ((-0.2, "base"), (0.2, "final")):
-        ax_ret.bar([i + offset_x for i in range(len(lengths))], [metrics["retrieval"][n][which] for n in lengths], 0.4, label=which, color=COLORS[which])
+        ax_ret.bar([i + offset_x for i in range(len(lengths))], [retrieval[n][which] for n in lengths], 0.4, label=which, color=COLORS[which])
     ax_ret.set_xticks(range(len(lengths)), [f"{n} tokens" for n in lengths])
     ax_ret.set_ylim(0, 1)
     ax_ret.set_ylabel("retrieval accuracy (planted fact)")
@@ -134,32 +140,72 @@ def build_report(root: Path, plan_path: Path, metrics_path: Path, out: Path) -> 
     fig.savefig(out / "long_context.png", dpi=110)
     plt.close(fig)
 
+    if metrics.get("benchmarks"):
+        _benchmark_plot(metrics["benchmarks"], out / "benchmarks.png")
     write_text(out / "summary.md", _markdown(plan, metrics))
     return out
 
 
 def _markdown(plan: dict[str, Any], metrics: dict[str, Any]) -> str:
-    lines = [f"# {plan['recipe']} reproduced at {plan['scale']} scale", ""]
+    where = "on your base" if plan["scale"] == "own-base" else f"at {plan['scale']} scale"
+    lines = [f"# {plan['recipe']} reproduced {where}", ""]
     lines += ["| domain | base loss | final loss | change |", "| --- | ---: | ---: | ---: |"]
     for domain, values in metrics["loss"].items():
         lines.append(f"| {domain} | {values['base']:.4f} | {values['final']:.4f} | {values['final'] / values['base'] - 1:+.1%} |")
     position = metrics["position_loss"]
     lines += ["", "| long documents | in the base's context | beyond it | beyond vs in |", "| --- | ---: | ---: | ---: |"]
-    for which in ("base", "final"):
+    for which in [w for w in ("base", "final") if w in position["in_context"]]:
         inside, beyond = position["in_context"][which], position["beyond"][which]
         if beyond is not None:
             lines.append(f"| {which} | {inside:.4f} | {beyond:.4f} | {beyond / inside - 1:+.1%} |")
-    lines += ["", f"Math final-answer exact match: base {metrics['math_exact_match']['base']:.1%}, final {metrics['math_exact_match']['final']:.1%}.", ""]
-    lines += ["| retrieval length | base | final |", "| ---: | ---: | ---: |"]
-    for length, values in metrics["retrieval"].items():
-        lines.append(f"| {length} | {values['base']:.0%} | {values['final']:.0%} |")
+    if "math_exact_match" in metrics:
+        lines += ["", f"Math final-answer exact match: base {metrics['math_exact_match']['base']:.1%}, "
+                      f"final {metrics['math_exact_match']['final']:.1%}.", ""]
+    if metrics.get("retrieval"):
+        lines += ["| retrieval length | base | final |", "| ---: | ---: | ---: |"]
+        for length, values in metrics["retrieval"].items():
+            lines.append(f"| {length} | {values['base']:.0%} | {values['final']:.0%} |")
+    if metrics.get("benchmarks"):
+        lines += ["", "| benchmark (lm-eval) | metric | base | final |", "| --- | --- | ---: | ---: |"]
+        for task, values in metrics["benchmarks"].items():
+            for metric, pair in values.items():
+                if "stderr" not in metric and "base" in pair and "final" in pair:
+                    lines.append(f"| {task} | {metric} | {pair['base']:.3f} | {pair['final']:.3f} |")
+        lines += ["", "![benchmarks](benchmarks.png)"]
     lines += ["", "## Plan", "", "| stage | runs | steps | context | batch | LR start → end | RoPE |", "| --- | ---: | ---: | ---: | ---: | --- | --- |"]
     for stage in plan["stages"]:
         lines.append(f"| {stage['name']} | {len(stage['runs'])} | {stage['steps']} | {stage['sequence_length']} | {stage['global_batch']} | "
-                     f"{stage['lr_start']:.3g} → {stage['lr_end']:.3g} | {stage['rope']} |")
+                     f"{_lr(stage['lr_start'])} → {_lr(stage['lr_end'])} | {stage['rope']} |")
     if plan["merges"]:
         lines += ["", "Merges: " + "; ".join(f"{m['name']} ({m['method']} of {', '.join(m['inputs'])})" for m in plan["merges"])]
     if plan["notes"]:
         lines += ["", "Adjustments made by scaling:", ""] + [f"- {n}" for n in plan["notes"]]
     lines += ["", "![loss and LR](loss_and_lr.png)", "", "![mixture](mixture.png)", "", "![domains](domains.png)", "", "![long context](long_context.png)", ""]
     return "\n".join(lines)
+
+
+def _lr(value: float | None) -> str:
+    return "?" if value is None else f"{value:.3g}"
+
+
+def _benchmark_plot(benchmarks: dict[str, Any], path: Path) -> None:
+    """Base vs final per lm-eval task (the task's main metric: the first without a stderr)."""
+    import matplotlib.pyplot as plt
+
+    rows = []
+    for task, metrics in benchmarks.items():
+        main = next((m for m in metrics if "stderr" not in m and {"base", "final"} <= set(metrics[m])), None)
+        if main:
+            rows.append((task, main, metrics[main]))
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(rows) + 2), 3.6))
+    for offset_x, which in ((-0.2, "base"), (0.2, "final")):
+        ax.bar([i + offset_x for i in range(len(rows))], [r[2][which] for r in rows], 0.4, label=which, color=COLORS[which])
+    ax.set_xticks(range(len(rows)), [f"{t}\n({m.split(',')[0]})" for t, m, _ in rows], fontsize=8)
+    ax.set_ylabel("score")
+    ax.set_title("lm-evaluation-harness: base vs final")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from midtrain.catalog import load_catalog
-from midtrain.scale import plan_recipe
+from midtrain.plan.planner import plan_recipe
 from midtrain.summary import coverage
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def test_catalogue_size_and_provenance_goals() -> None:
 def test_every_recipe_plans_at_every_scale(recipe_id: str) -> None:
     for scale in ("tiny", "small", "full"):
         plan = plan_recipe(CATALOG.get(recipe_id), CATALOG.registry, scale)
-        assert plan.stages and plan.runs and plan.final
+        assert plan.stages and plan.mid.runs and plan.summary.final
         for stage in plan.stages:
             assert stage.steps >= 1 and stage.global_batch >= 1 and abs(sum(stage.streams.values()) - 1) < 1e-6
 
@@ -42,7 +42,8 @@ def test_every_stage_of_every_recipe_trains_a_few_steps_at_tiny_scale(recipe_id:
 
     plan = plan_recipe(CATALOG.get(recipe_id), CATALOG.registry, "tiny")
     dims = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 64}
-    base = json.loads(json.dumps(plan.base["spec"]).replace("__DATA__", str(prepared)))
+    base = plan.base.spec.model_dump(mode="json")
+    base.update(data=str(prepared), tokenizer=str(prepared / "tokenizer"))
     scale_down = {"steps": 2, "checkpoint_every": 2, "threads": 1, "precision": "fp32"}
     base.update(scale_down, out=str(tmp_path / "base"), init={**base["init"], "dims": dims, "vocab_size": 512})
     base["sequence_length"] = min(base["sequence_length"], 64)
@@ -50,19 +51,19 @@ def test_every_stage_of_every_recipe_trains_a_few_steps_at_tiny_scale(recipe_id:
     train(RunSpec.model_validate(base), progress=False)
     previous = tmp_path / "base" / "model"
     for stage in plan.stages:
-        run = next(r for r in plan.runs if r.name == stage.runs[0])
-        spec = json.loads(json.dumps(run.spec).replace("__DATA__", str(prepared)))
-        spec.update(scale_down, out=str(tmp_path / run.name), init={"path": str(previous)})
+        spec = plan.mid.runs[stage.runs[0]].model_dump(mode="json")
+        spec.update(scale_down, data=str(prepared), tokenizer=str(prepared / "tokenizer"), out=str(tmp_path / stage.runs[0]),
+                    init={"path": str(previous)})
         factor = spec["sequence_length"] / 64 if spec["sequence_length"] > 256 else 1
         spec["sequence_length"] = max(8, int(spec["sequence_length"] / factor))
-        if spec.get("rope", {}).get("scaling", {}).get("original_max_position_embeddings"):
+        if ((spec.get("rope") or {}).get("scaling") or {}).get("original_max_position_embeddings"):
             spec["rope"]["scaling"]["original_max_position_embeddings"] = max(4, int(spec["rope"]["scaling"]["original_max_position_embeddings"] / factor))
         spec["max_position_embeddings"] = max(spec["sequence_length"], 64)
         spec["global_batch"], spec["micro_batch"] = 2, 1
         spec.pop("polyak", None)
         summary = train(RunSpec.model_validate(spec), progress=False)
         assert summary["steps"] == 2 and summary["final_loss"] == summary["final_loss"]  # not NaN
-        previous = tmp_path / run.name / "model"
+        previous = tmp_path / stage.runs[0] / "model"
 
 
 def test_docs_catalog_is_current() -> None:

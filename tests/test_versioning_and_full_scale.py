@@ -55,8 +55,8 @@ def test_full_scale_plan_resolves_hub_ids_on_local_directories(prepared: Path, t
     """A full-scale plan loads the base with from_pretrained and data with load_dataset by id; here the
     ids are local directories (a saved model, a dataset repository with named subsets)."""
     from midtrain.catalog import load_catalog
-    from midtrain.pipeline import fetch_published
-    from midtrain.scale import plan_recipe
+    from midtrain.pipeline import fetch_pretrained
+    from midtrain.plan.planner import plan_recipe
     from midtrain.train.config import RunSpec
     from midtrain.train.loop import train
 
@@ -85,12 +85,13 @@ def test_full_scale_plan_resolves_hub_ids_on_local_directories(prepared: Path, t
     catalog = load_catalog(root)
     recipe = catalog.get("olmo-2-1124-7b")
     plan = plan_recipe(recipe, catalog.registry, "full")
-    assert plan.base["hub_id"] == str(published) and plan.compute["gpu_hours"]["H100"] > 1000
-    run = plan.runs[0].spec
-    assert run["init"]["path"] == str(published) and run["strategy"] == "fsdp" and run["global_batch"] == 1024
+    assert plan.base.model.path == str(published) and plan.summary.compute["gpu_hours"]["H100"] > 1000
+    run = next(iter(plan.mid.runs.values())).model_dump(mode="json")
+    assert run["init"]["path"] == str(published) and run["strategy"] == "fsdp"
+    assert run["global_batch"] * run["sequence_length"] == 1024 * 4096  # the published batch, in tokens, at the base's own context
 
-    fetch_published(str(published), None, tmp_path / "fetched")
-    assert (tmp_path / "fetched" / "config.json").exists()
+    fetched = fetch_pretrained(str(published), None, tmp_path)
+    assert (fetched / "config.json").exists()
 
     from midtrain.data.prepare import prepare_sources
 
@@ -102,6 +103,6 @@ def test_full_scale_plan_resolves_hub_ids_on_local_directories(prepared: Path, t
     spec = dict(run, out=str(tmp_path / "full-run"), tokenizer=str(published), data=str(tmp_path / "data"),
                 streams={"dolmino-dclm.train": 0.5, "dolmino-math.train": 0.5}, sequence_length=32, global_batch=2, micro_batch=1,
                 steps=2, precision="fp32", strategy="auto", activation_checkpointing=False, max_position_embeddings=None,
-                init={"path": str(tmp_path / "fetched")}, checkpoint_every=1, threads=1)
+                init={"path": str(fetched)}, checkpoint_every=1, threads=1)
     summary = train(RunSpec.model_validate(spec), progress=False)
     assert summary["steps"] == 2

@@ -28,7 +28,10 @@ BAR_WIDTH = 28
 
 
 def console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+    """stdout; when it is not a terminal (a pipe, a log, CI) tables get room instead of 80 columns."""
+    import sys
+
+    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 
 
 def err_console() -> Console:

@@ -103,7 +103,44 @@ def build_eval_index(options: PrepareOptions, corpora: dict[str, Any]) -> EvalIn
     return index
 
 
-def prepare_shards(options: PrepareOptions, corpora: dict[str, Any], tokenizer_dir: Path) -> dict[str, Any]:
+def save_base_tokenizer(ref: str, revision: str | None, directory: Path) -> Path:
+    """The base model's own tokenizer, saved as a tokenizer directory (tokenizer.json and its
+    config), so that data, training and evaluation all read the same files. Never runs code from
+    the model folder."""
+    inputs = _hash({"tokenizer": ref, "revision": revision})
+    stamp = directory / "midtrain.json"
+    if stamp.exists() and json.loads(stamp.read_text()).get("inputs") == inputs:
+        return directory
+    from transformers import AutoTokenizer
+
+    from midtrain.io import atomic_dir
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref, revision=revision, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise MidtrainError.single(f"cannot load the tokenizer of {ref!r} (revision {revision}): {exc}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise MidtrainError.single(f"the tokenizer of {ref!r} has no fast (tokenizer.json) version, which midtrain needs")
+    if tokenizer.eos_token is None:
+        raise MidtrainError.single(f"the tokenizer of {ref!r} has no end-of-text (eos) token; documents could not be separated")
+    with atomic_dir(directory) as tmp:
+        tokenizer.save_pretrained(str(tmp))
+        if not (tmp / "tokenizer.json").exists():
+            tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        write_json(tmp / "midtrain.json", {"inputs": inputs, "vocab_size": len(tokenizer), "from": ref, "revision": revision})
+    return directory
+
+
+def prepare_stand_in(options: PrepareOptions, tokenizer_ref: str, revision: str | None) -> dict[str, Any]:
+    """Own base, offline: the built-in corpora, tokenized with the base's own tokenizer."""
+    options.out.mkdir(parents=True, exist_ok=True)
+    corpora = prepare_corpora(options)
+    tokenizer_dir = save_base_tokenizer(tokenizer_ref, revision, options.out / "tokenizer")
+    return prepare_shards(options, corpora, tokenizer_dir)
+
+
+def prepare_shards(options: PrepareOptions, corpora: dict[str, Any], tokenizer_dir: Path,
+                   splits: tuple[str, ...] = ("train", "heldout")) -> dict[str, Any]:
     from midtrain.data.tokenizer import load_tokenizer
 
     shard_dir = options.out / "shards"
@@ -114,7 +151,7 @@ def prepare_shards(options: PrepareOptions, corpora: dict[str, Any], tokenizer_d
     decontam = {"n": options.ngram, "threshold": options.threshold, "action": options.action, "extra": [str(p) for p in options.extra_eval]}
     report = Report(options.ngram, options.threshold, options.action)
     index: EvalIndex | None = None
-    jobs = [(name, split) for name in builtin.BUILTINS for split in ("train", "heldout")]
+    jobs = [(name, split) for name in builtin.BUILTINS for split in splits]
     total_bytes = sum(corpora[n]["splits"][s]["bytes"] for n, s in jobs)
     previous_report = {}
     report_path = options.out / "decontam.json"
@@ -157,29 +194,43 @@ def prepare_tiny(options: PrepareOptions) -> dict[str, Any]:
 
 
 def prepare_sources(out: Path, sources: dict[str, Any], tokenizer_ref: str, revision: str | None = None,
-                    base: Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Larger scales: pack registry sources (hub ids or local files) with the published tokenizer."""
+                    base: Path | None = None, progress: bool = True, seed: int = 0) -> dict[str, Any]:
+    """Own and published bases: pack registry sources (hub ids or local files) with the base's
+    tokenizer, plus the built-in held-out sets (per-domain held-out loss, decontamination)."""
     from midtrain.data.sources import iter_documents
     from midtrain.data.tokenizer import load_tokenizer
 
+    options = PrepareOptions(out=out, seed=seed, progress=progress)
+    out.mkdir(parents=True, exist_ok=True)
+    report_path = out / "decontam.json"
+    previous = json.loads(report_path.read_text()) if report_path.exists() else {}
+    corpora = prepare_corpora(options)
+    tokenizer_dir = save_base_tokenizer(tokenizer_ref, revision, out / "tokenizer")
+    prepare_shards(options, corpora, tokenizer_dir, splits=("heldout",))
     shard_dir = out / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    manifest = read_manifest(shard_dir) if (shard_dir / "manifest.json").exists() else {"streams": {}}
-    tokenizer = load_tokenizer(tokenizer_ref, revision)
+    manifest = read_manifest(shard_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    index = build_eval_index(options, corpora)
+    report = Report(options.ngram, options.threshold, options.action)
+    report.sources.update(previous.get("sources", {}))
     for name, source in sources.items():
         stream = f"{name}.train"
-        inputs = _hash({"source": source.model_dump(mode="json"), "tokenizer": tokenizer_ref, "revision": revision})
+        inputs = _hash({"source": source.model_dump(mode="json"), "tokenizer": tokenizer_ref, "revision": revision,
+                        "decontam": [options.ngram, options.threshold, options.action]})
         entry = manifest["streams"].get(stream)
         if entry and entry.get("inputs") == inputs and shard_is_complete(shard_dir, entry):
             continue
+        documents = ((f"{name}:{number}", text) for number, text in enumerate(iter_documents(source, name, base=base)))
+        kept = filter_documents(documents, index, report, stream, options.threshold, options.action)
         with progress_bar(f"tokenize + pack {name}", source.approx_tokens, unit=" tokens", enabled=progress) as advance:
-            entry = pack_stream(iter_documents(source, name, base=base), tokenizer, shard_dir, stream,
-                                progress=lambda docs, tokens: advance(tokens))
+            entry = pack_stream((text for _, text in kept), tokenizer, shard_dir, stream, progress=lambda docs, tokens: advance(tokens))
         entry["inputs"] = inputs
         entry["source"] = {"registry": name}
         manifest["streams"][stream] = entry
-        manifest["tokenizer"] = {"path": tokenizer_ref, "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}
+        manifest["tokenizer"] = {"path": "../tokenizer", "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}
         write_manifest(shard_dir, manifest)
+        write_json(report_path, report.to_json())
+    write_json(report_path, report.to_json())
     return manifest
 
 

@@ -93,8 +93,8 @@ def load_tokenizer(path_or_id: str | Path, revision: str | None = None) -> FastT
         from transformers import AutoTokenizer
 
         try:
-            hf = AutoTokenizer.from_pretrained(str(path_or_id), revision=revision)
-        except OSError as exc:
+            hf = AutoTokenizer.from_pretrained(str(path_or_id), revision=revision, trust_remote_code=False)
+        except (OSError, ValueError) as exc:
             raise MidtrainError.single(f"cannot load tokenizer {path_or_id!r}: {exc}") from None
         tokenizer = hf.backend_tokenizer
         eos_token = hf.eos_token

@@ -65,8 +65,8 @@ def model_config(spec: RunSpec) -> Any:
     if not path.exists() and (init.path.startswith((".", "/")) or init.path.count("/") != 1):
         raise MidtrainError.single("model directory not found", file=path)
     try:
-        config = AutoConfig.from_pretrained(init.path, revision=init.revision)
-    except OSError as exc:
+        config = AutoConfig.from_pretrained(init.path, revision=init.revision, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
         raise MidtrainError.single(f"cannot load the model config of {init.path!r}: {exc}") from None
     config = apply_rope(config, spec)
     config.use_cache = False
@@ -97,7 +97,8 @@ def load_model(spec: RunSpec, init_override: Path | None = None) -> Any:
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     config = model_config(spec.model_copy(update={"init": init}))
     try:
-        return AutoModelForCausalLM.from_pretrained(init.path, revision=init.revision, config=config, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(init.path, revision=init.revision, config=config, dtype=torch.float32,
+                                                    trust_remote_code=False)
     except (OSError, ValueError, RuntimeError) as exc:
         raise MidtrainError.single(f"cannot load model weights from {init.path!r}: {exc}") from None
 
