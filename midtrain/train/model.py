@@ -157,9 +157,8 @@ def save_pretrained(model: Any, tokenizer_dir: Path, out: Path, extra: dict[str,
     hf_logging.disable_progress_bar()
 
     with atomic_dir(out) as tmp:
-        model.config.use_cache = True
+        model.config.use_cache = True  # saved models generate with a KV cache; training keeps it off
         model.save_pretrained(tmp, safe_serialization=True)
-        model.config.use_cache = False
         generation = GenerationConfig.from_model_config(model.config)
         tokenizer_config = tokenizer_dir / "tokenizer_config.json"
         if tokenizer_config.exists():
@@ -178,6 +177,7 @@ def save_pretrained(model: Any, tokenizer_dir: Path, out: Path, extra: dict[str,
             if value is not None:
                 setattr(model.config, key, value)
         model.config.save_pretrained(tmp)
+        model.config.use_cache = False
         generation.save_pretrained(tmp)
         for item in tokenizer_dir.iterdir():
             if item.is_file() and item.name != "midtrain.json":
