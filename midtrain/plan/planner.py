@@ -427,7 +427,7 @@ def _assemble(recipe: Recipe, registry: Registry, target: Target, request: PlanR
     mid = MidSpec(recipe=recipe.id, order=_order(stages, merges), runs=runs, merges=merge_specs, final=final_ref.path,
                   base_fingerprint=fingerprint)
     data = _data_spec(recipe, target, request)
-    evaluation = _eval_spec(recipe, target, request, profile, base_ref, final_ref, max_context)
+    evaluation = _eval_spec(recipe, target, request, profile, base_ref, final_ref, max_context, notes)
     model = {"family": target.family, "published_family": recipe.family.value, "base_context": target.base_context,
              "max_context": max_context, "rope_theta": target.theta, "vocab_size": target.vocab_size}
     if isinstance(target.init_base, NewModel):
@@ -487,7 +487,7 @@ def default_tasks(recipe: Recipe, stand_in_data: bool) -> list[str] | None:
 
 
 def _eval_spec(recipe: Recipe, target: Target, request: PlanRequest, profile: ScaleProfile | None, base: ModelUnderTest,
-               final: ModelUnderTest, max_context: int) -> Any:
+               final: ModelUnderTest, max_context: int, notes: list[str]) -> Any:
     sequences = (profile.eval_sequences if profile and request.base is None else None) or 64
     length = min(max(max_context, target.base_context * 4), (profile.max_context if profile and profile.max_context else max_context))
     position = PositionEval(stream="longdoc.heldout", length=max(length, target.base_context + 1), base_context=target.base_context)
@@ -509,6 +509,10 @@ def _eval_spec(recipe: Recipe, target: Target, request: PlanRequest, profile: Sc
         tasks = [t for t in tasks if t != LOCAL_RETRIEVAL] + [t for t in local if t.startswith(LOCAL_RETRIEVAL)]
     lm_eval = LmEvalSpec(tasks=tasks, include_paths=choice.include, limit=choice.limit,
                          local={name: settings for name, settings in local.items() if name in tasks})
+    external = [t for t in tasks if t not in lm_eval.local]
+    if external:
+        notes.append(f"decontamination covers the built-in held-out sets and the shipped local tasks; {', '.join(external)} "
+                            "are not indexed (to index them, prepare the data with `midtrain data prepare --eval-file TEST.jsonl`)")
     return BenchmarkEval(**common, lm_eval=lm_eval)
 
 
