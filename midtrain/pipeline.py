@@ -75,7 +75,7 @@ def _run_training(spec_path: Path, root: Path) -> None:
     command = [sys.executable, "-m", "midtrain", "train", str(spec_path)]
     if nproc > 1:
         command += ["--nproc-per-node", str(nproc)]
-    status = subprocess.call(command, cwd=root)
+    status = run_child(command, cwd=root)
     if status:
         raise MidtrainError.single(f"training run failed (exit status {status}); rerun to resume from its last checkpoint", file=spec_path)
 
@@ -170,11 +170,48 @@ def stage_midtrain(root: Path, plan_dir: Path) -> None:
 def stage_evaluate(root: Path, plan_dir: Path, out: Path) -> dict[str, Any]:
     from midtrain.evaluate import evaluate
 
+    from midtrain.io import remove_stale_temporaries
+
     config = read_plan_file(plan_dir, "eval")
+    remove_stale_temporaries(out.parent)
     results = evaluate(config, root)
-    write_json(out, {k: v for k, v in results.items() if k != "position_curve"})
     write_json(out.with_name("position_curve.json"), results["position_curve"])
+    write_json(out, {k: v for k, v in results.items() if k != "position_curve"})  # last: its presence means complete
     return results
+
+
+# ---------------------------------------------------------------- children
+
+
+def run_child(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> int:
+    """Run a child (dvc, a training run, torchrun) in its own process group and wait for it.
+    SIGINT and SIGTERM received meanwhile are forwarded to the whole group, and the child is waited
+    for, so no grandchild (a dvc stage, a torchrun rank) is left writing after we exit."""
+    import signal
+
+    process = subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True)
+    received: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        try:
+            os.killpg(process.pid, signum)
+        except ProcessLookupError:
+            pass
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        status = process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        try:
+            os.killpg(process.pid, signal.SIGTERM)  # stragglers of a group whose leader has exited
+        except (ProcessLookupError, PermissionError):
+            pass
+    if received:
+        raise KeyboardInterrupt
+    return status
 
 
 # ---------------------------------------------------------------- reproduce

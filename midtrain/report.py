@@ -42,7 +42,15 @@ def build_report(root: Path, plan_path: Path, metrics_path: Path, out: Path) -> 
     metrics = json.loads(metrics_path.read_text())
     curve_path = metrics_path.with_name("position_curve.json")
     position_curve = json.loads(curve_path.read_text()) if curve_path.exists() else {}
-    out.mkdir(parents=True, exist_ok=True)
+    from midtrain.io import atomic_dir, remove_stale_temporaries
+
+    remove_stale_temporaries(out.parent)
+    with atomic_dir(out) as tmp:  # the report appears whole or not at all: a kill mid-way leaves the previous one
+        _write_report(root, plan, metrics, position_curve, tmp, plt)
+    return out
+
+
+def _write_report(root: Path, plan: dict[str, Any], metrics: dict[str, Any], position_curve: dict[str, Any], out: Path, plt: Any) -> None:
     runs = _run_dirs(root, plan)
 
     # loss and LR as actually run, one global step axis; first run of each stage
@@ -143,7 +151,6 @@ def build_report(root: Path, plan_path: Path, metrics_path: Path, out: Path) -> 
     if metrics.get("benchmarks"):
         _benchmark_plot(metrics["benchmarks"], out / "benchmarks.png")
     write_text(out / "summary.md", _markdown(plan, metrics))
-    return out
 
 
 def _markdown(plan: dict[str, Any], metrics: dict[str, Any]) -> str:

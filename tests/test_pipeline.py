@@ -105,3 +105,32 @@ def test_reproduce_bad_input(project: Path, tmp_path: Path) -> None:
     shutil.rmtree(project / ".dvc")
     no_dvc = sh([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b"], project, check=False)
     assert "not a DVC project" in no_dvc.stderr and "Traceback" not in no_dvc.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_to_reproduce_stops_every_child_and_a_rerun_resumes(project: Path) -> None:
+    """`midtrain reproduce` forwards SIGTERM to dvc and the training run it started, and waits for
+    them: nothing keeps writing after it exits. Running it again finishes the pipeline."""
+    import signal
+    import time
+
+    import psutil
+
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1")
+    process = subprocess.Popen([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b", "--repro"], cwd=project, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    seen = ""
+    deadline = time.monotonic() + 300
+    assert process.stdout is not None
+    while "Running stage 'base'" not in seen and time.monotonic() < deadline:
+        seen += process.stdout.readline()
+    time.sleep(3)  # into the base's training run (a grandchild of dvc)
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert children, seen
+    process.send_signal(signal.SIGTERM)  # to reproduce alone, as a scheduler or `kill` would
+    process.communicate(timeout=120)
+    gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [p.cmdline() for p in alive]
+    assert process.returncode != 0
+    sh([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b", "--repro"], project)
+    assert (project / "metrics" / "eval.json").exists()

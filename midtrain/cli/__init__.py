@@ -35,7 +35,7 @@ def _root(
 
 
 def guarded(func):  # type: ignore[no-untyped-def]
-    """Command decorator: a MidtrainError becomes a located message on stderr and exit status 2."""
+    """Command decorator: a MidtrainError or an OSError becomes a located message on stderr and exit status 2."""
     import functools
 
     @functools.wraps(func)
@@ -44,6 +44,11 @@ def guarded(func):  # type: ignore[no-untyped-def]
             return func(*args, **kwargs)
         except MidtrainError as exc:
             typer.echo(f"error: {exc.render()}", err=True)
+            raise typer.Exit(2) from None
+        except OSError as exc:  # EACCES, EROFS, ENOSPC, EEXIST, EISDIR, ENOTDIR, ENAMETOOLONG, ...: the path and what to do
+            from midtrain.io import os_error
+
+            typer.echo(f"error: {os_error(exc).render()}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)

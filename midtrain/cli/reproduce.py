@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
 from pathlib import Path
 from typing import Any, Optional
 
@@ -43,16 +42,21 @@ def _request(recipe_id: str, scale: str, overrides: list[str] | None, seed: int,
     try:
         choice = EvalChoice(tasks=[t.strip() for t in eval_tasks.split(",") if t.strip()] if eval_tasks else None,
                             include=[str(p) for p in eval_include or []], limit=eval_limit)
-        return PlanRequest(recipe=recipe_id.removesuffix(".yaml").split("/")[-1] if _looks_like_id(recipe_id) else recipe_id,
-                           scale=scale, seed=seed, overrides=list(overrides or []), base=OwnBase(**own) if own else None, eval=choice)
+        return PlanRequest(recipe=_recipe_id(recipe_id), scale=scale, seed=seed, overrides=list(overrides or []), base=OwnBase(**own) if own else None, eval=choice)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         field = str(err["loc"][0]) if err["loc"] else ""
         raise MidtrainError.single(f"{options.get(field, field)}: {err['msg']}", found=str(err.get("input"))[:80]) from None
 
 
-def _looks_like_id(text: str) -> bool:
-    return "/" not in text and ".." not in text
+def _recipe_id(text: str) -> str:
+    """Recipe ids are ids, never paths: only `recipe.id` is ever written to params.yaml or used in a path."""
+    import re
+
+    if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,79}", text):
+        raise MidtrainError.single("RECIPE_ID must be a recipe id (`midtrain list` shows them), not a path",
+                                   expected="lowercase letters, digits, '.', '_' and '-', e.g. olmo-2-1124-7b", found=text[:120])
+    return text
 
 
 def _planned(request: Any, resolve: bool) -> Any:
@@ -205,20 +209,20 @@ def reproduce(
     import os
     import sys
 
-    from midtrain.pipeline import check_repository, dvc_command, summary_lines
+    from midtrain.pipeline import check_repository, dvc_command, run_child, summary_lines
     from midtrain.plan.request import write_params
 
     root = Path.cwd()
-    check_repository(root)
     request = _request(recipe_id, scale, overrides, seed, base, revision, base_peak_lr, tokens, context, stand_in_data, min_steps,
                        eval_tasks, eval_include, eval_limit)
+    check_repository(root)
     request, result = _planned(request, resolve=True)  # fail fast: unknown id, bad override, base not available, budget too small
     write_params(root, request.model_copy(update={"layout": result.summary.layout.model_dump()}))
     command = dvc_command(root, exp, name)
     env = dict(os.environ, MIDTRAIN_NPROC=str(nproc_per_node))
     typer.echo("running: " + " ".join(command[1:] if command[0].endswith("dvc") else command), err=True)
     try:
-        status = subprocess.call(command, cwd=root, env=env)
+        status = run_child(command, cwd=root, env=env)
     except KeyboardInterrupt:
         typer.echo("interrupted: run the same command again to resume; finished stages are not redone", err=True)
         raise typer.Exit(130) from None

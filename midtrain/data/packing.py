@@ -106,14 +106,45 @@ class Shard:
         return int(self.tokens.size)
 
 
+DTYPES = ("uint16", "uint32")
+
+
+def _plain_name(value: Any, path: Path, field: str) -> str:
+    """A file name that stays inside the shard folder: no separators, no '..', not hidden."""
+    if not isinstance(value, str) or not value or "/" in value or "\\" in value or value.startswith(".") or "\0" in value:
+        raise MidtrainError.single(f"shard manifest field {field} must be a plain file name inside the shard folder",
+                                   file=path, expected="e.g. math.train.bin", found=repr(value)[:80])
+    return value
+
+
 def read_manifest(shard_dir: Path) -> dict[str, Any]:
+    """The shard manifest, checked: every listed file is a plain name inside `shard_dir`, with a
+    known dtype and a non-negative token count."""
     path = shard_dir / MANIFEST
     if not path.exists():
         raise MidtrainError.single("no shard manifest here; run `midtrain data prepare` first", file=path)
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise MidtrainError.single(f"shard manifest is corrupt: {exc.msg}", file=path, line=exc.lineno) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MidtrainError.single(f"cannot read the shard manifest: {exc}", file=path) from None
+    streams = manifest.get("streams") if isinstance(manifest, dict) else None
+    if not isinstance(streams, dict):
+        raise MidtrainError.single("shard manifest has no `streams` mapping", file=path)
+    for name, entry in streams.items():
+        if not isinstance(entry, dict):
+            raise MidtrainError.single(f"shard manifest entry streams.{name} is not a mapping", file=path)
+        for field in ("bin", "idx"):
+            _plain_name(entry.get(field), path, f"streams.{name}.{field}")
+        if entry.get("dtype") not in DTYPES:
+            raise MidtrainError.single(f"shard manifest field streams.{name}.dtype", file=path, expected=" or ".join(DTYPES),
+                                       found=repr(entry.get("dtype"))[:40])
+        tokens = entry.get("tokens")
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+            raise MidtrainError.single(f"shard manifest field streams.{name}.tokens", file=path, expected="an integer ≥ 0",
+                                       found=repr(tokens)[:40])
+    return manifest
 
 
 def write_manifest(shard_dir: Path, manifest: dict[str, Any]) -> None:
@@ -121,8 +152,8 @@ def write_manifest(shard_dir: Path, manifest: dict[str, Any]) -> None:
 
 
 def open_shard(shard_dir: Path, entry: dict[str, Any]) -> Shard:
-    bin_path = shard_dir / entry["bin"]
-    idx_path = shard_dir / entry["idx"]
+    bin_path = shard_dir / _plain_name(entry["bin"], shard_dir / MANIFEST, "bin")
+    idx_path = shard_dir / _plain_name(entry["idx"], shard_dir / MANIFEST, "idx")
     for path in (bin_path, idx_path):
         if not path.exists():
             raise MidtrainError.single("shard listed in the manifest is missing; rerun `midtrain data prepare`", file=path)
@@ -141,8 +172,12 @@ def shard_is_complete(shard_dir: Path, entry: dict[str, Any] | None, verify_hash
     """True when both files exist with the recorded size (and, if asked, hash)."""
     if not entry:
         return False
-    bin_path, idx_path = shard_dir / entry["bin"], shard_dir / entry["idx"]
-    if not (bin_path.exists() and idx_path.exists()):
+    try:
+        bin_path = shard_dir / _plain_name(entry.get("bin"), shard_dir / MANIFEST, "bin")
+        idx_path = shard_dir / _plain_name(entry.get("idx"), shard_dir / MANIFEST, "idx")
+    except MidtrainError:
+        return False
+    if not (bin_path.is_file() and idx_path.is_file()):
         return False
     if bin_path.stat().st_size != entry["tokens"] * np.dtype(entry["dtype"]).itemsize:
         return False

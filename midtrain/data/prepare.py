@@ -134,6 +134,7 @@ def save_base_tokenizer(ref: str, revision: str | None, directory: Path) -> Path
 def prepare_stand_in(options: PrepareOptions, tokenizer_ref: str, revision: str | None) -> dict[str, Any]:
     """Own base, offline: the built-in corpora, tokenized with the base's own tokenizer."""
     options.out.mkdir(parents=True, exist_ok=True)
+    clean_stale(options.out)
     corpora = prepare_corpora(options)
     tokenizer_dir = save_base_tokenizer(tokenizer_ref, revision, options.out / "tokenizer")
     return prepare_shards(options, corpora, tokenizer_dir)
@@ -180,14 +181,24 @@ def prepare_shards(options: PrepareOptions, corpora: dict[str, Any], tokenizer_d
             entry["source"] = {"corpus": name, "split": split}
             manifest["streams"][stream] = entry
             manifest["tokenizer"] = {"path": "../tokenizer", "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}
+            write_json(report_path, report.to_json())  # counts first: a kill after the manifest never loses them
             write_manifest(shard_dir, manifest)
     write_json(report_path, report.to_json())
     return manifest
 
 
+def clean_stale(out: Path) -> None:
+    """Temporaries of an earlier prepare killed with SIGKILL (its own cleanup never ran)."""
+    from midtrain.io import remove_stale_temporaries
+
+    for directory in (out.parent, out, out / "corpora", out / "shards"):
+        remove_stale_temporaries(directory)
+
+
 def prepare_tiny(options: PrepareOptions) -> dict[str, Any]:
     """Everything the tiny scale needs, built locally."""
     options.out.mkdir(parents=True, exist_ok=True)
+    clean_stale(options.out)
     corpora = prepare_corpora(options)
     tokenizer_dir = prepare_tokenizer(options, corpora)
     return prepare_shards(options, corpora, tokenizer_dir)
@@ -202,6 +213,7 @@ def prepare_sources(out: Path, sources: dict[str, Any], tokenizer_ref: str, revi
 
     options = PrepareOptions(out=out, seed=seed, progress=progress)
     out.mkdir(parents=True, exist_ok=True)
+    clean_stale(out)
     report_path = out / "decontam.json"
     previous = json.loads(report_path.read_text()) if report_path.exists() else {}
     corpora = prepare_corpora(options)

@@ -45,10 +45,23 @@ def row_text(row: dict[str, Any], text_field: str | None, template: str | None, 
 
 
 def expand_files(patterns: list[str], base: Path | None = None) -> list[Path]:
+    """Files of a registry source. A relative path or glob must stay inside the project (`base`):
+    registry files may come from others, and `../` must not reach the user's other files. An
+    absolute path is the user's explicit choice (the plan says so)."""
     files: list[Path] = []
+    root = (base or Path.cwd()).resolve()
     for pattern in patterns:
-        full = str(base / pattern) if base and not Path(pattern).is_absolute() else pattern
+        relative = not Path(pattern).is_absolute()
+        if relative and ".." in Path(pattern).parts:
+            raise MidtrainError.single("a relative `files:` path may not climb out of the project with '..'", file=Path(pattern),
+                                       expected=f"a path inside {root}, or an absolute path", found=pattern)
+        full = str(root / pattern) if relative else pattern
         matches = sorted(glob.glob(full, recursive=True))
+        if relative:
+            outside = [m for m in matches if not Path(m).resolve().is_relative_to(root)]
+            if outside:
+                raise MidtrainError.single("a relative `files:` path leads outside the project (through a symlink)",
+                                           file=Path(outside[0]), expected=f"inside {root}", found=str(Path(outside[0]).resolve()))
         if not matches:
             pointer = Path(full + ".dvc")
             if pointer.exists():

@@ -216,6 +216,10 @@ def _pretrained_target(recipe: Recipe, registry: Registry, request: PlanRequest,
     else:
         layout = Layout(data=f"{recipe.id}--{slug}", run=f"{recipe.id}--{slug}")
         stream_of = lambda source: f"{source}.train"  # noqa: E731
+        for name in sorted({c.source for s in recipe.stages for c in s.mixture.components}):
+            absolute = [f for f in registry.sources[name].files or [] if Path(f).is_absolute()]
+            if absolute:
+                notes.append(f"source {name} reads absolute paths outside the project, as its registry entry asks: {', '.join(absolute)}")
     return Target(
         kind="pretrained", family=base.model_type, base_context=base_context, length_factor=length_factor, theta=base.rope_theta,
         theta_factor=base.rope_theta / recipe_theta, vocab_size=base.vocab_size, peak_lr=peak, lr_factor=lr_factor,

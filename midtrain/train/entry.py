@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     except MidtrainError as exc:
         print(f"error: {exc.render()}", file=sys.stderr, flush=True)
         return 2
+    except OSError as exc:
+        from midtrain.io import os_error
+
+        print(f"error: {os_error(exc).render()}", file=sys.stderr, flush=True)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr, flush=True)
         return 130

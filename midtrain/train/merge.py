@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from midtrain.errors import MidtrainError
-from midtrain.io import atomic_dir
+from midtrain.io import atomic_dir, remove_stale_temporaries
 
 
 def _weight_files(model_dir: Path) -> list[Path]:
@@ -48,6 +48,7 @@ def merge_models(inputs: list[Path], out: Path, weights: list[float] | None = No
     if len(shapes) > 1:
         raise MidtrainError.single("models have different architectures (hidden sizes differ)", found=str(sorted(shapes)))
     tensors_written = 0
+    remove_stale_temporaries(out.parent)
     with atomic_dir(out) as tmp:
         for filename in layouts[0]:
             handles = [safe_open(str(i / filename), framework="pt") for i in inputs]
