@@ -22,9 +22,19 @@ from typing import Sequence
 
 import numpy as np
 
-from midtrain.errors import MidtrainError
+from midtrain.errors import MidtrainError, short
 
 BLOCK = 1000
+
+# Size limits, checked before anything sized by them is allocated (the run specification has the
+# same limits, midtrain/train/config.py). A batch is a Python list and an int64 array of this many
+# sequences; a stream's permutation is an int64 array of its windows, so a bogus token count or
+# batch size would otherwise allocate without bound or appear to hang.
+MAX_GLOBAL_BATCH = 1_048_576
+MAX_SEQUENCE_LENGTH = 16_777_216
+MAX_TOKENS_PER_STEP = 2**31
+MAX_WINDOWS = 2**32  # windows per stream: a 32 GiB permutation; no real stream comes close
+MAX_SEED = 2**63 - 1
 
 
 def apportion(shares: dict[str, float], total: int) -> dict[str, int]:
@@ -59,13 +69,22 @@ class MixtureSampler:
     per_block: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
+        self._check_sizes()
         missing = [name for name in self.shares if name not in self.stream_tokens]
         if missing:
             raise MidtrainError.single(f"mixture names streams that were not prepared: {', '.join(missing)}")
         self.names = sorted(name for name, share in self.shares.items() if share > 0)
         self.windows = {}
         for name in self.names:
-            count = (self.stream_tokens[name] - 1) // self.sequence_length
+            tokens = self.stream_tokens[name]
+            if not _is_int(tokens) or tokens < 0:
+                raise MidtrainError.single(f"stream {name!r}: the token count is not valid", expected="an integer ≥ 0", found=short(tokens))
+            count = (tokens - 1) // self.sequence_length
+            if count > MAX_WINDOWS:
+                raise MidtrainError.single(
+                    f"stream {name!r} has {tokens:,} tokens: too many sequences of {self.sequence_length} to sample",
+                    expected=f"at most {MAX_WINDOWS:,} sequences", found=f"{count:,}",
+                )
             if count < 1:
                 raise MidtrainError.single(
                     f"stream {name!r} has {self.stream_tokens[name]} tokens, fewer than one sequence of {self.sequence_length + 1}"
@@ -73,6 +92,38 @@ class MixtureSampler:
             self.windows[name] = count
         self.per_block = apportion({n: self.shares[n] for n in self.names}, BLOCK)
         self._stream_index = {name: i for i, name in enumerate(self.names)}
+
+    def _check_sizes(self) -> None:
+        """Every size and number the sampler allocates by or computes with, checked up front."""
+
+        def bad(what: str, expected: str, found: object) -> MidtrainError:
+            return MidtrainError.single(f"mixture sampler: {what} is out of range", expected=expected, found=short(found))
+
+        for what, value, top in (("sequence_length", self.sequence_length, MAX_SEQUENCE_LENGTH),
+                                 ("global_batch", self.global_batch, MAX_GLOBAL_BATCH)):
+            if not _is_int(value) or not 1 <= value <= top:
+                raise bad(what, f"an integer from 1 to {top:,}", value)
+        if self.global_batch * self.sequence_length > MAX_TOKENS_PER_STEP:
+            raise bad("global_batch × sequence_length (tokens per step)", f"at most {MAX_TOKENS_PER_STEP:,}",
+                      self.global_batch * self.sequence_length)
+        if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
+            raise bad("seed", f"an integer from 0 to {MAX_SEED:,}", self.seed)
+        if not isinstance(self.shares, dict) or not self.shares:
+            raise bad("shares", "a mapping of stream names to shares", self.shares)
+        for name, share in self.shares.items():
+            if not isinstance(name, str) or not name.strip():
+                raise bad("a stream name", "a non-empty name", name)
+            if not _is_number(share) or not math.isfinite(share) or share < 0:
+                raise bad(f"share of {name!r}", "a finite number ≥ 0", share)
+        if not any(share > 0 for share in self.shares.values()):
+            raise bad("shares", "at least one share > 0", self.shares)
+        if not isinstance(self.max_epochs, dict):
+            raise bad("max_epochs", "a mapping of stream names to epochs", self.max_epochs)
+        for name, limit in self.max_epochs.items():
+            if not _is_number(limit) or math.isnan(limit) or limit < 0:
+                raise bad(f"max_epochs of {name!r}", "a number ≥ 0", limit)
+        if self.on_repeat not in ("error", "warn"):
+            raise bad("on_repeat", "error or warn", self.on_repeat)
 
     # ---- the pure mapping ----
 
@@ -95,6 +146,11 @@ class MixtureSampler:
 
     def positions(self, start: int, count: int) -> list[tuple[str, int]]:
         """(stream, window) for global sequence positions start .. start + count - 1."""
+        if not _is_int(start) or not _is_int(count) or start < 0 or not 0 <= count <= MAX_GLOBAL_BATCH:
+            raise MidtrainError.single(
+                "mixture sampler: positions out of range",
+                expected=f"start ≥ 0 and a count from 0 to {MAX_GLOBAL_BATCH:,}", found=f"start {short(start)}, count {short(count)}",
+            )
         out: list[tuple[str, int]] = []
         position = start
         end = start + count
@@ -111,6 +167,11 @@ class MixtureSampler:
 
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> list[tuple[str, int]]:
         """This rank's share of the global batch at `step` (contiguous, disjoint slices)."""
+        if not _is_int(world_size) or world_size < 1 or not _is_int(rank) or not 0 <= rank < world_size:
+            raise MidtrainError.single("mixture sampler: rank out of range", expected="0 ≤ rank < world size, world size ≥ 1",
+                                       found=f"rank {short(rank)}, world size {short(world_size)}")
+        if not _is_int(step) or step < 0:
+            raise MidtrainError.single("mixture sampler: step out of range", expected="an integer ≥ 0", found=short(step))
         if self.global_batch % world_size:
             raise MidtrainError.single(
                 f"global batch {self.global_batch} does not split evenly over {world_size} ranks",
@@ -153,8 +214,22 @@ class MixtureSampler:
         return {n: c / sequences for n, c in counts.items()}
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def gather(shards: dict[str, object], picks: Sequence[tuple[str, int]], sequence_length: int) -> np.ndarray:
     """Token windows [len(picks), sequence_length + 1] as int64, read from memory-mapped shards."""
+    if not _is_int(sequence_length) or not 1 <= sequence_length <= MAX_SEQUENCE_LENGTH:
+        raise MidtrainError.single("gather: sequence_length is out of range", expected=f"an integer from 1 to {MAX_SEQUENCE_LENGTH:,}",
+                                   found=short(sequence_length))
+    if len(picks) > MAX_GLOBAL_BATCH or len(picks) * sequence_length > MAX_TOKENS_PER_STEP:
+        raise MidtrainError.single("gather: batch too large", found=f"{len(picks):,} sequences of {sequence_length:,} tokens",
+                                   expected=f"at most {MAX_GLOBAL_BATCH:,} sequences and {MAX_TOKENS_PER_STEP:,} tokens")
     out = np.empty((len(picks), sequence_length + 1), dtype=np.int64)
     for row, (name, window) in enumerate(picks):
         start = window * sequence_length

@@ -6,6 +6,10 @@ Polyak), `state.json` (step, tokens seen, RNG states, ...) and `manifest.json` w
 every file, written last. The directory appears under its final name only when complete (write to
 a temporary name, fsync, rename). On resume the newest checkpoint that verifies is used; broken
 ones are reported and skipped, so the previous good one is never lost (keep-last-N >= 2).
+
+Nothing read back is trusted: the manifest must list exactly a checkpoint's files (plain names, the
+required ones, nothing else) for its directory's step, the directory must hold nothing unlisted,
+and `load` checks state.json's fields and turns any unreadable file into a MidtrainError naming it.
 """
 
 from __future__ import annotations
@@ -18,10 +22,37 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from midtrain.errors import MidtrainError
+from midtrain.errors import MidtrainError, short
 from midtrain.io import atomic_dir
 
-STEP_DIR = re.compile(r"^step-(\d{7})$")
+STEP_DIR = re.compile(r"^step-(\d{7,10})$")
+MANIFEST = "manifest.json"
+REQUIRED_FILES = ("model.safetensors", "optimizer.pt", "state.json")
+OPTIONAL_FILES = ("averages.safetensors",)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def step_of(path: Path) -> int | None:
+    """The step a checkpoint directory is named for (`step-0000120` -> 120), None for other names."""
+    match = STEP_DIR.match(path.name)
+    if match is None:
+        return None
+    step = int(match.group(1))
+    return step if path.name == f"step-{step:07d}" else None  # one spelling per step
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_plain_name(name: object) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\x00" not in name and not Path(name).is_absolute())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return short(text[0], 200) if text else type(exc).__name__
 
 
 def _sha(path: Path) -> str:
@@ -64,7 +95,9 @@ def save(directory: Path, step: int, model_state: dict[str, Any], optimizer_stat
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
         files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha(p)} for p in sorted(tmp.iterdir())}
         (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": files}, indent=1))
-    for old in list_checkpoints(directory)[:-keep_last]:
+    # Prune among the checkpoints up to this one: a newer one left behind (rejected on resume) must
+    # not push good ones out; it is replaced when the run reaches its step again.
+    for old in [p for p in list_checkpoints(directory) if (step_of(p) or 0) <= step][:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return target
 
@@ -92,26 +125,67 @@ def clean_partial(directory: Path) -> None:
 def list_checkpoints(directory: Path) -> list[Path]:
     if not directory.exists():
         return []
-    return sorted((p for p in directory.iterdir() if p.is_dir() and STEP_DIR.match(p.name)), key=lambda p: p.name)
+    found = [p for p in directory.iterdir() if step_of(p) is not None and p.is_dir() and not p.is_symlink()]
+    return sorted(found, key=lambda p: step_of(p) or 0)
 
 
 def verify(path: Path) -> str | None:
-    """None when the checkpoint is complete and intact, else what is wrong with it."""
-    manifest_path = path / "manifest.json"
-    if not manifest_path.exists():
+    """None when the checkpoint is complete and intact, else what is wrong with it.
+
+    The manifest is not trusted either: it must list exactly the files a checkpoint has (plain names,
+    the required ones, nothing else), be for this directory's step, and the directory must hold
+    nothing it does not list."""
+    step = step_of(path)
+    if step is None:
+        return f"{path.name!r} is not a checkpoint directory name (step-NNNNNNN)"
+    manifest_path = path / MANIFEST
+    if manifest_path.is_symlink() or not manifest_path.is_file():
         return "no manifest (the write did not finish)"
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
-        return "manifest is corrupt"
-    for name, info in manifest["files"].items():
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return f"manifest is corrupt ({_first_line(exc)})"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        return "manifest is corrupt (not a JSON object with a 'files' mapping)"
+    if not _is_int(manifest.get("step")) or manifest["step"] != step:
+        return f"manifest is corrupt (it is for step {short(manifest.get('step'))}, the directory for step {step})"
+    for name in files:
+        if not _is_plain_name(name):
+            return f"manifest is corrupt (it lists {short(name)}, which is not a plain file name)"
+    unexpected = sorted(set(files) - set(REQUIRED_FILES) - set(OPTIONAL_FILES))
+    if unexpected:
+        return f"manifest is corrupt (it lists files a checkpoint does not have: {', '.join(map(short, unexpected))})"
+    missing = [name for name in REQUIRED_FILES if name not in files]
+    if missing:
+        return f"manifest is corrupt (it does not list {', '.join(missing)})"
+    try:
+        present = sorted(entry.name for entry in path.iterdir())
+    except OSError as exc:
+        return f"cannot list the checkpoint: {exc.strerror or exc}"
+    unlisted = [name for name in present if name != MANIFEST and name not in files]
+    if unlisted:
+        return f"holds files the manifest does not list: {', '.join(map(short, unlisted[:5]))}"
+    for name in sorted(files):
+        info = files[name]
+        if not (isinstance(info, dict) and _is_int(info.get("bytes")) and info["bytes"] >= 0
+                and isinstance(info.get("sha256"), str) and _SHA256.match(info["sha256"])):
+            return f"manifest is corrupt (its entry for {name} needs integer bytes and a sha256)"
         file = path / name
+        if file.is_symlink() or (file.exists() and not file.is_file()):
+            return f"{name} is not a plain file"
         if not file.exists():
             return f"{name} is missing"
-        if file.stat().st_size != info["bytes"]:
-            return f"{name} is truncated ({file.stat().st_size} of {info['bytes']} bytes)"
-        if _sha(file) != info["sha256"]:
-            return f"{name} is corrupted (sha256 mismatch)"
+        try:
+            size = file.stat().st_size
+            if size < info["bytes"]:
+                return f"{name} is truncated ({size} of {info['bytes']} bytes)"
+            if size != info["bytes"]:
+                return f"{name} has the wrong size ({size} bytes, the manifest says {info['bytes']})"
+            if _sha(file) != info["sha256"]:
+                return f"{name} is corrupted (sha256 mismatch)"
+        except OSError as exc:
+            return f"{name} cannot be read: {exc.strerror or exc}"
     return None
 
 
@@ -125,16 +199,98 @@ def latest_good(directory: Path) -> Path | None:
     return None
 
 
+def read_state(path: Path) -> dict[str, Any]:
+    """state.json of a checkpoint, checked: a JSON object with this directory's integer `step`,
+    integer `tokens_seen` >= 0 and an `rng` object holding torch's generator state."""
+    file = path / "state.json"
+    try:
+        state = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise MidtrainError.single(f"checkpoint state is not readable JSON: {_first_line(exc)}", file=file) from None
+
+    def bad(field: str, expected: str, found: object) -> MidtrainError:
+        return MidtrainError.single(f"checkpoint state: field {field} is not valid", file=file, expected=expected, found=short(found))
+
+    if not isinstance(state, dict):
+        raise bad("(the whole file)", "a JSON object", state)
+    step = step_of(path)
+    if not _is_int(state.get("step")) or state["step"] != step:
+        raise bad("step", f"{step} (the directory's step)", state.get("step"))
+    if not _is_int(state.get("tokens_seen")) or state["tokens_seen"] < 0:
+        raise bad("tokens_seen", "an integer >= 0", state.get("tokens_seen"))
+    if "parameters" in state and (not _is_int(state["parameters"]) or state["parameters"] < 0):
+        raise bad("parameters", "an integer >= 0", state["parameters"])
+    rng = state.get("rng")
+    if not isinstance(rng, dict):
+        raise bad("rng", "an object with the RNG states", rng)
+    import torch
+
+    size = torch.get_rng_state().numel()
+    if not _bytes_list(rng.get("torch"), size):
+        raise bad("rng.torch", f"a list of {size} integers 0..255", rng.get("torch"))
+    cuda = rng.get("cuda")
+    if cuda is not None and not (isinstance(cuda, list) and all(_bytes_list(item) for item in cuda)):
+        raise bad("rng.cuda", "a list of lists of integers 0..255", cuda)
+    return state
+
+
+def _bytes_list(value: object, size: int | None = None) -> bool:
+    return (isinstance(value, list) and (size is None or len(value) == size)
+            and all(_is_int(item) and 0 <= item <= 255 for item in value))
+
+
+def _check_tensors(tensors: object, file: Path) -> dict[str, Any]:
+    import torch
+
+    if not isinstance(tensors, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+        raise MidtrainError.single("checkpoint file does not hold named tensors", file=file)
+    return tensors
+
+
+def _check_optimizer(state: object, file: Path) -> dict[str, Any]:
+    """The layout of a (full, name-keyed) optimizer state dict; the trainer checks it against the model."""
+    import torch
+
+    def bad(what: str) -> MidtrainError:
+        return MidtrainError.single(f"optimizer state is not valid: {what}", file=file)
+
+    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) or not isinstance(state.get("param_groups"), list):
+        raise bad("expected a mapping with 'state' and 'param_groups'")
+    for group in state["param_groups"]:
+        if not isinstance(group, dict) or not isinstance(group.get("params"), list):
+            raise bad("every parameter group needs a 'params' list")
+    for key, value in state["state"].items():
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, (torch.Tensor, int, float)) for k, v in value.items()):
+            raise bad(f"the state of {short(key)} is not a mapping of names to tensors")
+    return state
+
+
 def load(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any] | None]:
-    """(model tensors, optimizer state, state.json, averages or None) of a verified checkpoint."""
+    """(model tensors, optimizer state, state.json, averages or None) of a verified checkpoint.
+
+    Raises MidtrainError naming the file for anything that does not verify, parse or validate."""
     import torch
     from safetensors.torch import load_file
 
     problem = verify(path)
     if problem is not None:
         raise MidtrainError.single(f"checkpoint is not usable: {problem}", file=path)
-    model_state = load_file(str(path / "model.safetensors"))
-    optimizer_state = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    state = json.loads((path / "state.json").read_text())
-    averages = load_file(str(path / "averages.safetensors")) if (path / "averages.safetensors").exists() else None
+    state = read_state(path)
+
+    def read(name: str, reader: Any) -> Any:
+        file = path / name
+        try:
+            return reader(file)
+        except MidtrainError:
+            raise
+        except Exception as exc:  # safetensors, unpickling (weights_only) and I/O errors alike
+            raise MidtrainError.single(f"checkpoint file cannot be read: {_first_line(exc)}", file=file) from None
+
+    model_state = _check_tensors(read("model.safetensors", lambda f: load_file(str(f))), path / "model.safetensors")
+    optimizer_state = _check_optimizer(
+        read("optimizer.pt", lambda f: torch.load(f, map_location="cpu", weights_only=True)), path / "optimizer.pt"
+    )
+    averages = None
+    if (path / "averages.safetensors").exists():
+        averages = _check_tensors(read("averages.safetensors", lambda f: load_file(str(f))), path / "averages.safetensors")
     return model_state, optimizer_state, state, averages

@@ -6,8 +6,9 @@ one. Keeping it a validated, serialisable model is what makes runs reproducible 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -15,6 +16,31 @@ from midtrain.schema.base import Family, Strict
 from midtrain.schema.rope import Rope
 from midtrain.schema.schedule import Schedule
 from midtrain.schema.stage import Optimizer
+
+
+# Bounds that keep a run specification from asking for absurd sizes: each is far beyond any real
+# run, and past it numpy / torch would allocate without bound, overflow int32 indices or hang.
+# The mixture sampler (midtrain/data/mixture.py) checks the same size limits itself.
+MAX_SEED = 2**31 - 1
+MAX_THREADS = 1024
+MAX_GLOBAL_BATCH = 1_048_576  # sequences per optimizer step
+MAX_SEQUENCE_LENGTH = 16_777_216
+MAX_STEPS = 1_000_000_000
+MAX_TOKENS_PER_STEP = 2**31  # global_batch * sequence_length
+
+StreamName = Annotated[str, Field(min_length=1, pattern=r"\S")]
+Share = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+def non_finite(value: Any, path: str = "") -> list[str]:
+    """Field paths of every NaN or infinite float inside `value` (a model dump)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{path or '<value>'} = {value}"]
+    if isinstance(value, dict):
+        return [p for key, item in value.items() for p in non_finite(item, f"{path}.{key}" if path else str(key))]
+    if isinstance(value, (list, tuple)):
+        return [p for index, item in enumerate(value) for p in non_finite(item, f"{path}[{index}]")]
+    return []
 
 
 class ModelDims(Strict):
@@ -53,19 +79,19 @@ class RunSpec(Strict):
     init: NewModel | Pretrained
     tokenizer: Path
     data: Path = Field(description="A `midtrain data prepare` directory.")
-    streams: dict[str, float] = Field(description="Stream name -> share of sequences.")
-    sequence_length: int = Field(gt=0)
-    global_batch: int = Field(gt=0, description="Sequences per optimizer step, over all ranks.")
-    micro_batch: int = Field(gt=0, description="Sequences per forward pass on one rank.")
-    steps: int = Field(gt=0)
+    streams: dict[StreamName, Share] = Field(min_length=1, description="Stream name -> share of sequences.")
+    sequence_length: int = Field(gt=0, le=MAX_SEQUENCE_LENGTH)
+    global_batch: int = Field(gt=0, le=MAX_GLOBAL_BATCH, description="Sequences per optimizer step, over all ranks.")
+    micro_batch: int = Field(gt=0, le=MAX_GLOBAL_BATCH, description="Sequences per forward pass on one rank.")
+    steps: int = Field(gt=0, le=MAX_STEPS)
     schedule: Schedule
-    base_lr: float | None = Field(None, description="The LR a from_base schedule starts at.")
+    base_lr: float | None = Field(None, ge=0, allow_inf_nan=False, description="The LR a from_base schedule starts at.")
     optimizer: Optimizer = Field(default_factory=Optimizer)
     rope: Rope | None = None
     max_position_embeddings: int | None = Field(None, gt=0)
-    z_loss: float | None = Field(None, ge=0)
-    seed: int = 0
-    data_seed: int = 0
+    z_loss: float | None = Field(None, ge=0, allow_inf_nan=False)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    data_seed: int = Field(0, ge=0, le=MAX_SEED)
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     activation_checkpointing: bool = False
@@ -75,12 +101,24 @@ class RunSpec(Strict):
     log_every: int = Field(1, gt=0)
     ema_decay: float | None = Field(None, gt=0, lt=1)
     polyak: Polyak | None = None
-    max_epochs: dict[str, float] = Field(default_factory=dict)
+    max_epochs: dict[StreamName, Share] = Field(default_factory=dict)
     on_repeat: Literal["error", "warn"] = "error"
-    threads: int | None = Field(None, gt=0, description="torch threads per process; default cores / processes.")
+    threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="torch threads per process; default cores / processes.")
 
     @model_validator(mode="after")
     def _check(self):  # type: ignore[no-untyped-def]
+        bad = non_finite(self.model_dump(mode="python"))
+        if bad:
+            raise ValueError(f"numbers must be finite (no NaN or infinity), found {', '.join(bad[:5])}")
+        if not any(share > 0 for share in self.streams.values()):
+            raise ValueError("streams: at least one stream needs a share > 0")
+        if self.micro_batch > self.global_batch:
+            raise ValueError(f"micro_batch {self.micro_batch} is larger than global_batch {self.global_batch}")
+        if self.global_batch * self.sequence_length > MAX_TOKENS_PER_STEP:
+            raise ValueError(
+                f"global_batch × sequence_length = {self.global_batch * self.sequence_length:,} tokens per step, "
+                f"more than the limit of {MAX_TOKENS_PER_STEP:,}"
+            )
         if self.global_batch % self.micro_batch:
             raise ValueError(f"global_batch {self.global_batch} is not a multiple of micro_batch {self.micro_batch}")
         if abs(sum(self.streams.values()) - 1.0) > 1e-6:

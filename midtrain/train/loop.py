@@ -9,6 +9,7 @@ the CPU, as one that was never interrupted.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -19,7 +20,7 @@ from typing import Any
 
 from midtrain.data.mixture import MixtureSampler, gather
 from midtrain.data.packing import open_shard, read_manifest
-from midtrain.errors import MidtrainError
+from midtrain.errors import MidtrainError, short
 from midtrain.io import write_json
 from midtrain.progress import is_tty
 from midtrain.train import checkpoint as ckpt
@@ -222,30 +223,162 @@ class Trainer:
         self._barrier()
 
     def resume(self) -> bool:
-        """Continue from the newest good checkpoint in `out/checkpoints`, if there is one."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+        """Continue from the newest usable checkpoint in `out/checkpoints`, if there is one.
+
+        Nothing in a checkpoint is trusted: one that does not verify, cannot be read, disagrees with
+        this run (more steps than the run has, another model, other averages) or fails to apply is
+        reported with a warning and the previous one is tried; with none usable the run starts
+        afresh. Every rank reads the same files and the ranks agree on each decision, so all of them
+        resume from the same checkpoint (or none)."""
+        import warnings
 
         ckpt.clean_partial(self.checkpoint_dir) if self.dist.main else None
         self._barrier()
-        path = ckpt.latest_good(self.checkpoint_dir)
-        if path is None:
+        candidates = list(reversed(ckpt.list_checkpoints(self.checkpoint_dir)))
+        self._same_on_every_rank([p.name for p in candidates])
+        if not candidates:
             return False
+        initial_rng = ckpt.rng_state()
+        touched = False  # whether a failed attempt may have changed the model or optimizer
+        for path in candidates:
+            loaded, problem = None, ckpt.verify(path)
+            if problem is None:
+                try:
+                    loaded = self._read_checkpoint(path)
+                except Exception as exc:  # noqa: BLE001 - any defect of the files: fall back
+                    problem = _problem_text(exc, path)
+            problem = self._agree(problem)
+            if problem is None and loaded is not None:
+                touched = True
+                try:
+                    self._apply_checkpoint(*loaded)
+                except Exception as exc:  # noqa: BLE001
+                    problem = _problem_text(exc, path)
+                problem = self._agree(problem)
+                if problem is None:
+                    return True
+            warnings.warn(f"skipping checkpoint {path}: {problem}; falling back to the previous one", stacklevel=2)
+        warnings.warn(f"no usable checkpoint in {self.checkpoint_dir}; starting from scratch", stacklevel=2)
+        if touched:
+            self._reset_to_initial(initial_rng)
+        return False
+
+    def _read_checkpoint(self, path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+        """Load a checkpoint and check it against this run and model; changes nothing."""
         model_state, optimizer_state, state, averages = ckpt.load(path)
+        if state["step"] > self.spec.steps:
+            raise MidtrainError.single(
+                "checkpoint is beyond the end of this run", file=path,
+                expected=f"at most {self.spec.steps} steps", found=f"step {state['step']}",
+            )
         if state.get("parameters") not in (None, self.parameters):
             raise MidtrainError.single(
                 "checkpoint does not match this model", file=path,
                 expected=f"{self.parameters:,} parameters", found=f"{state['parameters']:,}",
             )
-        try:
-            set_state_dict(self.model, self.optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
-                           options=StateDictOptions(full_state_dict=True))
-        except (RuntimeError, KeyError, ValueError) as exc:
-            raise MidtrainError.single(f"checkpoint does not match this model: {str(exc).splitlines()[0]}", file=path) from None
+        inner = getattr(self.model, "module", self.model)
+        expected = {name: tuple(t.shape) for name, t in inner.state_dict().items()}
+        found = {name: tuple(t.shape) for name, t in model_state.items()}
+        if found != expected:
+            raise MidtrainError.single(
+                "checkpoint does not match this model", file=path / "model.safetensors",
+                expected=_shape_summary(expected, found), found=_shape_summary(found, expected),
+            )
+        self._check_optimizer_state(optimizer_state, path / "optimizer.pt")
+        self._check_averages(averages, state["step"], path / "averages.safetensors")
+        return model_state, optimizer_state, state, averages
+
+    def _check_optimizer_state(self, optimizer_state: dict[str, Any], file: Path) -> None:
+        """The saved optimizer state must have this optimizer's groups, parameters and shapes."""
+        names = {id(param): name for name, param in _named_params(self.model)}
+        shapes = {name: tuple(param.shape) for name, param in _named_params(self.model)}
+        groups = [[names[id(param)] for param in group["params"]] for group in self.optimizer.param_groups]
+        saved = [group["params"] for group in optimizer_state["param_groups"]]
+        if saved != groups:
+            raise MidtrainError.single(
+                "optimizer state does not match this model's parameter groups", file=file,
+                expected=f"{len(groups)} groups of {[len(g) for g in groups]} parameters",
+                found=f"{len(saved)} groups of {[len(g) if isinstance(g, list) else g for g in saved]} parameters",
+            )
+        for name, entry in optimizer_state["state"].items():
+            if name not in shapes:
+                raise MidtrainError.single(f"optimizer state holds an unknown parameter {short(name)}", file=file)
+            for key, value in entry.items():
+                if getattr(value, "ndim", 0) and tuple(value.shape) != shapes[name]:
+                    raise MidtrainError.single(
+                        f"optimizer state {name}.{key} has the wrong shape", file=file,
+                        expected=str(shapes[name]), found=str(tuple(value.shape)),
+                    )
+
+    def _check_averages(self, averages: dict[str, Any] | None, step: int, file: Path) -> None:
+        """EMA / Polyak tensors must be those this run keeps at `step`, of the model's shapes."""
+        shapes = {name: tuple(param.shape) for name, param in _named_params(self.model)}
+        tensors = dict(averages or {})
+        count = tensors.pop("_polyak_count", None)
+        want_ema = self.averages.ema_decay is not None and step > 0
+        want_polyak = sum(1 for s in self.averages.snapshot_steps if s <= step)
+        found_count = int(count.reshape(-1)[0]) if count is not None and count.numel() == 1 else None
+        expected = {f"ema.{n}": s for n, s in shapes.items()} if want_ema else {}
+        expected.update({f"polyak.{n}": s for n, s in shapes.items()} if want_polyak else {})
+        found = {name: tuple(t.shape) for name, t in tensors.items()}
+        if found != expected or found_count != (want_polyak if expected else None):
+            raise MidtrainError.single(
+                "checkpoint averages (EMA / Polyak) do not match this run", file=file,
+                expected=f"{_shape_summary(expected, found)}; {want_polyak} Polyak snapshots",
+                found=f"{_shape_summary(found, expected)}; {found_count} Polyak snapshots",
+            )
+
+    def _apply_checkpoint(self, model_state: dict[str, Any], optimizer_state: dict[str, Any], state: dict[str, Any],
+                          averages: dict[str, Any] | None) -> None:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+        self.averages.tensors, self.averages.count = {}, 0  # nothing left over from a failed attempt
+        set_state_dict(self.model, self.optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                       options=StateDictOptions(full_state_dict=True))
         self.averages.load(averages)
         ckpt.set_rng_state(state["rng"])
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
-        return True
+
+    def _reset_to_initial(self, rng: dict[str, Any]) -> None:
+        """Undo a failed attempt to apply a checkpoint: the initial weights, a fresh optimizer and RNG."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        from midtrain.train.model import load_model
+        from midtrain.train.optim import build_optimizer
+
+        set_model_state_dict(self.model, load_model(self.spec).state_dict(), options=StateDictOptions(full_state_dict=True))
+        self.optimizer = build_optimizer(self.model, self.spec.optimizer, lr=self._lr(0))
+        self.averages.tensors, self.averages.count = {}, 0
+        ckpt.set_rng_state(rng)
+        self.step = 0
+        self.tokens_seen = 0
+
+    def _agree(self, problem: str | None) -> str | None:
+        """The same decision on every rank: a checkpoint that failed on any rank is skipped by all."""
+        if self.dist.world == 1:
+            return problem
+        failures = all_reduce_sum(0.0 if problem is None else 1.0, self.dist)
+        if problem is None and failures:
+            return f"it could not be loaded on {int(failures)} other rank(s)"
+        return problem
+
+    def _same_on_every_rank(self, names: list[str]) -> None:
+        """Every rank must see the same checkpoints (a shared output directory), or they would diverge."""
+        if self.dist.world == 1:
+            return
+        import zlib
+
+        import torch
+
+        digest = zlib.crc32("\n".join(names).encode())
+        values = torch.tensor([len(names), -len(names), digest, -digest], dtype=torch.float64, device=self.dist.device)
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
+        if values[0] != -values[1] or values[2] != -values[3]:
+            raise MidtrainError.single(
+                "the ranks see different checkpoints; the output directory must be shared by every process",
+                file=self.checkpoint_dir,
+            )
 
     def _barrier(self) -> None:
         import torch
@@ -350,6 +483,29 @@ class Trainer:
             write_json(self.out / "summary.json", summary)
         self._barrier()
         return summary
+
+
+def _problem_text(exc: BaseException, checkpoint: Path) -> str:
+    """What went wrong with a checkpoint, in one line (a MidtrainError with its file, expected and found)."""
+    if isinstance(exc, MidtrainError):
+        texts = []
+        for problem in exc.problems:
+            where = problem.file
+            if where is not None and Path(where) == checkpoint:
+                where = None
+            elif where is not None and Path(where).is_relative_to(checkpoint):
+                where = Path(where).relative_to(checkpoint)
+            texts.append(" ".join(dataclasses.replace(problem, file=where).render().split()))
+        return "; ".join(texts)
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+def _shape_summary(these: dict[str, tuple[int, ...]], others: dict[str, tuple[int, ...]]) -> str:
+    """Where `these` tensors differ from `others`: a few names, with shapes (for error messages)."""
+    differ = [f"{name} {list(shape)}" for name, shape in these.items() if others.get(name) != shape]
+    extra = f" (+{len(differ) - 3} more)" if len(differ) > 3 else ""
+    return f"{len(these)} tensors" + (f", e.g. {', '.join(differ[:3])}{extra}" if differ else "")
 
 
 def _unsharded_copy(spec: RunSpec, tensors: dict[str, Any]) -> Any:
