@@ -42,6 +42,19 @@ def find_root(start: Path | None = None) -> Path:
 # ---------------------------------------------------------------- parse cache
 
 
+def _file_key(path: Path) -> str:
+    """An absolute name for `path` that never follows its last component.
+
+    Path.resolve() raises on a symlink loop (RuntimeError) and would merge a symlink with its
+    target; the directory part is resolved, the file name is kept as it is.
+    """
+    absolute = Path(os.path.abspath(path))
+    try:
+        return str(absolute.parent.resolve() / absolute.name)
+    except (OSError, RuntimeError):
+        return str(absolute)
+
+
 def _cache_file(root: Path) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "midtrain"
     digest = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:12]
@@ -52,7 +65,7 @@ def _code_stamp() -> str:
     """Cached results are only valid for the code that made them: version plus schema file stamps."""
     here = Path(__file__).resolve().parent
     parts = [__version__]
-    for path in sorted((here / "schema").glob("*.py")) + [here / "summary.py", here / "catalog.py"]:
+    for path in sorted((here / "schema").glob("*.py")) + [here / "summary.py", here / "catalog.py", here / "yamlio.py"]:
         try:
             parts.append(f"{path.name}:{path.stat().st_mtime_ns}")
         except OSError:
@@ -83,8 +96,8 @@ class _ParseCache:
         return [stat.st_mtime_ns, stat.st_size]
 
     def load(self, path: Path) -> tuple[Any, LineMap]:
-        key = str(path.resolve())
-        stamp = self.stamp(path) if path.is_file() else None
+        key = _file_key(path)
+        stamp = self.stamp(path) if path.is_file() else None  # stat only: never opens a FIFO
         hit = self.entries.get(key)
         if stamp and hit and hit["stamp"] == stamp:
             return hit["data"], LineMap.from_json(hit["lines"])
@@ -118,7 +131,8 @@ def registry_files(root: Path) -> dict[str, list[Path]]:
     for kind, filename in REGISTRY_FILES.items():
         single = root / "registry" / filename
         folder = root / "registry" / kind
-        files = ([single] if single.exists() else []) + (sorted(folder.glob("*.yaml")) if folder.is_dir() else [])
+        # lexists: a dangling or looping symlink is listed (and then reported), not silently skipped.
+        files = ([single] if os.path.lexists(single) else []) + (sorted(folder.glob("*.yaml")) if folder.is_dir() else [])
         out[kind] = files or [single]  # a missing file is then reported by name
     return out
 
@@ -206,10 +220,13 @@ def _recipe_problems(path: Path, raw: Any, lines: LineMap, loaded: LoadedRegistr
     return (None if problems else recipe), problems
 
 
+MAX_HINTS = 20  # "did you mean" suggestions per file; each costs a fuzzy match against the registry
+
+
 def _reference_problems(path: Path, raw: dict[str, Any], lines: LineMap, loaded: LoadedRegistry) -> list[Problem]:
     """Dangling names: data sources and base models that the registry does not define."""
     registry = loaded.registry
-    problems = []
+    problems: list[Problem] = []
     base = raw.get("base")
     if isinstance(base, dict) and isinstance(base.get("model"), str) and base["model"] not in registry.models:
         problems.append(_dangling(path, lines, ("base", "model"), base["model"], "base model", registry.models, "registry/models"))
@@ -223,12 +240,14 @@ def _reference_problems(path: Path, raw: dict[str, Any], lines: LineMap, loaded:
                 name = component["source"]
                 if name not in registry.sources:
                     where = ("stages", s_index, "mixture", "components", c_index, "source")
-                    problems.append(_dangling(path, lines, where, name, "data source", registry.sources, "registry/sources"))
+                    suggest = len(problems) < MAX_HINTS
+                    problems.append(_dangling(path, lines, where, name, "data source", registry.sources, "registry/sources", suggest))
     return problems
 
 
-def _dangling(path: Path, lines: LineMap, where: tuple[Any, ...], name: str, what: str, known: dict[str, Any], registry_file: str) -> Problem:
-    close = difflib.get_close_matches(name, list(known), n=3)
+def _dangling(path: Path, lines: LineMap, where: tuple[Any, ...], name: str, what: str, known: dict[str, Any], registry_file: str,
+              suggest: bool = True) -> Problem:
+    close = difflib.get_close_matches(name, list(known), n=3) if suggest else []
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return Problem(
         f"unknown {what} {name!r}{hint}",
@@ -302,7 +321,7 @@ def _load_catalog_cached(root_text: str) -> Catalog:
             catalog.recipes[recipe.id] = recipe
             catalog.paths[recipe.id] = path
             catalog.raw[recipe.id] = raw
-            entry = cache.entries.get(str(path.resolve()))
+            entry = cache.entries.get(_file_key(path))
             if entry is not None:
                 from midtrain.summary import list_row
 
@@ -331,13 +350,13 @@ def cached_list_rows(root: Path | None = None) -> list[dict[str, Any]] | None:
         return None  # a registry file was added or removed
     for paths in current.values():
         for path in paths:
-            hit = cache.entries.get(str(path.resolve()))
+            hit = cache.entries.get(_file_key(path))
             if not hit or hit["stamp"] != cache.stamp(path):
                 return None
     rows = []
     files = recipe_files(root)
     for path in files:
-        hit = cache.entries.get(str(path.resolve()))
+        hit = cache.entries.get(_file_key(path))
         if not hit or hit["stamp"] != cache.stamp(path) or "row" not in hit:
             return None
         rows.append(hit["row"])
@@ -356,7 +375,13 @@ def load_registry(root: Path | None = None) -> LoadedRegistry:
 
 
 def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[Any], list[Problem]]:
-    """Validate recipe files (or directories of them); returns the good recipes and every problem."""
+    """Validate recipe files (or directories of them); returns the good recipes and every problem.
+
+    Finds everything `load_catalog` (and so `list` and `show`) would refuse: registry problems,
+    recipe problems, and a file under `recipes/` whose id another file under `recipes/` also uses
+    (whether or not that other file is among `paths`). Files outside `recipes/`, such as a copy made
+    with `midtrain cp`, may reuse a catalogued id.
+    """
     root = (root or find_root()).resolve()
     cache = _ParseCache(root)
     problems: list[Problem] = []
@@ -373,11 +398,45 @@ def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[An
             files.extend(found)
         else:
             files.append(path)
+    files = list({_file_key(path): path for path in reversed(files)}.values())[::-1]  # each file once, first mention kept
+    catalogue: dict[str, list[Path]] = {}  # file stem (= recipe id of a valid recipe) -> catalogue files
+    for path in recipe_files(root):
+        catalogue.setdefault(path.stem, []).append(path)
+    in_catalogue = {_file_key(p) for group in catalogue.values() for p in group}
+    checked = {_file_key(path) for path in files}
+    owners: dict[str, Path] = {}  # recipe id -> the catalogue file validated here that holds it
     recipes = []
     for path in files:
-        recipe, _, _, found = _read_recipe(path, load_yaml, loaded)  # user files: read fresh, not cached
+        recipe, _, lines, found = _read_recipe(path, load_yaml, loaded)  # user files: read fresh, not cached
         problems.extend(found)
-        if recipe is not None:
-            recipes.append(recipe)
+        if recipe is None:
+            continue
+        key = _file_key(path)
+        if key in in_catalogue:
+            other = owners.get(recipe.id) or _other_file_with_id(recipe.id, key, catalogue.get(recipe.id, []), checked, cache)
+            if other is not None:
+                line = lines.line_for(("id",)) if lines is not None else None
+                problems.append(Problem(f"recipe id {recipe.id!r} is also used by {other}", file=path, line=line, path="id"))
+                continue
+            owners[recipe.id] = path
+        recipes.append(recipe)
     cache.save()
     return recipes, problems
+
+
+def _other_file_with_id(recipe_id: str, key: str, candidates: list[Path], checked: set[str], cache: _ParseCache) -> Path | None:
+    """Another catalogue file, not validated in this run, whose `id` is `recipe_id`.
+
+    A valid recipe's id is its file name, so only files with that name (in other folders) can clash.
+    """
+    for other in candidates:
+        other_key = _file_key(other)
+        if other_key == key or other_key in checked:
+            continue
+        try:
+            raw, _ = cache.load(other)
+        except MidtrainError:
+            continue  # unreadable: reported when that file is validated
+        if isinstance(raw, dict) and raw.get("id") == recipe_id:
+            return other
+    return None

@@ -4,19 +4,37 @@ Recipes and registry files are data, never code: only the standard YAML tags are
 cannot expand without bound, and every value keeps the line it came from so that later validation
 errors can point at it. The result is plain Python (dict, list, str, int, float, bool, None) plus a
 `LineMap` from field paths to 1-based line numbers.
+
+Files from others are untrusted, so reading is bounded: only regular files are opened (a FIFO,
+device or socket is refused without blocking), at most MAX_FILE_BYTES are read, nesting deeper than
+MAX_DEPTH and more than MAX_VALUES keys/items are refused by a linear pre-pass before the YAML
+scanner sees the text, and every later step (one parse, one walk over the nodes) is linear in the
+size of the file.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import functools
+import os
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from midtrain.errors import MidtrainError, Problem, short
 
-MAX_FILE_BYTES = 2 * 1024 * 1024  # a recipe is a few KiB; anything this big is a mistake
-MAX_NODES = 200_000  # after alias expansion; guards against "billion laughs"
+# The largest recipe is ~17 KiB and the largest registry file ~14 KiB; 64 KiB leaves room to grow
+# while keeping the worst case fast: ruamel's pure-Python scanner needs ~50 µs per value, so a
+# 64 KiB file dense with values parses in ~0.3 s (256 KiB took over a second).
+MAX_FILE_BYTES = 64 * 1024
+MAX_NODES = 50_000  # after alias expansion ("billion laughs"); real files have under 400 values
+MAX_DEPTH = 32  # nested lists/mappings; real recipes use fewer than 10
+# Keys, items and flow entries, counted before parsing; real files have under 1,000. Parsing costs
+# ~50-100 µs per value, so this bounds the parse of the densest file (`[1, 1, 1, ...]`) to ~0.3 s.
+MAX_VALUES = 5_000
 
 _STANDARD_TAGS = {
     f"tag:yaml.org,2002:{name}"
@@ -60,23 +78,132 @@ def format_path(path: tuple[Any, ...]) -> str:
     return out
 
 
-def read_text(path: Path) -> str:
-    """Read a small UTF-8 text file, or raise a MidtrainError that says what is wrong with it."""
-    if not path.exists():
-        raise MidtrainError.single("file not found", file=path)
-    if path.is_dir():
+def _size_limit() -> str:
+    return f"the size limit of {MAX_FILE_BYTES // 1024} KiB"
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a special file"
+
+
+def _not_regular(path: Path, mode: int) -> MidtrainError:
+    found = _file_kind(mode)
+    if os.path.islink(path):
+        try:
+            found += f" (symlink to {os.path.realpath(path)})"
+        except (OSError, ValueError):
+            pass
+    return MidtrainError.single(
+        "not a regular file, so it was not read",
+        file=path,
+        expected=f"a regular file within {_size_limit()}",
+        found=found,
+    )
+
+
+def _too_large(path: Path, found: str) -> MidtrainError:
+    return MidtrainError.single(
+        f"file is too large to be a recipe or registry file (over {_size_limit()})",
+        file=path,
+        expected=f"at most {MAX_FILE_BYTES // 1024} KiB",
+        found=found,
+    )
+
+
+def _os_error(path: Path, exc: OSError) -> MidtrainError:
+    """An OSError from stat/open/read as a located message (never a traceback)."""
+    code = exc.errno
+    name = f" [{errno.errorcode[code]}]" if code in errno.errorcode else ""
+    if code == errno.ELOOP:
+        return MidtrainError.single(
+            f"symlink loop: following the link never reaches a file{name}",
+            file=path,
+            expected="a regular file",
+            found="a cycle of symbolic links",
+        )
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        if os.path.islink(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            return MidtrainError.single(
+                f"dangling symlink: its target does not exist{name}", file=path, expected="a regular file", found=f"a link to {target}"
+            )
+        return MidtrainError.single("file not found", file=path)
+    if code in (errno.ENXIO, errno.EAGAIN, errno.EWOULDBLOCK, errno.ENODEV):
+        return MidtrainError.single(
+            f"not a regular file, so it was not read{name}", file=path, expected=f"a regular file within {_size_limit()}"
+        )
+    from midtrain.io import os_error
+
+    return os_error(exc, path)
+
+
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def read_limited(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; anything else is a MidtrainError.
+
+    Never blocks and never reads without bound: the path is stat'ed first (FIFOs, devices and
+    sockets are refused unopened), opened with O_NONBLOCK, checked again with fstat (it may have
+    been swapped in between), and read up to `limit` + 1 bytes.
+    """
+    limit = MAX_FILE_BYTES if limit is None else limit
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    except ValueError:  # e.g. a NUL byte in the path
+        raise MidtrainError.single("invalid file name", file=path) from None
+    if stat.S_ISDIR(info.st_mode):
         raise MidtrainError.single(
             "is a directory, expected a YAML file", file=path, expected="a .yaml file", found="a directory"
         )
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise MidtrainError.single(
-            "file is too large to be a recipe or registry file",
-            file=path,
-            expected=f"at most {MAX_FILE_BYTES // 1024} KiB",
-            found=f"{size // 1024} KiB",
-        )
-    data = path.read_bytes()
+    if not stat.S_ISREG(info.st_mode):
+        raise _not_regular(path, info.st_mode)
+    if info.st_size > limit:
+        raise _too_large(path, f"{info.st_size // 1024} KiB")
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(path, info.st_mode)
+        chunks: list[bytes] = []
+        remaining = limit + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 16))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > limit:
+        raise _too_large(path, f"more than {limit // 1024} KiB")
+    return data
+
+
+def read_text(path: Path) -> str:
+    """Read a small UTF-8 text file, or raise a MidtrainError that says what is wrong with it."""
+    data = read_limited(path)
     if b"\x00" in data:
         line = data[: data.index(b"\x00")].count(b"\n") + 1
         raise MidtrainError.single(
@@ -100,6 +227,185 @@ def read_text(path: Path) -> str:
     return text
 
 
+# ---------------------------------------------------------------- nesting depth, before any YAML scanner runs
+
+_SPECIAL = re.compile(r"""[\[\]{},:#'"|>!&*]""")
+_SINGLE_END = re.compile(r"[^']*(?:''[^']*)*'(?!')")  # the rest of a '...' scalar ('' is a quote)
+_DOUBLE_END = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*"')  # the rest of a "..." scalar (\ escapes)
+_PROPERTY = re.compile(r"[^ \t,\[\]{}]*")  # a tag, anchor or alias name
+_BLOCK_HEADER = re.compile(r"[-+0-9]*[ \t]*(?:#.*)?$")  # what may follow | or > on its line
+
+
+def _too_deep(path: Path, line: int | None, limit: int = MAX_DEPTH) -> MidtrainError:
+    return MidtrainError.single(
+        f"YAML nesting depth exceeds {limit} levels (lists/mappings inside each other)",
+        file=path,
+        line=line,
+        expected=f"at most {limit} nested lists/mappings",
+        found="deeper nesting",
+    )
+
+
+def _too_many(path: Path, line: int) -> MidtrainError:
+    return MidtrainError.single(
+        f"too many values for a recipe or registry file (more than {MAX_VALUES:,} keys, items and list entries)",
+        file=path,
+        line=line,
+        expected=f"at most {MAX_VALUES:,} values",
+        found="more",
+    )
+
+
+def check_nesting(path: Path, text: str, limit: int = MAX_DEPTH) -> None:
+    """Refuse text nested deeper than `limit` lists/mappings, in one linear pass over the characters.
+
+    This runs before the YAML scanner: ruamel's scanner does work proportional to the flow depth for
+    every token (10,000 nested `[` take minutes) and its composer recurses once per level. The count
+    follows flow brackets outside quoted scalars, comments and block scalars, plus block indentation
+    levels; it may over-count a little (a bracket that starts a line of plain text), never the
+    brackets that the scanner would nest. The same pass counts keys, items and flow entries and
+    refuses more than MAX_VALUES, which bounds the time the parse takes.
+    """
+    values = 0  # block lines and "- " items, flow collections and entries
+    stack: list[int] = []  # columns of the open block collections
+    flow = 0  # open [ and { (outside quoted scalars)
+    quote = ""  # "'" or '"' while a quoted scalar runs over lines
+    owner = -1  # inside a | or > scalar: lines indented more than this column are its text
+    for number, line in enumerate(text.split("\n"), start=1):
+        if line.endswith("\r"):
+            line = line[:-1]
+        n = len(line)
+        if owner >= 0:
+            indent = n - len(line.lstrip(" "))
+            if indent == n or indent > owner:
+                continue
+            owner = -1
+        i = 0
+        start = True  # a bracket or quote here begins a collection or a quoted scalar
+        key_col = dash_col = 0
+        if not quote and not flow:
+            i = n - len(line.lstrip(" "))
+            if i == n or line[i] == "#":
+                continue
+            if i == 0 and line[:3] in ("---", "...") and (n == 3 or line[3] in " \t"):
+                stack.clear()
+                i = 3
+                while i < n and line[i] in " \t":
+                    i += 1
+                if i == n:
+                    continue
+            while stack and stack[-1] > i:
+                stack.pop()
+            if not stack or stack[-1] < i:
+                stack.append(i)
+            dash_col = i
+            while i < n and line[i] in "-?" and (i + 1 == n or line[i + 1] in " \t"):  # "- - x", "- key: v"
+                dash_col = i
+                i += 1
+                while i < n and line[i] in " \t":
+                    i += 1
+                if i < n and line[i] != "#":
+                    stack.append(i)
+                values += 1
+            key_col = i
+            values += 1
+            if len(stack) > limit:
+                raise _too_deep(path, number, limit)
+        after_key = False
+        quote_end = -1  # where the last quoted scalar on this line ended
+        while i < n:
+            if quote:
+                match = (_SINGLE_END if quote == "'" else _DOUBLE_END).match(line, i)
+                if match is None:
+                    break  # the quoted scalar goes on on the next line
+                quote = ""
+                start = False
+                i = quote_end = match.end()
+                continue
+            match = _SPECIAL.search(line, i)
+            end = match.start() if match else n
+            if end > i and line[i:end].strip():
+                start = False
+            if match is None:
+                break
+            char = line[end]
+            i = end + 1
+            if char == "#":
+                if end == 0 or line[end - 1] in " \t":
+                    break  # a comment
+                start = False
+            elif char in "[{":
+                if flow or start:
+                    flow += 1
+                    values += 1
+                    if len(stack) + flow > limit:
+                        raise _too_deep(path, number, limit)
+                    start = True
+                else:
+                    start = False  # plain text such as "see [1]"
+            elif char in "]}":
+                if flow:
+                    flow -= 1
+                start = False
+            elif char == ",":
+                start = flow > 0
+                values += start
+            elif char == ":":  # a value follows ": ", or ":" right after a quoted key in flow ({"a":"b"})
+                start = i == n or line[i] in " \t" or (flow > 0 and end == quote_end)
+                after_key = after_key or (start and not flow)
+                values += start and not flow  # a block key and its value
+            elif char in "'\"":
+                if start:
+                    quote = char
+                else:
+                    start = False
+            elif char in "|>":
+                if start and not flow and _BLOCK_HEADER.match(line, i):
+                    owner = key_col if after_key else dash_col
+                    break
+                start = False
+            else:  # ! & *: a tag, anchor or alias; a value may follow it
+                i = _PROPERTY.match(line, i).end()  # type: ignore[union-attr]
+        if values > MAX_VALUES:
+            raise _too_many(path, number)
+
+
+class _TooDeep(Exception):
+    """Raised by the guarded scanner; turned into a located MidtrainError."""
+
+    def __init__(self, line: int):
+        super().__init__(line)
+        self.line = line
+
+
+@functools.lru_cache(maxsize=1)
+def _guarded_scanner() -> Any:
+    """ruamel's scanner with a hard bound on nesting (a backstop behind check_nesting)."""
+    from ruamel.yaml.scanner import Scanner
+
+    class GuardedScanner(Scanner):  # type: ignore[misc]
+        def fetch_flow_collection_start(self, *args: Any, **kwargs: Any) -> None:
+            if len(self.flow_context) >= MAX_DEPTH:
+                raise _TooDeep(self.reader.line + 1)
+            super().fetch_flow_collection_start(*args, **kwargs)
+
+        def add_indent(self, column: int) -> bool:
+            if len(self.indents) >= 2 * MAX_DEPTH:
+                raise _TooDeep(self.reader.line + 1)
+            return bool(super().add_indent(column))
+
+    return GuardedScanner
+
+
+def _yaml() -> Any:
+    """A pure-Python safe loader: it only composes nodes; values are built by `_Builder`."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="safe", pure=True)
+    yaml.Scanner = _guarded_scanner()
+    return yaml
+
+
 def _yaml_error(path: Path, exc: Exception) -> MidtrainError:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     line = mark.line + 1 if mark is not None else None
@@ -115,38 +421,18 @@ def _yaml_error(path: Path, exc: Exception) -> MidtrainError:
     return MidtrainError.single(message, file=path, line=line)
 
 
-def _check_events(path: Path, text: str) -> None:
-    """Reject non-standard tags (e.g. !!python/object) before anything is constructed."""
-    from ruamel.yaml import YAML
-
-    yaml = YAML(typ="rt")
-    for event in yaml.parse(text):
-        tag = getattr(event, "tag", None)
-        if tag is None:
-            continue
-        tag = str(getattr(tag, "value", tag))
-        if tag in ("!", "?"):
-            continue
-        if tag.startswith("!!"):
-            tag = "tag:yaml.org,2002:" + tag[2:]
-        if tag not in _STANDARD_TAGS:
-            line = event.start_mark.line + 1 if event.start_mark else None
-            raise MidtrainError.single(
-                "unsupported YAML tag: recipes are data and may only use plain YAML values",
-                file=path,
-                line=line,
-                expected="no tag, or a standard tag such as !!str",
-                found=tag,
-            )
-
-
 def load_yaml(path: Path, text: str | None = None) -> tuple[Any, LineMap]:
-    """Parse `path` safely. Returns plain data and where each field was written."""
-    from ruamel.yaml import YAML
+    """Parse `path` safely. Returns plain data and where each field was written.
+
+    Every step is linear in the size of the text: the size cap, the nesting pre-pass, one YAML
+    parse into nodes, one walk over the nodes (tags checked, aliases expanded within a budget).
+    """
     from ruamel.yaml.error import YAMLError
 
     if text is None:
         text = read_text(path)
+    if len(text) > MAX_FILE_BYTES:
+        raise _too_large(path, f"{len(text.encode('utf-8', 'replace')) // 1024} KiB")
     if "\t" in text:
         # Tabs are legal inside quoted strings but never in indentation; find the first indentation tab.
         for number, raw in enumerate(text.splitlines(), start=1):
@@ -159,98 +445,183 @@ def load_yaml(path: Path, text: str | None = None) -> tuple[Any, LineMap]:
                     expected="spaces",
                     found="a tab",
                 )
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
+    check_nesting(path, text)
+    yaml = _yaml()
     try:
-        _check_events(path, text)
-        raw = yaml.load(text)
-    except MidtrainError:
-        raise
+        node = yaml.compose(text)
+    except _TooDeep as exc:
+        raise _too_deep(path, exc.line) from None
     except YAMLError as exc:
         raise _yaml_error(path, exc) from None
     except RecursionError:
-        raise MidtrainError.single("YAML nesting is too deep", file=path) from None
+        raise _too_deep(path, None) from None
     lines = LineMap()
-    budget = [MAX_NODES]
-    data = _to_plain(raw, (), lines, budget, path)
+    if node is None:  # only comments or document markers
+        return None, lines
+    builder = _Builder(path, lines, yaml.constructor)
+    builder.check_tags(node)
+    data = builder.build(node, ())
+    if isinstance(data, dict):
+        lines.lines.setdefault((), 1)
     return data, lines
 
 
-def _to_plain(node: Any, here: PathKey, lines: LineMap, budget: list[int], path: Path) -> Any:
-    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+_TAG = "tag:yaml.org,2002:"
+_MERGE = _TAG + "merge"
 
-    budget[0] -= 1
-    if budget[0] < 0:
-        raise MidtrainError.single(
-            "YAML expands to too many values (alias bomb?)",
-            file=path,
-            expected=f"at most {MAX_NODES} values after expanding aliases",
-            found="more",
-        )
-    if isinstance(node, CommentedMap):
-        out: dict[str, Any] = {}
-        for key in node:
-            if not isinstance(key, (str, int, float, bool)) or key is None:
-                line = node.lc.key(key)[0] + 1 if hasattr(node, "lc") else None
-                raise MidtrainError.single(
-                    "mapping keys must be plain scalars", file=path, line=line, found=short(key)
+
+def _tag_of(node: Any) -> str:
+    tag = str(getattr(node.tag, "value", node.tag))
+    return _TAG + tag[2:] if tag.startswith("!!") else tag
+
+
+class _Builder:
+    """Nodes -> plain Python (dict, list, str, int, float, bool, None) and the line of every field."""
+
+    def __init__(self, path: Path, lines: LineMap, constructor: Any):
+        self.path = path
+        self.lines = lines
+        self.constructor = constructor
+        self.budget = MAX_NODES
+        self.open: set[int] = set()  # nodes being built (an alias to one of them is a cycle)
+
+    def error(self, message: str, node: Any, **extra: Any) -> MidtrainError:
+        return MidtrainError.single(message, file=self.path, line=node.start_mark.line + 1, **extra)
+
+    def check_tags(self, root: Any) -> None:
+        """Reject non-standard tags (e.g. !!python/object) anywhere, before any value is built."""
+        seen: set[int] = set()
+        todo = [root]
+        while todo:
+            node = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            tag = _tag_of(node)
+            if tag not in _STANDARD_TAGS and tag != _MERGE:
+                raise self.error(
+                    "unsupported YAML tag: recipes are data and may only use plain YAML values",
+                    node,
+                    expected="no tag, or a standard tag such as !!str",
+                    found=tag,
                 )
-            child_path = here + (str(key),)
+            if isinstance(node.value, list):
+                for item in node.value:
+                    todo.extend(item if isinstance(item, tuple) else (item,))
+
+    def build(self, node: Any, here: PathKey) -> Any:
+        from ruamel.yaml.nodes import MappingNode, SequenceNode
+
+        self.budget -= 1
+        if self.budget < 0:
+            raise MidtrainError.single(
+                "YAML expands to too many values (alias bomb?)",
+                file=self.path,
+                expected=f"at most {MAX_NODES} values after expanding aliases",
+                found="more",
+            )
+        tag = _tag_of(node)
+        if isinstance(node, (MappingNode, SequenceNode)):
+            if id(node) in self.open:
+                raise self.error("an alias refers to a list or mapping that contains it (a cycle)", node)
+            self.open.add(id(node))
             try:
-                lines.lines[child_path] = node.lc.key(key)[0] + 1
-            except (KeyError, TypeError, AttributeError):
-                pass
-            out[str(key)] = _to_plain(node[key], child_path, lines, budget, path)
-        if here == () and not lines.lines.get(()):
-            lines.lines[()] = 1
+                if isinstance(node, MappingNode):
+                    if tag != _TAG + "map":
+                        raise self.error(f"tag !!{tag.rsplit(':', 1)[-1]} does not fit a mapping", node)
+                    return self.mapping(node.value, here)
+                if tag == _TAG + "omap":
+                    return self.mapping(self.omap_pairs(node), here)
+                if tag != _TAG + "seq":
+                    raise self.error(f"tag !!{tag.rsplit(':', 1)[-1]} does not fit a list", node)
+                items = []
+                for index, item in enumerate(node.value):
+                    child = here + (index,)
+                    self.lines.lines[child] = item.start_mark.line + 1
+                    items.append(self.build(item, child))
+                return items
+            finally:
+                self.open.discard(id(node))
+        return self.scalar(node, tag, here)
+
+    def omap_pairs(self, node: Any) -> list[tuple[Any, Any]]:
+        from ruamel.yaml.nodes import MappingNode
+
+        pairs = []
+        for item in node.value:
+            if not isinstance(item, MappingNode) or len(item.value) != 1:
+                raise self.error("!!omap items must be mappings with one key", item)
+            pairs.append(item.value[0])
+        return pairs
+
+    def mapping(self, pairs: list[tuple[Any, Any]], here: PathKey) -> dict[str, Any]:
+        from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+        out: dict[str, Any] = {}
+        merged: list[tuple[Any, Any]] = []  # `<<: *defaults` pairs; keys written here win
+        for key_node, value_node in pairs:
+            if _tag_of(key_node) == _MERGE:
+                sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
+                for source in sources:
+                    if not isinstance(source, MappingNode):
+                        raise self.error("a merge key (<<) needs a mapping or a list of mappings", source)
+                    merged.extend(source.value)
+                continue
+            key = self.key(key_node)
+            child = here + (key,)
+            if key in out:
+                raise self.error(f"duplicate key {key!r} (first written on line {self.lines.lines.get(child)})", key_node)
+            self.lines.lines[child] = key_node.start_mark.line + 1
+            out[key] = self.build(value_node, child)
+        for key_node, value_node in merged:
+            if not isinstance(key_node, ScalarNode) or _tag_of(key_node) == _MERGE:
+                continue
+            key = self.key(key_node)
+            if key not in out:
+                child = here + (key,)
+                self.lines.lines[child] = key_node.start_mark.line + 1
+                out[key] = self.build(value_node, child)
         return out
-    if isinstance(node, CommentedSeq):
-        items = []
-        for index, item in enumerate(node):
-            child_path = here + (index,)
-            try:
-                lines.lines[child_path] = node.lc.item(index)[0] + 1
-            except (KeyError, TypeError, AttributeError, IndexError):
-                pass
-            items.append(_to_plain(item, child_path, lines, budget, path))
-        return items
-    if type(node).__name__ == "TaggedScalar":
-        return _tagged(node, here, lines, path)
-    if isinstance(node, bool) or node is None:
-        return node
-    if isinstance(node, int):
-        return int(node)
-    if isinstance(node, float):
-        return float(node)
-    if isinstance(node, str):
-        return str(node)
-    if isinstance(node, (_dt.date, _dt.datetime)):
-        return node.isoformat()[:10]
-    raise MidtrainError.single(
-        "unsupported YAML value", file=path, line=lines.line_for(here), path=format_path(here), found=short(node)
-    )
 
+    def key(self, node: Any) -> str:
+        from ruamel.yaml.nodes import ScalarNode
 
-def _tagged(node: Any, here: PathKey, lines: LineMap, path: Path) -> Any:
-    """A scalar with an explicit standard tag (!!str, !!int, !!float, !!bool, !!null)."""
-    tag = str(getattr(node.tag, "value", node.tag)).rsplit(":", 1)[-1].lstrip("!")
-    text = node.value
-    try:
-        if tag == "str":
-            return str(text)
-        if tag == "int":
-            return int(text)
-        if tag == "float":
-            return float(text)
-        if tag == "bool" and text.lower() in ("true", "false"):
-            return text.lower() == "true"
-        if tag == "null":
-            return None
-    except ValueError:
-        pass
-    raise MidtrainError.single(
-        f"value does not match its tag !!{tag}", file=path, line=lines.line_for(here), path=format_path(here), found=short(text)
-    )
+        key = self.scalar(node, _tag_of(node), None) if isinstance(node, ScalarNode) else None
+        if key is None or not isinstance(key, (str, int, float, bool)):
+            raise self.error("mapping keys must be plain scalars", node, found=short(getattr(node, "value", node)))
+        return str(key)
+
+    def scalar(self, node: Any, tag: str, here: PathKey | None) -> Any:
+        from ruamel.yaml.nodes import ScalarNode
+
+        kind = tag.rsplit(":", 1)[-1]
+        if not isinstance(node, ScalarNode):
+            raise self.error(f"tag !!{kind} does not fit a list or mapping", node)
+        if kind == "str" or (kind == "merge" and here is not None):  # `a: <<` is just text
+            return str(node.value)
+        build = {
+            "null": self.constructor.construct_yaml_null,
+            "bool": self.constructor.construct_yaml_bool,
+            "int": self.constructor.construct_yaml_int,
+            "float": self.constructor.construct_yaml_float,
+            "timestamp": self.constructor.construct_yaml_timestamp,
+        }.get(kind)
+        try:
+            value = build(node) if build is not None else None
+        except Exception:  # noqa: BLE001 - any failure means the text does not fit the tag
+            build = None
+        if build is None:
+            raise self.error(f"value cannot be read as !!{kind} (its tag, written or implied)", node,
+                             path=format_path(here) if here else None, found=short(node.value))
+        if isinstance(value, (_dt.date, _dt.datetime)):
+            return value.isoformat()[:10]
+        if isinstance(value, bool) or value is None:
+            return value
+        if isinstance(value, int):
+            return int(value)
+        if isinstance(value, float):
+            return float(value)
+        raise self.error("unsupported YAML value", node, found=short(value))
 
 
 def dump_yaml(data: Any) -> str:

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from midtrain.errors import short
 from midtrain.units import human_count  # noqa: F401  (re-exported)
 
 SCHEMA_VERSION = 1
@@ -21,7 +22,9 @@ class Strict(BaseModel):
 
 
 _SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
-_COUNT = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([KMBGT]?)\s*$", re.IGNORECASE)
+# Unambiguous, so a failed match is linear: `[0-9]*\.?[0-9]+` and `\s*([KMBGT]?)\s*` let the regex
+# engine try every split of a long run of digits or spaces (16,000 digits took 17 s).
+_COUNT = re.compile(r"([0-9]+(?:\.[0-9]+)?|\.[0-9]+)((?:[eE][-+]?[0-9]+)?)\s*([KMBGT]?)", re.IGNORECASE)
 
 MAX_TOKENS = 1e15  # a quadrillion tokens: far beyond any published run; anything larger is a typo
 
@@ -31,10 +34,10 @@ def parse_count(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("expected a number such as 50e9 or '50B', found a boolean")
     if isinstance(value, str):
-        match = _COUNT.match(value)
+        match = _COUNT.fullmatch(value.strip())
         if not match:
-            raise ValueError(f"expected a number such as 50e9 or '50B', found {value!r}")
-        return float(match.group(1)) * _SUFFIX[match.group(2).upper()]
+            raise ValueError(f"expected a number such as 50e9 or '50B', found {short(value)}")
+        return float(match.group(1) + match.group(2)) * _SUFFIX[match.group(3).upper()]
     return value
 
 

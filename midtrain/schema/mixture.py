@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -48,8 +49,8 @@ class Mixture(Strict):
 
     @model_validator(mode="after")
     def _check(self):  # type: ignore[no-untyped-def]
-        names = [c.source for c in self.components]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        counts = Counter(c.source for c in self.components)  # linear; list.count per item was quadratic
+        duplicates = sorted(name for name, count in counts.items() if count > 1)
         if duplicates:
             raise ValueError(f"source listed more than once: {', '.join(duplicates)}")
         with_share = [c for c in self.components if c.share is not None]

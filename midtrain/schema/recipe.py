@@ -156,10 +156,14 @@ class Recipe(Strict):
     def _cross_checks(self):  # type: ignore[no-untyped-def]
         problems: list[tuple[tuple[str | int, ...], str]] = []
         names: set[str] = set()
+        merge_names = {m.name for m in self.merges}  # built once: per stage it made the check quadratic
+        stages_by_name: dict[str, Stage] = {}
+        for stage in self.stages:
+            stages_by_name.setdefault(stage.name, stage)
         for index, stage in enumerate(self.stages):
             if stage.name in names:
                 problems.append((("stages", index, "name"), f"stage name {stage.name!r} is used twice"))
-            if stage.init not in ("base", "previous") and stage.init not in names and stage.init not in {m.name for m in self.merges}:
+            if stage.init not in ("base", "previous") and stage.init not in names and stage.init not in merge_names:
                 problems.append((("stages", index, "init"), f"{stage.init!r} is not an earlier stage, a merge, 'base' or 'previous'"))
             if stage.schedule.type == "from_base" and self.base.lr_at_end is None:
                 problems.append((("stages", index, "schedule"), "a from_base schedule needs base.lr_at_end"))
@@ -179,7 +183,7 @@ class Recipe(Strict):
                 if item.stage not in known:
                     problems.append((("merges", index, "inputs", j, "stage"), f"{item.stage!r} is not a stage or earlier merge"))
                     continue
-                stage = next((s for s in self.stages if s.name == item.stage), None)
+                stage = stages_by_name.get(item.stage)
                 if stage is not None and item.run is not None and item.run >= stage.runs.count:
                     problems.append((("merges", index, "inputs", j, "run"), f"run {item.run} but {item.stage!r} has {stage.runs.count} runs"))
             known.add(merge.name)
