@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The embedded default: reproduce OLMo 2 7B's mid-training at tiny scale through the DVC pipeline.
+# The embedded default: reproduce OLMo 2 7B's mid-training at tiny scale as a DVC experiment (`dvc exp show` lists it).
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/midtrain reproduce olmo-2-1124-7b --repro
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/midtrain reproduce olmo-2-1124-7b
 
 test: $(STAMP)
 	@# The HTML catalogue is tested in Debian's headless Chromium; install it when we may (root).

@@ -374,6 +374,21 @@ def load_registry(root: Path | None = None) -> LoadedRegistry:
     return loaded
 
 
+def _split_registry_files(files: list[Path], root: Path) -> tuple[list[Path], list[Path]]:
+    """Recipe files, and the project roots of the registry files among `files` (registry/*.yaml or
+    registry/<kind>/*.yaml): those are validated as registry entries, never as recipes."""
+    recipes: list[Path] = []
+    roots: list[Path] = []
+    for path in files:
+        absolute = path.absolute()
+        registry = next((parent for parent in (absolute.parent, absolute.parent.parent) if parent.name == "registry"), None)
+        if registry is None:
+            recipes.append(path)
+        elif registry.parent not in roots:
+            roots.append(registry.parent)
+    return recipes, roots
+
+
 def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[Any], list[Problem]]:
     """Validate recipe files (or directories of them); returns the good recipes and every problem.
 
@@ -399,6 +414,13 @@ def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[An
         else:
             files.append(path)
     files = list({_file_key(path): path for path in reversed(files)}.values())[::-1]  # each file once, first mention kept
+    files, registry_roots = _split_registry_files(files, root)
+    for other_root in registry_roots:  # registry files are recognised by where they live and checked as registry files
+        if other_root != root:
+            try:
+                _load_registry(other_root, _ParseCache(other_root))
+            except MidtrainError as exc:
+                problems.extend(exc.problems)
     catalogue: dict[str, list[Path]] = {}  # file stem (= recipe id of a valid recipe) -> catalogue files
     for path in recipe_files(root):
         catalogue.setdefault(path.stem, []).append(path)

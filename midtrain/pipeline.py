@@ -247,23 +247,7 @@ def dvc_command(root: Path, use_exp: bool, name: str | None, force: bool = False
     return command
 
 
-def summary_lines(metrics: dict[str, Any]) -> list[str]:
-    lines = ["held-out loss        base     final    change"]
-    for domain, values in metrics["loss"].items():
-        change = values["final"] / values["base"] - 1
-        lines.append(f"  {domain:<10} {values['base']:>9.4f} {values['final']:>9.4f} {change:>+8.1%}")
-    position = metrics["position_loss"]
-    if position["beyond"].get("base") is not None and position["beyond"].get("final") is not None:
-        lines.append("beyond vs in-context loss (long documents)")
-        for which in ("base", "final"):
-            ratio = position["beyond"][which] / position["in_context"][which] - 1
-            lines.append(f"  {which:<10} in {position['in_context'][which]:.4f} · beyond {position['beyond'][which]:.4f} ({ratio:+.1%})")
-    if "math_exact_match" in metrics:
-        lines.append("math exact match     base {base:.1%} → final {final:.1%}".format(**metrics["math_exact_match"]))
-    for length, values in metrics.get("retrieval", {}).items():
-        lines.append(f"retrieval @ {length:>5} tokens   base {values['base']:.0%} → final {values['final']:.0%}")
-    for task, values in metrics.get("benchmarks", {}).items():
-        for metric, pair in values.items():
-            if "stderr" not in metric and {"base", "final"} <= set(pair):
-                lines.append(f"lm-eval {task:<24} {metric:<10} base {pair['base']:.3f} → final {pair['final']:.3f}")
-    return lines
+def summary_lines(metrics: dict[str, Any], objectives: list[str] | None = None) -> list[str]:
+    from midtrain.report import summary_lines as lines
+
+    return lines(metrics, objectives)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -63,26 +64,25 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_end_to_end_then_no_op_then_partial_rerun(project: Path) -> None:
-    first = sh([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b", "--repro"], project)
+def test_tiny_pipeline_experiments_compare_then_no_op_then_partial_rerun(project: Path, tmp_path: Path) -> None:
+    first = sh([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b", "--name", "first"], project)
     metrics = json.loads((project / "metrics" / "eval.json").read_text())
     for domain in ("math", "prose", "code", "qa"):
         assert set(metrics["loss"][domain]) == {"base", "final"}
     assert set(metrics["position_loss"]) >= {"in_context", "beyond"}
     assert metrics["retrieval"] and all(set(v) == {"base", "final"} for v in metrics["retrieval"].values())
-    assert "held-out loss" in first.stdout
+    assert first.stdout.count("held-out loss") == 1  # the table once, at the end
     for plot in ("loss_and_lr.png", "domains.png", "long_context.png", "mixture.png", "summary.md", "curves.csv"):
         assert (project / "report" / plot).exists(), plot
     soup = project / "runs" / "olmo-2-1124-7b" / "mid" / "soup"
     assert (soup / "merge.json").exists() and len(json.loads((soup / "merge.json").read_text())["merged_from"]) == 3
+    assert json.loads((soup / "config.json").read_text())["use_cache"] is True
+    assert (project / "logs" / "third-party.log").exists()
 
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout and "up to date" in again.stdout
 
-    metrics_show = sh(["dvc", "metrics", "show", "--json"], project)
-    assert "loss" in metrics_show.stdout
-
-    changed = sh([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b", "--repro",
+    changed = sh([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b", "--name", "second",
                   "--set", "stages.anneal.mixture.components[dolmino-math].share=0.308",
                   "--set", "stages.anneal.mixture.components[dolmino-dclm].share=0.372"], project)
     out = changed.stdout
@@ -90,6 +90,31 @@ def test_tiny_pipeline_end_to_end_then_no_op_then_partial_rerun(project: Path) -
     for stage in ("plan", "midtrain", "evaluate", "report"):
         assert f"Running stage '{stage}'" in out, stage
     assert "soup: merged" in out
+
+    # both experiments carry their metrics; DVC compares them
+    shown = json.loads(sh(["dvc", "exp", "show", "--json"], project).stdout)
+    experiments = {rev.get("name"): rev for entry in shown for exp in (entry.get("experiments") or []) for rev in exp.get("revs", [])}
+    for name in ("first", "second"):
+        data = experiments[name]["data"]["metrics"]["metrics/eval.json"]["data"]
+        assert data["loss"]["math"]["final"] > 0, name
+    diff = sh(["dvc", "metrics", "diff", "first", "second"], project).stdout
+    assert "loss.math.final" in diff and "failed" not in diff
+    compared = sh([str(BIN / "midtrain"), "compare-runs", "first", "second"], project)
+    assert "held-out loss" in compared.stdout and (project / "compare" / "first-vs-second.png").exists()
+
+    # dvc plots show renders offline: image plots, no script from a CDN
+    sh(["dvc", "plots", "show", "--out", "dvc_plots"], project)
+    html = (project / "dvc_plots" / "index.html").read_text()
+    assert "<img" in html and not re.search(r"<script[^>]+src=\"https?://", html)
+    from tests.test_browser import CHROMIUM, browse
+
+    if CHROMIUM:
+        probe = project / "dvc_plots" / "probe.html"
+        probe.write_text(html.replace("</body>", "<script>addEventListener('load', () => document.body.setAttribute('data-widths', "
+                                      "[...document.images].map(i => i.naturalWidth).join(',')))</script></body>"))
+        dom = browse(probe.as_uri(), tmp_path / "profile", "--dump-dom")
+        widths = re.search(r'data-widths="([^"]*)"', dom)
+        assert widths and all(int(w) > 200 for w in widths.group(1).split(",")), dom[-2000:]
 
 
 def test_reproduce_bad_input(project: Path, tmp_path: Path) -> None:

@@ -370,7 +370,10 @@ def validate(
             typer.echo(f"{recipe_id}: {path}: number has no provenance entry", err=True)
     count = len(problems) + sum(len(v) for v in untagged.values())
     if ok:
-        typer.echo(f"✓ {len(recipes)} recipe(s) valid")
+        from midtrain.catalog import _split_registry_files
+
+        registry_files = len(paths) - len(_split_registry_files(list(paths), Path.cwd())[0]) if paths else 0
+        typer.echo(f"✓ {len(recipes)} recipe(s) valid" + (f", {registry_files} registry file(s) valid" if registry_files else ""))
     else:
         typer.echo(f"✗ {count} problem(s); {len(recipes)} recipe(s) valid", err=True)
         raise typer.Exit(1)

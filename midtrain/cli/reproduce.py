@@ -17,6 +17,14 @@ stage_app = typer.Typer(help="The pipeline's stages, as dvc.yaml runs them (read
 app.add_typer(stage_app, name="stage")
 
 
+@stage_app.callback()
+def _stages() -> None:
+    """Third-party noise goes to logs/third-party.log; midtrain's own output stays on the terminal."""
+    from midtrain.quiet import quiet_third_party
+
+    quiet_third_party(Path("logs"))
+
+
 BASE_HELP = "Your base model: a Hugging Face hub id (resolved through the HF cache, pinned to a commit) or a local directory."
 
 
@@ -233,9 +241,39 @@ def reproduce(
     metrics_path = root / "metrics" / "eval.json"
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())
-        typer.echo("\n".join(summary_lines(metrics)))
+        typer.echo("\n".join(summary_lines(metrics, result.summary.objectives)))
         typer.echo(f"report: {root / 'report' / 'summary.md'}  ·  compare: dvc exp show / dvc metrics diff / dvc plots show", err=True)
     sys.stdout.flush()
+
+
+@app.command("compare-runs")
+@guarded
+def compare_runs(
+    run_a: str = typer.Argument(..., help="An experiment name (`dvc exp show`), a git revision, or 'workspace'."),
+    run_b: str = typer.Argument(..., help="The other one."),
+    out: Optional[Path] = typer.Option(None, "--out", help="The comparison plot (default compare/A-vs-B.png)."),
+) -> None:
+    """Two reproductions side by side: held-out loss per domain, long-context loss, benchmarks.
+
+    Reads each experiment's metrics from its commit, prints the comparison and writes a plot.
+
+    [bold]Examples[/bold]
+
+      midtrain compare-runs olmo2-demo qwen3-tiny
+      midtrain compare-runs workspace HEAD --out compare.png
+    """
+    from midtrain.compare import compare_runs as run
+
+    target = out or Path("compare") / f"{_safe(run_a)}-vs-{_safe(run_b)}.png"
+    lines, path = run(Path.cwd(), run_a, run_b, target)
+    typer.echo("\n".join(lines))
+    typer.echo(f"plot: {path}", err=True)
+
+
+def _safe(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:60]
 
 
 # ---------------------------------------------------------------- stages run by dvc.yaml
@@ -282,10 +320,11 @@ def stage_midtrain(plan_dir: Path = typer.Option(Path("plan"), "--plan")) -> Non
 @guarded
 def stage_evaluate(plan_dir: Path = typer.Option(Path("plan"), "--plan"), out: Path = typer.Option(Path("metrics/eval.json"), "--out")) -> None:
     """Evaluate the base and the final model into metrics/eval.json."""
-    from midtrain.pipeline import stage_evaluate as run, summary_lines
+    from midtrain.pipeline import stage_evaluate as run
 
     metrics = run(Path.cwd(), plan_dir, out)
-    typer.echo("\n".join(summary_lines(metrics)))
+    typer.echo(f"evaluated base and final model: {out} ({len(metrics['loss'])} domains"
+               + (f", {len(metrics.get('benchmarks', {}))} lm-eval tasks)" if metrics.get("benchmarks") else ")"))
 
 
 @stage_app.command("report")

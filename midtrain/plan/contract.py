@@ -281,6 +281,7 @@ class BaseSummary(Strict):
 class PlanSummary(Strict):
     recipe: str
     scale: str
+    objectives: list[str] = Field(default_factory=list, description="The recipe's target capabilities (what the report calls intended).")
     layout: Layout
     model: dict[str, Any]
     base: BaseSummary

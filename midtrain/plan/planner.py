@@ -307,7 +307,7 @@ def _plan(recipe: Recipe, registry: Registry, target: Target, request: PlanReque
         stages.append(StagePlan(
             name=stage.name, kind=stage.kind.value, runs=names, tokens_per_run=steps * global_batch * seq, steps=steps,
             sequence_length=seq, global_batch=global_batch, micro_batch=micro, lr_start=lr_start, lr_end=lr_end,
-            schedule=model.describe(), rope=(stage.rope.describe(theta) if stage.rope else "unchanged"), rope_theta=theta,
+            schedule=model.describe(), rope=_describe_rope(rope, theta), rope_theta=theta,
             mixture=mixture, streams=streams, init=init,
         ))
         produced[stage.name] = names[0]
@@ -315,6 +315,15 @@ def _plan(recipe: Recipe, registry: Registry, target: Target, request: PlanReque
     final = recipe.final or (previous if recipe.stages else "base")
     final = produced.get(final, final)
     return _assemble(recipe, registry, target, request, stages, runs, merges, final, notes, total_flops, max_context)
+
+
+def _describe_rope(rope: dict[str, Any] | None, theta: float) -> str:
+    """The RoPE change as the run spec has it (scaled lengths, the target's θ), not as published."""
+    if rope is None:
+        return "unchanged"
+    from midtrain.schema.rope import Rope
+
+    return Rope.model_validate(rope).describe(theta)
 
 
 def _lr_after_warmup(schedule: Any, steps: int, base_lr: float) -> float:
@@ -439,6 +448,7 @@ def _assemble(recipe: Recipe, registry: Registry, target: Target, request: PlanR
     else:
         model.update(path=target.init_base.path, revision=target.init_base.revision)
     summary = PlanSummary(recipe=recipe.id, scale=request.scale if request.base is None else "own-base", layout=layout, model=model,
+                          objectives=[o.value for o in recipe.objectives],
                           base=summary_base, stages=stages, merges=merges, final=final, notes=notes,
                           evaluation={"kind": evaluation.kind, "lm_eval": evaluation.lm_eval.tasks if evaluation.lm_eval else []},
                           compute=_compute(recipe, registry, target, request, stages) if target.kind == "pretrained" else None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", type=Path)
     parser.add_argument("--no-resume", action="store_true")
     args = parser.parse_args(argv)
+    from midtrain.quiet import quiet_third_party
+
+    quiet_third_party(Path(os.environ.get("MIDTRAIN_LOG_DIR", "logs")))
     from midtrain.train.distributed import teardown
     from midtrain.train.loop import run_from_file
 

@@ -25,6 +25,9 @@ def new_config(spec: NewModel) -> Any:
         max_position_embeddings=spec.max_position_embeddings,
         tie_word_embeddings=spec.tie_word_embeddings,
         rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        # a stand-in's special ids come from its own tokenizer when it is saved, never the published
+        # model's (OLMo 2's EOS 100257 would lie outside a 2K vocabulary)
+        bos_token_id=None, eos_token_id=None, pad_token_id=None,
         **spec.dims.model_dump(),
     )
     if family == "qwen3":

@@ -79,7 +79,7 @@ def test_a_stage_refuses_a_broken_plan_file_with_its_path_and_field(tmp_path: Pa
         read_plan_file(tmp_path / "nowhere", "eval")
 
 
-@pytest.mark.parametrize("recipe_id", ["olmo-2-1124-7b", "qwen3-8b", "llama-3.1-405b"])
+@pytest.mark.parametrize("recipe_id", sorted(CATALOG.recipes))
 def test_printed_stage_plan_agrees_with_the_run_specs(recipe_id: str) -> None:
     for scale in ("tiny", "small", "full"):
         plan = plan_recipe(CATALOG.get(recipe_id), CATALOG.registry, scale)
@@ -89,3 +89,18 @@ def test_printed_stage_plan_agrees_with_the_run_specs(recipe_id: str) -> None:
                 assert (spec.steps, spec.sequence_length, spec.global_batch, spec.micro_batch) == (
                     stage.steps, stage.sequence_length, stage.global_batch, stage.micro_batch)
                 assert spec.streams == stage.streams
+                if spec.rope is not None:
+                    assert _rope_text(spec) == stage.rope, (recipe_id, scale, stage.name)
+                    scaling = spec.rope.scaling
+                    if scaling is not None and getattr(scaling, "original_max_position_embeddings", None):
+                        assert f"{scaling.original_max_position_embeddings:,}" in stage.rope
+                else:
+                    assert stage.rope == "unchanged"
+        assert plan.summary.model["max_context"] >= max(s.sequence_length for s in plan.summary.stages)
+        base = plan.base.spec if hasattr(plan.base, "spec") else None
+        if base is not None:
+            assert base.sequence_length == plan.summary.model["base_context"] and base.init.vocab_size == plan.summary.model["vocab_size"]
+
+
+def _rope_text(spec) -> str:  # type: ignore[no-untyped-def]
+    return spec.rope.describe(spec.rope.theta) if spec.rope.theta else spec.rope.describe(None)
