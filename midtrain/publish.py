@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -43,55 +44,407 @@ def catalog_markdown(catalog: Any) -> str:
 STYLE = """
 body{font:15px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:1100px;padding:0 1rem;color:#1d2430}
 table{border-collapse:collapse;width:100%}th,td{border-bottom:1px solid #e3e6ea;padding:.35rem .5rem;text-align:left;vertical-align:top}
-th{cursor:pointer;background:#f5f7f9}input,select{font:inherit;padding:.3rem .5rem;margin:0 .5rem .8rem 0}
+th{background:#f5f7f9}#recipes th{cursor:pointer}input,select{font:inherit;padding:.3rem .5rem;margin:0 .5rem .8rem 0}
 .bar{height:12px;background:#2f6fde;display:inline-block}.mark-stated{color:#1a7f37}.mark-derived{color:#9a6700}.mark-assumed{color:#8250df}
 code{background:#f5f7f9;padding:0 .2rem}a{color:#2f6fde}
+figure{margin:0 0 1rem}figcaption,.muted{color:#5a6472;font-size:13px}svg.lr{max-width:100%;height:auto;font-family:system-ui,sans-serif}
+td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}.up{color:#1a7f37}.down{color:#c92a2a}
+.contradiction{border-left:3px solid #e3e6ea;padding:.1rem .8rem;margin:0 0 1rem}.contradiction ul{margin:.3rem 0}
+.resolution{margin:.3rem 0}.lr-legend{font-size:13px;margin:.2rem 0 .4rem;padding-left:1.6rem}
+.swatch{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.35em;vertical-align:-.05em}.notes,.stage-description{white-space:pre-line}
 """
+
+PALETTE = ("#2f6fde", "#d9480f", "#2b8a3e", "#9c36b5", "#e67700", "#0c8599", "#c2255c", "#5c940d")
 
 
 def _page(title: str, body: str) -> str:
     return f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>\n"
 
 
-def _lr_svg(recipe: Any) -> str:
-    """The LR schedule of every stage, end to end, as an inline SVG polyline."""
-    from midtrain.schema.schedule import lr_curve
+def _safe_url(url: str | None) -> str:
+    """Only http(s) links leave a recipe page: a `javascript:` URL in a recipe must not become a link."""
+    return url if url and url.lower().startswith(("https://", "http://")) else "#"
 
-    points: list[tuple[float, float]] = []
-    offset = 0.0
-    for stage in recipe.stages:
-        steps = stage.total_steps() or 100
-        try:
-            curve = lr_curve(stage.schedule, steps, recipe.base.lr_at_end, points=60)
-        except ValueError:
+
+def _nice_step(span: float, target: int) -> float:
+    """A 1/2/2.5/5 × 10^k step that cuts `span` into about `target` intervals."""
+    raw = span / max(target, 1)
+    if raw <= 0:
+        return 1.0
+    power = 10 ** math.floor(math.log10(raw))
+    for factor in (1, 2, 2.5, 5, 10):
+        if factor * power >= raw * 0.999:
+            return factor * power
+    return 10 * power
+
+
+def fmt_lr(value: float) -> str:
+    """2.2e-05 -> '2.2e-5', 0.0017 -> '1.7e-3', 0.05 -> '0.05', 0 -> '0'."""
+    if value == 0:
+        return "0"
+    if abs(value) >= 0.01:
+        return f"{value:.3g}"
+    mantissa, exponent = f"{value:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def _break_steps(schedule: Any, steps: int) -> set[int]:
+    """Steps where a schedule jumps or bends, so that the plot shows steps as steps, not ramps."""
+    edges: set[int] = set()
+    warmup = schedule.warmup_for(steps)
+    if warmup:
+        edges.add(warmup)
+    if schedule.type == "wsd":
+        edges.add(schedule.decay_start(steps))
+    elif schedule.type == "power":
+        edges.add(steps - round(schedule.decay_fraction * steps))
+    elif schedule.type == "step":
+        edge = 0.0
+        for phase in schedule.phases:
+            edge += phase.fraction * steps
+            edges.add(round(edge))
+    return {s for e in edges for s in (e - 1, e) if 0 <= s <= steps}
+
+
+def _stage_curve(stage: Any, steps: int, base_lr: float | None) -> list[tuple[float, float]] | None:
+    """(fraction of the stage, lr) from the stage's own schedule; None when its LR cannot be known."""
+    samples = {round(i * steps / 200) for i in range(201)} | _break_steps(stage.schedule, steps)
+    try:
+        return [(s / steps, stage.schedule.lr_at(s, steps, base_lr)) for s in sorted(samples)]
+    except ValueError:
+        return None
+
+
+def _plot_steps(recipe: Any, index: int) -> tuple[int, bool]:
+    """Steps to draw a stage over, and whether that count is a guess that changes the drawn shape.
+
+    Without a stated step count, a schedule given wholly in fractions of the stage has the same shape
+    over any count; one with warmup, decay or half-life in steps does not, so its steps are estimated
+    from the tokens per step of the nearest stage that states a batch (else 100,000 are assumed).
+    """
+    stage = recipe.stages[index]
+    steps = stage.total_steps()
+    if steps is not None:
+        return steps, False
+    schedule = stage.schedule
+    in_steps = any(getattr(schedule, name, None) is not None for name in ("warmup_steps", "decay_steps", "half_life_steps"))
+    if not in_steps:
+        return 1000, False
+    others = sorted(range(len(recipe.stages)), key=lambda j: abs(j - index))
+    per_step = next((recipe.stages[j].tokens_per_step() for j in others if recipe.stages[j].tokens_per_step()), None)
+    tokens = stage.total_tokens()
+    return (max(1, round(tokens / per_step)) if tokens and per_step else 100_000), True
+
+
+def _segment_widths(shares: list[float], minimum: float) -> tuple[list[float], list[bool]]:
+    """Widths proportional to `shares`, except that none is under `minimum` (those are flagged as widened)."""
+    widened = [False] * len(shares)
+    while True:
+        rest = 1.0 - minimum * sum(widened)
+        free = sum(s for s, w in zip(shares, widened) if not w)
+        changed = False
+        for i, share in enumerate(shares):
+            if not widened[i] and (free <= 0 or share / free * rest < minimum):
+                widened[i] = changed = True
+        if not changed:
+            break
+    rest = 1.0 - minimum * sum(widened)
+    free = sum(s for s, w in zip(shares, widened) if not w) or 1.0
+    return [minimum if w else s / free * rest for s, w in zip(shares, widened)], widened
+
+
+def _text_width(text: str) -> float:
+    """A generous estimate of the width of 12px semi-bold sans-serif text, to keep stage labels apart."""
+    return 7.6 * len(text)
+
+
+def _lineage_starts(recipe: Any, tokens: list[float]) -> list[float]:
+    """Tokens since the base checkpoint at which each stage starts, following `init` (a branch restarts there)."""
+    ends: dict[str, float] = {}
+    merges = {m.name: m for m in recipe.merges}
+
+    def end_of(name: str, seen: frozenset[str] = frozenset()) -> float:
+        if name in ends:
+            return ends[name]
+        merge = merges.get(name)
+        if merge is None or name in seen:
+            return 0.0
+        return max((end_of(i.stage, seen | {name}) for i in merge.inputs), default=0.0)
+
+    starts: list[float] = []
+    for i, stage in enumerate(recipe.stages):
+        if stage.init == "base":
+            start = 0.0
+        elif stage.init == "previous":
+            start = starts[i - 1] + tokens[i - 1] if i else 0.0
+        else:
+            start = end_of(stage.init)
+        starts.append(start)
+        ends[stage.name] = start + tokens[i]
+    return starts
+
+
+def _lr_svg(recipe: Any) -> str:
+    """Every stage's LR schedule, in order, as an inline SVG (no script, no external resources).
+
+    x: tokens of one run since the base checkpoint, with a labelled, dashed boundary where each stage
+    starts (a stage that branches from an earlier stage or the base restarts the count there, and its
+    boundary tick shows both numbers); y: learning rate from 0. Each stage is drawn from its own
+    schedule in its own colour, so constant LRs at different values, or at the same value, stay
+    separate segments; a stage whose LR cannot be computed is drawn as a dashed box saying so.
+    """
+    esc = html.escape
+    stages = list(recipe.stages)
+    base_lr = recipe.base.lr_at_end
+    known_tokens = [t for t in (s.total_tokens() for s in stages) if t]
+    fallback = sum(known_tokens) / len(known_tokens) if known_tokens else 1.0
+    tokens = [stage.total_tokens() or fallback for stage in stages]
+    starts = _lineage_starts(recipe, tokens)
+    branch = [i > 0 and abs(starts[i] - starts[i - 1] - tokens[i - 1]) > 1e-6 * max(tokens) for i in range(len(stages))]
+    steps, guessed = zip(*(_plot_steps(recipe, i) for i in range(len(stages))))
+    curves = [_stage_curve(stage, n, base_lr) for stage, n in zip(stages, steps)]
+    top = max((lr for curve in curves if curve for _, lr in curve), default=0.0) or 1e-4
+    y_step = _nice_step(top, 4)
+    y_max = math.ceil(top * 1.08 / y_step - 1e-9) * y_step  # headroom for the value labels
+    y_ticks = [i * y_step for i in range(int(round(y_max / y_step)) + 1)]
+
+    width, left, right = 900, 78, 24
+    plot_w = width - left - right
+    widths, widened = _segment_widths([t / sum(tokens) for t in tokens], min(0.1, 0.5 / len(stages)))
+    widths = [w * plot_w for w in widths]
+    x_starts = [left + sum(widths[:i]) for i in range(len(stages))]
+
+    # Stage labels above the plot, each in the first row (from the plot up) where it runs into no other.
+    # A label starts at its boundary; one too long for the room to the right ends at its boundary, "▸".
+    labels: list[tuple[int, float, float, str]] = []  # row, start, end, text
+    rows: list[float] = []
+    for i, stage in enumerate(stages):
+        short = f"{i + 1}. {stage.name}"
+        full = short + (f" ×{stage.runs.count} runs" if stage.runs.count > 1 else "")
+        if stage.init not in ("previous", stages[i - 1].name if i else "base"):
+            full += f" (from {stage.init})"
+        text = next((t for t in (full, short) if x_starts[i] + 4 + _text_width(t) <= width - 2), "")
+        if text:
+            start = x_starts[i] + 4
+        else:
+            room = max(x_starts[i] - 5, width - 6 - x_starts[i]) / _text_width("x")
+            text = short if len(short) <= room else short[: max(int(room) - 1, 1)] + "…"  # only 80-character names
+            if x_starts[i] + 4 + _text_width(text) <= width - 2:
+                start = x_starts[i] + 4
+            else:
+                text += " ▸"
+                start = max(x_starts[i] - 3 - _text_width(text), 2)
+        end = start + _text_width(text)
+        row = next((r for r, last in enumerate(rows) if last + 8 <= start), len(rows))
+        if row == len(rows):
+            rows.append(end)
+        rows[row] = max(rows[row], end)
+        labels.append((row, start, end, text))
+    row_ends = rows
+    top_margin = 14 + 16 * len(row_ends)
+    plot_h = 220
+    bottom = top_margin + plot_h
+    height = bottom + 54
+
+    def y_of(lr: float) -> float:
+        return bottom - lr / y_max * plot_h
+
+    out = [f'<svg class=lr viewBox="0 0 {width} {height}" width={width} height={height} role=img '
+           f'aria-label="Learning rate of {len(stages)} stage(s) against tokens">']
+    for i, stage in enumerate(stages):  # bands, boundaries, labels
+        x0, colour = x_starts[i], PALETTE[i % len(PALETTE)]
+        if i % 2:
+            out.append(f'<rect x="{x0:.1f}" y="{top_margin}" width="{widths[i]:.1f}" height="{plot_h}" fill="#f3f5f8"/>')
+        row, x, _, text = labels[i]
+        label_y = top_margin - 5 - 16 * row
+        crossed = any(r < row and a - 2 <= x0 <= b + 2 for j, (r, a, b, _) in enumerate(labels) if j != i)
+        out.append(f'<line class=stage-boundary x1="{x0:.1f}" y1="{top_margin - 4 if crossed else label_y - 11}" x2="{x0:.1f}" '
+                   f'y2="{bottom}" stroke="#8a94a3" stroke-dasharray="4 3"/>')
+        out.append(f'<text class=stage-label x="{x:.1f}" y="{label_y}" font-size=12 fill="{colour}" font-weight=600>{esc(text)}'
+                   f'<title>{esc(stage.name)}: {fmt_tokens(tokens[i])} tokens per run; {esc(stage.schedule.describe())}</title></text>')
+    for value in y_ticks:  # y axis
+        y = y_of(value)
+        out.append(f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e3e6ea"/>'
+                   f'<line x1="{left - 5}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#1d2430"/>'
+                   f'<text class=y-tick x="{left - 8}" y="{y + 4:.1f}" font-size=11 text-anchor=end>{fmt_lr(value)}</text>')
+    middle = top_margin + plot_h / 2
+    out.append(f'<text x="16" y="{middle:.1f}" font-size=12 text-anchor=middle transform="rotate(-90 16 {middle:.1f})">learning rate</text>')
+    # x axis: a tick where each stage starts and where the last ends, plus round numbers inside wide stages
+    ticks: list[tuple[float, str, str]] = []
+    previous_label = ""
+    for i in range(len(stages)):
+        label = human_count(starts[i]) if starts[i] else "0"
+        if branch[i]:
+            label = f"{human_count(starts[i - 1] + tokens[i - 1])} | {label}"
+        elif label == previous_label:  # a stage too small for the rounding: say how much it adds
+            label = "+" + human_count(tokens[i - 1])
+        ticks.append((x_starts[i], label, "boundary"))
+        previous_label = label.split(" | ")[-1]
+    end = starts[-1] + tokens[-1]
+    end_label = human_count(end)
+    ticks.append((left + plot_w, end_label if end_label != previous_label else "+" + human_count(tokens[-1]), "boundary"))
+    step = _nice_step(max(s + t for s, t in zip(starts, tokens)), 8)
+    for i in range(len(stages)):
+        value = math.floor(starts[i] / step + 1) * step
+        while value < starts[i] + tokens[i]:
+            x = x_starts[i] + (value - starts[i]) / tokens[i] * widths[i]
+            if all(abs(x - other) >= 50 for other, _, _ in ticks):
+                ticks.append((x, human_count(value), "inner"))
+            value += step
+    for x, label, kind in sorted(ticks):
+        out.append(f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 5}" stroke="#1d2430"/>'
+                   f'<text class="x-tick {kind}" x="{x:.1f}" y="{bottom + 18}" font-size=11 text-anchor=middle>{esc(label)}</text>')
+    title = "tokens per run since the base checkpoint"
+    if any(branch):
+        title += " (“a | b”: a stage that branches restarts from b)"
+    if any(widened):
+        title += "; short stages widened"
+    out.append(f'<text class=x-title x="{left + plot_w / 2:.1f}" y="{bottom + 42}" font-size=12 text-anchor=middle>{esc(title)}</text>')
+    out.append(f'<line x1="{left}" y1="{bottom}" x2="{left + plot_w}" y2="{bottom}" stroke="#1d2430"/>'
+               f'<line x1="{left}" y1="{top_margin}" x2="{left}" y2="{bottom}" stroke="#1d2430"/>')
+    for i, (stage, curve) in enumerate(zip(stages, curves)):  # the curves, one per stage
+        x0, w, colour = x_starts[i], widths[i], PALETTE[i % len(PALETTE)]
+        if curve is None:
+            why = ("the LR starts from the base's final LR, which the sources do not give" if stage.schedule.type == "from_base"
+                   else "the LR cannot be computed from what the sources give")
+            label = "LR unknown: the base's final LR is not stated" if stage.schedule.type == "from_base" else "LR unknown"
+            if 6.2 * len(label) > w - 10:
+                label = "LR unknown"
+            out.append(f'<rect class=lr-unknown x="{x0 + 3:.1f}" y="{top_margin + 4}" width="{max(w - 6, 1):.1f}" height="{plot_h - 8}" '
+                       f'fill="none" stroke="{colour}" stroke-width=1.5 stroke-dasharray="6 4"><title>{esc(why)}</title></rect>'
+                       f'<text class=lr-unknown-label x="{x0 + w / 2:.1f}" y="{middle:.1f}" font-size=11 text-anchor=middle '
+                       f'fill="{colour}">{esc(label)}</text>')
             continue
-        points += [(offset + s / steps, lr) for s, lr in curve]
-        offset += 1
-    if not points:
-        return "<p>no LR stated</p>"
-    top = max(lr for _, lr in points) or 1.0
-    width, height = 600, 160
-    coords = " ".join(f"{x / offset * width:.1f},{height - lr / top * (height - 10):.1f}" for x, lr in points)
-    return (f'<svg class=lr viewBox="0 0 {width} {height}" width={width} height={height} role=img aria-label="LR schedule">'
-            f'<polyline fill=none stroke="#2f6fde" stroke-width=2 points="{coords}"/><text x=4 y=12 font-size=11>{top:.3g}</text></svg>')
+        coords = " ".join(f"{x0 + f * w:.1f},{y_of(lr):.1f}" for f, lr in curve)
+        out.append(f'<polyline class=lr-stage fill=none stroke="{colour}" stroke-width=2.5'
+                   + (' stroke-dasharray="1 3" stroke-linecap=round' if guessed[i] else "") + f' points="{coords}">'
+                   f'<title>{esc(stage.name)}: {esc(stage.schedule.describe())}'
+                   + (f" (step count not stated: drawn over an estimated {steps[i]:,} steps)" if guessed[i] else "") + "</title></polyline>")
+        start = stage.schedule.lr_at(stage.schedule.warmup_for(steps[i]), steps[i], base_lr)  # after any warmup
+        out.append(f'<text class=lr-value x="{x0 + 6:.1f}" y="{y_of(start) - 6:.1f}" font-size=11 fill="{colour}">{fmt_lr(start)}</text>')
+    out.append("</svg>")
+    notes = []
+    if base_lr is not None:
+        notes.append(f"The base's pre-training ended at LR {fmt_lr(base_lr)}.")
+    if any(c is None for c in curves):
+        notes.append("Dashed box: a stage whose learning rate the sources do not give.")
+    for i, stage in enumerate(stages):
+        if guessed[i] and curves[i] is not None:
+            notes.append(f"Dotted line ({stage.name}): the step count is not stated, so its warmup or decay, given in steps, "
+                         f"is placed as if the stage took about {steps[i]:,} steps.")
+    legend = []
+    for i, stage in enumerate(stages):
+        curve = curves[i]
+        n = steps[i]
+        budget = f"{fmt_tokens(stage.total_tokens())} tokens" + (f" × {stage.runs.count} runs" if stage.runs.count > 1 else "")
+        budget += f", {n:,} steps" if stage.total_steps() else (f", about {n:,} steps (estimated)" if guessed[i] else ", steps not stated")
+        if curve is None:
+            lrs = "LR unknown"
+        else:
+            first = stage.schedule.lr_at(stage.schedule.warmup_for(n), n, base_lr)
+            lrs = f"LR {fmt_lr(first)}" + (f" → {fmt_lr(curve[-1][1])}" if abs(curve[-1][1] - first) > 1e-12 else "")
+        legend.append(f"<li><span class=swatch style='background:{PALETTE[i % len(PALETTE)]}'></span><strong>{esc(stage.name)}</strong>: "
+                      f"{esc(budget)}; {esc(stage.schedule.describe())} ({esc(lrs)}); starts from {esc(stage.init)}</li>")
+    caption = f"<figcaption>{esc(' '.join(notes))}</figcaption>" if notes else ""
+    return f"<figure class=lr-plot>{''.join(out)}<ol class=lr-legend>{''.join(legend)}</ol>{caption}</figure>"
+
+
+def _change(result: Any) -> tuple[str, str]:
+    """The change a result row reports: (text, css class)."""
+    if result.delta is not None:
+        suffix = "%" if result.delta_kind == "relative" else ""
+        kind = {"absolute": "reported, absolute", "relative": "reported, relative",
+                "unknown": "reported; absolute or relative not stated"}.get(result.delta_kind or "unknown", "reported")
+        return f"{result.delta:+.4g}{suffix} ({kind})", "up" if result.delta > 0 else "down" if result.delta < 0 else ""
+    if result.before is not None and result.after is not None:
+        delta = result.after - result.before
+        return f"{delta:+.4g}", "up" if delta > 0 else "down" if delta < 0 else ""
+    return "—", ""
+
+
+def _results_table(recipe: Any) -> str:
+    esc = html.escape
+    if not recipe.results:
+        return "<h2>Reported results</h2><p class=muted>The recipe records no before/after scores from its sources.</p>"
+    rows = []
+    with_notes = any(result.note for result in recipe.results)
+    for result in recipe.results:
+        before = f"{result.before:g}" if result.before is not None else "not reported"
+        after = f"{result.after:g}" if result.after is not None else "not reported"
+        scores = "—" if result.before is None and result.after is None else f"{before} → {after}"
+        if result.after is None:
+            kind = "change only"
+        elif result.before is None:
+            kind = "after only"
+        else:
+            kind = "before → after"
+        change, tone = _change(result)
+        benchmark = esc(result.benchmark) + (f"<br><span class=muted>{esc(result.metric)}</span>" if result.metric else "")
+        rows.append(f"<tr class=result data-kind='{kind}'><td>{benchmark}</td><td>{esc(result.model or '')}</td>"
+                    f"<td class=num>{esc(scores)}</td><td class='num {tone}'>{esc(change)}</td>"
+                    f"<td>{esc(kind)}</td><td>{esc(result.where)}</td>" + (f"<td>{esc(result.note or '')}</td>" if with_notes else "") + "</tr>")
+    return ("<h2>Reported results</h2><p class=muted>As the sources print them. The model column says which checkpoints are "
+            "compared: some rows compare intermediate stages or ablations, not the base and the released model; "
+            "“after only” rows have no starting score, “change only” rows give just the difference.</p>"
+            "<table class=results><tr><th>benchmark</th><th>model / checkpoints</th><th>before → after</th><th>change</th>"
+            "<th>kind</th><th>source</th>" + ("<th>note</th>" if with_notes else "") + f"</tr>{''.join(rows)}</table>")
+
+
+def _contradictions(recipe: Any) -> str:
+    esc = html.escape
+    if not recipe.contradictions:
+        return "<h2>Contradictions between sources</h2><p class=muted>None recorded.</p>"
+    items = []
+    for item in recipe.contradictions:
+        about = ", ".join(f"<code>{esc(path)}</code>" for path in item.about)
+        sources = "".join(f"<li>{esc(source)}</li>" for source in item.sources)
+        items.append(f"<div class=contradiction><p class=about><strong>About</strong> {about}</p><ul class=claims>{sources}</ul>"
+                     f"<p class=resolution><strong>Resolved:</strong> {esc(item.choice)}</p></div>")
+    return "<h2>Contradictions between sources</h2>" + "".join(items)
 
 
 def recipe_page(recipe: Any, registry: Any) -> str:
     entries = recipe.canonical_provenance()
     esc = html.escape
+    base = recipe.base
     parts = [f"<p><a href=index.html>← catalogue</a></p><h1>{esc(recipe.title)}</h1>",
              f"<p><code>{esc(recipe.id)}</code> · {esc(recipe.organization)} · {esc(recipe.architecture_class())} · "
              f"{human_count(recipe.parameters)} parameters</p>",
-             f"<p>Source: <a href='{esc(recipe.source.url or '#')}'>{esc(recipe.source.title)}</a>"
+             f"<p>Source: <a href='{esc(_safe_url(recipe.source.url))}'>{esc(recipe.source.title)}</a>"
              + (f" (arXiv {esc(recipe.source.arxiv)})" if recipe.source.arxiv else "") + "</p>",
-             "<h2>LR schedule, stage by stage</h2>", _lr_svg(recipe), "<h2>Stages</h2>"]
-    for stage, fact in zip(recipe.stages, stage_facts(recipe, registry)):
-        parts.append(f"<h3 class=stage>{esc(stage.name)} <small>({esc(stage.kind.value)})</small></h3>")
+             f"<p>Starts from <code>{esc(base.model)}</code>" + (f" ({esc(base.checkpoint)})" if base.checkpoint else "")
+             + (f", {fmt_tokens(base.tokens_seen)} tokens seen" if base.tokens_seen else "") + f", context {base.context_length:,}.</p>"]
+    if base.schedule_before:
+        parts.append(f"<p class=muted>Pre-training schedule: {esc(base.schedule_before)}</p>")
+    parts += ["<h2>LR schedule, stage by stage</h2>", _lr_svg(recipe), _results_table(recipe), "<h2>Stages</h2>"]
+    for index, (stage, fact) in enumerate(zip(recipe.stages, stage_facts(recipe, registry))):
+        parts.append(f"<h3 class=stage>{index + 1}. {esc(stage.name)} <small>({esc(stage.kind.value)})</small></h3>")
+        if stage.description:
+            parts.append(f"<p class=stage-description>{esc(stage.description)}</p>")
         parts.append(f"<p>{fmt_tokens(fact['tokens'])} tokens × {stage.runs.count} run(s), context {stage.sequence_length:,}, "
-                     f"{esc(fact['schedule_text'])}; RoPE {esc(fact['rope'])}</p>")
-        rows = "".join(f"<tr><td>{esc(name)}</td><td><span class=bar style='width:{share * 300:.0f}px'></span> {share:.1%}</td></tr>"
+                     f"{esc(fact['schedule_text'])}; RoPE {esc(fact['rope'])}; starts from {esc(stage.init)}</p>")
+        if stage.advance_when:
+            parts.append(f"<p>Advances when: {esc(stage.advance_when)}</p>")
+        component_notes = {c.source: c.note for c in stage.mixture.components if c.note}
+        rows = "".join(f"<tr><td>{esc(name)}</td><td><span class=bar style='width:{share * 300:.0f}px'></span> {share:.1%}</td>"
+                       + (f"<td>{esc(component_notes.get(name) or '')}</td>" if component_notes else "") + "</tr>"
                        for name, share in fact["mixture"].items())
-        parts.append(f"<table class=mixture><tr><th>source</th><th>share</th></tr>{rows}</table>")
+        parts.append("<table class=mixture><tr><th>source</th><th>share</th>" + ("<th>note</th>" if component_notes else "")
+                     + f"</tr>{rows}</table>")
+        if stage.mixture.note:
+            parts.append(f"<p class='mixture-note muted'>Mixture: {esc(stage.mixture.note)}</p>")
+    if recipe.merges:
+        items = "".join(f"<li><code>{esc(m.name)}</code> ({esc(m.method)}" + (f", from {esc(', '.join(i.stage for i in m.inputs))}" if m.inputs else "")
+                        + ")" + (f": {esc(m.description)}" if m.description else "") + "</li>" for m in recipe.merges)
+        parts.append(f"<h2>Merges</h2><ul class=merges>{items}</ul>")
+    if recipe.inference is not None:
+        inference = recipe.inference
+        parts.append(f"<h2>At inference only (not trained)</h2><p>Context {inference.context_length:,}"
+                     + (f", RoPE {esc(inference.rope.describe())}" if inference.rope else "") + "."
+                     + (f" {esc(inference.note)}" if inference.note else "") + "</p>")
+    parts.append(_contradictions(recipe))
+    if recipe.notes:
+        parts.append(f"<h2>Notes</h2><p class=notes>{esc(recipe.notes)}</p>")
     rows = "".join(f"<tr><td><code>{esc(path)}</code></td><td class=mark-{entry.status}>{entry.status}</td>"
                    f"<td>{esc(' — '.join(x for x in (entry.cite, entry.note) if x))}</td></tr>" for path, entry in entries.items())
     parts.append(f"<h2>Citations</h2><table class=provenance><tr><th>field</th><th>status</th><th>source</th></tr>{rows}</table>")

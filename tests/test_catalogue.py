@@ -74,12 +74,42 @@ def test_docs_catalog_is_current() -> None:
 
 
 def test_static_site(tmp_path: Path) -> None:
+    """index.html and recipe pages: results, contradictions, notes, an LR plot with axes and labelled stages, all text escaped."""
     from midtrain.publish import build_site
 
     build_site(CATALOG, tmp_path / "site")
     index = (tmp_path / "site" / "index.html").read_text()
     assert index.count("<tr data-objectives=") == len(IDS) and "id=q" in index and "id=objective" in index
     page = (tmp_path / "site" / "olmo-2-1124-7b.html").read_text()
-    assert "<svg class=lr" in page and "dolmino-math" in page and "Table 13" in page and page.count("class=stage") == 1
+    assert "<svg class=lr" in page and "dolmino-math" in page and "Table 13" in page and page.count("<h3 class=stage>") == 1
     links = set(re.findall(r"href='([a-z0-9.\-]+\.html)'", index))
     assert links == {f"{i}.html" for i in IDS} and all((tmp_path / "site" / link).exists() for link in links)
+    olmo = CATALOG.get("olmo-2-1124-7b")
+    assert page.count("<tr class=result") == len(olmo.results) == 6 and page.count("<div class=contradiction>") == len(olmo.contradictions) == 2
+    assert "<p class=notes>" in page and page.count("<p class=stage-description>") == 1 and "class=resolution" in page
+    v3 = (tmp_path / "site" / "deepseek-v3.html").read_text()
+    assert v3.count("class=stage-label") == v3.count("class=stage-boundary") == v3.count("class=lr-stage") == 3
+    assert v3.count("class=y-tick") >= 3 and v3.count("class=\"x-tick") >= 4
+
+    # A stage whose LR cannot be known is drawn as unknown, not guessed; recipe text never becomes markup.
+    from midtrain.publish import recipe_page
+    from midtrain.schema.provenance import Contradiction
+    from midtrain.schema.recipe import Result
+
+    internlm = CATALOG.get("internlm2-7b")  # stage 1 is from_base; drop the base LR it starts from
+    unknown = recipe_page(internlm.model_copy(update={"base": internlm.base.model_copy(update={"lr_at_end": None})}), CATALOG.registry)
+    assert unknown.count("class=lr-unknown ") == 1 and unknown.count("class=lr-stage") == len(internlm.stages) - 1
+    assert "LR unknown" in unknown and unknown.count("class=stage-label") == len(internlm.stages)
+
+    evil = "<script>alert(1)</script>"
+    hostile = olmo.model_copy(update={
+        "notes": evil,
+        "source": olmo.source.model_copy(update={"url": "javascript:alert(1)", "title": "<img src=x onerror=alert(1)>"}),
+        "stages": [olmo.stages[0].model_copy(update={"description": evil})],
+        "results": [Result(benchmark=evil, before=1, after=2, where="<b>x</b>", note="' onmouseover='alert(1)")],
+        "contradictions": [Contradiction(about=["<i>"], sources=[evil, "b"], choice="<svg onload=alert(1)>")],
+    })
+    page = recipe_page(hostile, CATALOG.registry)
+    for markup in ("<script>alert", "<img src", "<svg onload", "<b>x", "<i>", "javascript:", "' onmouseover"):
+        assert markup not in page, markup
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 4  # notes, stage description, result, contradiction
