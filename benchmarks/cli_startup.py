@@ -1,11 +1,14 @@
 """Startup time of the browsing CLI against the bare imports it cannot avoid.
 
-Times `midtrain list` and `python -c "import typer, rich, pydantic"` alternately in one run (the
-machine is shared and noisy, so only the ratio of medians means anything) and prints the ratio.
+Times `midtrain list` and `python -c "import typer, rich, pydantic"` alternately (A B A B ...,
+--repeats rounds, each round timing each command --per-round times and taking the mean), forms one
+ratio per round and prints the MEDIAN ratio and its min–max spread (benchmarks/_timing.py).
 Goal: ratio <= 2.0. Also checks that the browsing path imports none of torch, transformers,
 datasets or dvc.
 
-    python benchmarks/cli_startup.py [--repeats 15] [--json]
+    python benchmarks/cli_startup.py [--repeats 5] [--per-round 4] [--json]
+
+The last line is JSON: {"ratio_vs_bare_imports", "ratio_spread": [min, max], ...}.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import add_repeats_argument, alternate, median, noise_note, paired_ratio  # noqa: E402
 
 HEAVY = ("torch", "transformers", "datasets", "dvc")
 
@@ -42,35 +47,43 @@ def heavy_imports(python: str, env: dict[str, str]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--json", action="store_true", help="print one JSON line at the end")
+    add_repeats_argument(parser)
+    parser.add_argument("--per-round", type=int, default=4, help="invocations of each command per round (their mean is the round's time)")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
     python = sys.executable
     midtrain = str(Path(python).with_name("midtrain"))
     env = dict(os.environ, COLUMNS="120")
     list_cmd = [midtrain, "list"] if Path(midtrain).exists() else [python, "-m", "midtrain.cli", "list"]
     base_cmd = [python, "-c", "import typer, rich, pydantic"]
-    timed(list_cmd, env)  # warm the parse cache and the OS file cache
-    timed(base_cmd, env)
-    list_times, base_times = [], []
-    for _ in range(args.repeats):
-        list_times.append(timed(list_cmd, env))
-        base_times.append(timed(base_cmd, env))
-    list_median = statistics.median(list_times)
-    base_median = statistics.median(base_times)
+    per_round = max(1, args.per_round)
+
+    def program(cmd: list[str]):  # type: ignore[no-untyped-def]
+        return lambda: sum(timed(cmd, env) for _ in range(per_round)) / per_round
+
+    # one discarded round warms the bytecode and the OS file caches for both commands
+    times = alternate({"midtrain list": program(list_cmd), "bare imports": program(base_cmd)}, args.repeats,
+                      warmup_rounds=1, progress=not args.json)
+    ratio = paired_ratio(times["midtrain list"], times["bare imports"])
     heavy = heavy_imports(python, env)
     result = {
-        "midtrain_list_s": round(list_median, 4),
-        "import_typer_rich_pydantic_s": round(base_median, 4),
-        "ratio": round(list_median / base_median, 3),
+        "ratio_vs_bare_imports": round(ratio.median, 3),
+        "ratio_spread": ratio.spread(),
+        "ratios": [round(v, 3) for v in ratio.values],
+        "midtrain_list_s": round(median(times["midtrain list"]), 4),
+        "import_typer_rich_pydantic_s": round(median(times["bare imports"]), 4),
         "goal": 2.0,
         "heavy_imports": heavy,
         "repeats": args.repeats,
+        "per_round": per_round,
     }
     if not args.json:
-        print(f"midtrain list                         median {list_median * 1000:7.1f} ms")
-        print(f"python -c 'import typer,rich,pydantic' median {base_median * 1000:7.1f} ms")
-        print(f"ratio {result['ratio']:.2f} (goal <= 2.0); heavy imports on the browsing path: {heavy or 'none'}")
+        print(f"midtrain list                          median {result['midtrain_list_s'] * 1000:7.1f} ms")
+        print(f"python -c 'import typer,rich,pydantic'  median {result['import_typer_rich_pydantic_s'] * 1000:7.1f} ms")
+        print(f"ratio {ratio.text()} (goal <= 2.0); heavy imports on the browsing path: {heavy or 'none'}")
+        note = noise_note(ratio)
+        if note:
+            print(note)
     print(json.dumps(result))
 
 

@@ -7,7 +7,12 @@
    the registry's tiny Llama stand-in). Goal: >= 50x.
 3. peak RSS of a child process that decontaminates and packs 100 MB of text. Goal: < 1 GiB.
 
-    python benchmarks/data_throughput.py [--data DIR] [--json]
+Comparisons 1 and 2 alternate their two programs (A B A B ..., --repeats rounds) and report the
+MEDIAN of the per-round ratios and their min–max spread (benchmarks/_timing.py).
+
+    python benchmarks/data_throughput.py [--data DIR] [--repeats 5] [--mb 20] [--json]
+
+The last line is JSON: {"ratio_vs_encode_batch", "ratio_spread": [min, max], "sampler_vs_trainer", ...}.
 
 DIR is a `midtrain data prepare --scale tiny` output (made in a cache directory when absent).
 """
@@ -26,6 +31,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import Ratio, add_repeats_argument, alternate, median, noise_note, paired_ratio  # noqa: E402
 
 
 def ensure_data(directory: Path | None) -> Path:
@@ -51,53 +58,64 @@ def corpus_texts(data: Path, limit_chars: float) -> list[str]:
     return texts
 
 
-def bench_packing(data: Path) -> dict[str, float]:
+def bench_packing(data: Path, repeats: int, megabytes: float = 20, progress: bool = True) -> tuple[dict[str, float], Ratio]:
     from midtrain.data.packing import pack_stream
     from midtrain.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(data / "tokenizer")
-    texts = corpus_texts(data, 20e6)
+    texts = corpus_texts(data, megabytes * 1e6)
     chars = sum(len(t) for t in texts)
-    raw_times, ours_times = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(2):  # alternate to share the machine's noise
+
+        def raw() -> float:
             start = time.perf_counter()
             for i in range(0, len(texts), 512):
                 tokenizer.tokenizer.encode_batch(texts[i : i + 512], add_special_tokens=False)
-            raw_times.append(time.perf_counter() - start)
+            return time.perf_counter() - start
+
+        def ours() -> float:
             start = time.perf_counter()
             pack_stream(iter(texts), tokenizer, Path(tmp), "bench")
-            ours_times.append(time.perf_counter() - start)
-    raw, ours = min(raw_times), min(ours_times)
-    return {"mb": chars / 1e6, "raw_encode_batch_mb_s": chars / 1e6 / raw, "pack_mb_s": chars / 1e6 / ours, "ratio_vs_encode_batch": raw / ours}
+            return time.perf_counter() - start
+
+        # warm both paths on a slice (tokenizer caches, numpy, the file system) before measuring
+        tokenizer.tokenizer.encode_batch(texts[:512], add_special_tokens=False)
+        pack_stream(iter(texts[:512]), tokenizer, Path(tmp), "warm")
+        seconds = alternate({"raw encode_batch": raw, "pack_stream": ours}, repeats, progress=progress)
+    ratio = paired_ratio(seconds["raw encode_batch"], seconds["pack_stream"])  # throughput ours / raw
+    return ({"mb": chars / 1e6, "raw_encode_batch_mb_s": chars / 1e6 / median(seconds["raw encode_batch"]),
+             "pack_mb_s": chars / 1e6 / median(seconds["pack_stream"])}, ratio)
 
 
-def trainer_sequences_per_s(sequence_length: int, batch: int) -> float:
-    """Training consumption at tiny scale: forward + backward of the tiny Llama stand-in."""
+def tiny_trainer(sequence_length: int, batch: int, threads: int):  # type: ignore[no-untyped-def]
+    """One forward + backward + AdamW step of the tiny Llama stand-in, as a callable returning seconds."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from midtrain.catalog import load_catalog
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(threads)
     dims = load_catalog(REPO).registry.models["llama-3.1-405b"].tiny
     config = LlamaConfig(vocab_size=2048, max_position_embeddings=4096, **dims.model_dump())
     model = LlamaForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     ids = torch.randint(0, 2048, (batch, sequence_length + 1))
-    times = []
-    for step in range(6):
+
+    def step() -> float:
         start = time.perf_counter()
         loss = model(input_ids=ids[:, :-1], labels=ids[:, 1:]).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-        if step:
-            times.append(time.perf_counter() - start)
-    return batch / (sum(times) / len(times))
+        return time.perf_counter() - start
+
+    for _ in range(2):  # warm-up steps, discarded
+        step()
+    return step
 
 
-def bench_sampler(data: Path, sequence_length: int = 128, batch: int = 32) -> dict[str, float]:
+def bench_sampler(data: Path, repeats: int, sequence_length: int = 128, batch: int = 32,
+                  progress: bool = True) -> tuple[dict[str, float], Ratio]:
     from midtrain.data.mixture import MixtureSampler, gather
     from midtrain.data.packing import open_shard, read_manifest
 
@@ -106,14 +124,23 @@ def bench_sampler(data: Path, sequence_length: int = 128, batch: int = 32) -> di
     shards = {n: open_shard(data / "shards", e) for n, e in streams.items()}
     sampler = MixtureSampler({n: e["tokens"] for n, e in streams.items()},
                              {"prose.train": 0.5, "code.train": 0.2, "math.train": 0.3}, sequence_length, batch, seed=0)
-    steps = 400
-    start = time.perf_counter()
-    for step in range(steps):
-        gather(shards, sampler.batch(step), sequence_length)
-    elapsed = time.perf_counter() - start
-    sampler_rate = steps * batch / elapsed
-    consumed = trainer_sequences_per_s(sequence_length, batch)
-    return {"sampler_sequences_per_s": sampler_rate, "trainer_sequences_per_s": consumed, "sampler_vs_trainer": sampler_rate / consumed}
+    train_step = tiny_trainer(sequence_length, batch, max(1, os.cpu_count() or 1))
+    sampler_steps, trainer_steps = 400, 4
+    offset = [0]
+
+    def sampler_rate() -> float:
+        start = time.perf_counter()
+        for step in range(offset[0], offset[0] + sampler_steps):
+            gather(shards, sampler.batch(step), sequence_length)
+        offset[0] += sampler_steps
+        return sampler_steps * batch / (time.perf_counter() - start)
+
+    def trainer_rate() -> float:
+        return trainer_steps * batch / sum(train_step() for _ in range(trainer_steps))
+
+    rates = alternate({"sampler": sampler_rate, "tiny trainer": trainer_rate}, repeats, progress=progress)
+    ratio = paired_ratio(rates["sampler"], rates["tiny trainer"])
+    return {"sampler_sequences_per_s": median(rates["sampler"]), "trainer_sequences_per_s": median(rates["tiny trainer"])}, ratio
 
 
 CHILD = """
@@ -161,29 +188,40 @@ def bench_rss(data: Path, megabytes: int = 100) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--json", action="store_true")
+    add_repeats_argument(parser)
+    parser.add_argument("--mb", type=float, default=20, help="MB of text tokenized and packed per round (default 20)")
+    parser.add_argument("--rss-mb", type=int, default=100, help="MB of text the peak-RSS child prepares (default 100)")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
     data = ensure_data(args.data)
-    packing = bench_packing(data)
-    sampler = bench_sampler(data)
-    rss = bench_rss(data)
+    packing, pack_ratio = bench_packing(data, args.repeats, args.mb, progress=not args.json)
+    sampler, sampler_ratio = bench_sampler(data, args.repeats, progress=not args.json)
+    rss = bench_rss(data, args.rss_mb)
     result = {
-        "ratio_vs_encode_batch": round(packing["ratio_vs_encode_batch"], 3),
-        "sampler_sequences_per_s": round(sampler["sampler_sequences_per_s"], 1),
-        "sampler_vs_trainer": round(sampler["sampler_vs_trainer"], 1),
+        "ratio_vs_encode_batch": round(pack_ratio.median, 3),
+        "ratio_spread": pack_ratio.spread(),
+        "ratios": [round(v, 3) for v in pack_ratio.values],
+        "sampler_vs_trainer": round(sampler_ratio.median, 1),
+        "sampler_vs_trainer_spread": sampler_ratio.spread(1),
         "peak_rss_mib": round(rss["peak_rss_mib"], 1),
         "pack_mb_s": round(packing["pack_mb_s"], 2),
         "raw_encode_batch_mb_s": round(packing["raw_encode_batch_mb_s"], 2),
+        "packed_mb": round(packing["mb"], 1),
+        "sampler_sequences_per_s": round(sampler["sampler_sequences_per_s"], 1),
         "trainer_sequences_per_s": round(sampler["trainer_sequences_per_s"], 1),
         "rss_test_mb": rss["prepared_mb"],
         "rss_test_seconds": round(rss["seconds"], 1),
+        "repeats": args.repeats,
     }
     if not args.json:
-        print(f"tokenize+pack {packing['pack_mb_s']:.2f} MB/s vs raw encode_batch {packing['raw_encode_batch_mb_s']:.2f} MB/s: "
-              f"ratio {packing['ratio_vs_encode_batch']:.2f} (goal >= 0.8)")
+        print(f"tokenize+pack {packing['pack_mb_s']:.2f} MB/s vs raw encode_batch {packing['raw_encode_batch_mb_s']:.2f} MB/s "
+              f"(medians, {packing['mb']:.0f} MB each round): ratio {pack_ratio.text()} (goal >= 0.8)")
         print(f"sampler {sampler['sampler_sequences_per_s']:,.0f} seq/s vs tiny trainer {sampler['trainer_sequences_per_s']:,.1f} seq/s: "
-              f"{sampler['sampler_vs_trainer']:,.0f}x (goal >= 50x)")
+              f"{sampler_ratio.text(0, 'x')} (goal >= 50x)")
         print(f"peak RSS preparing {rss['prepared_mb']} MB: {rss['peak_rss_mib']:.0f} MiB (goal < 1024) in {rss['seconds']:.0f}s")
+        note = noise_note(pack_ratio)
+        if note:
+            print(note)
     print(json.dumps(result))
 
 

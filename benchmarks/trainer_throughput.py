@@ -1,22 +1,36 @@
 """Trainer throughput: midtrain's loop vs a minimal raw PyTorch loop vs Hugging Face `Trainer`.
 
-All three train the same model (the registry's tiny Llama stand-in, or --hidden/--layers), from
-the same initial weights, on the same token windows, with the same global batch, micro-batch and
-AdamW settings, one after the other in this process. Each is timed over its optimizer steps after
-the first (which pays one-off costs). Also reported: MFU against the fp32 matmul peak measured in
-this run, and the peak RSS of the process.
+All three train the same model (the registry's tiny Llama stand-in), from the same initial weights,
+on windows drawn by the same mixture sampler, with the same global batch, micro-batch and AdamW
+settings, in this one process, one program at a time, with torch's threads pinned to --threads.
 
-    python benchmarks/trainer_throughput.py [--steps 40] [--json]
+What is measured is the steady-state time per optimizer step: each run first takes --warmup
+optimizer steps that are not counted (allocation, first-touch, lazy init), then --steps measured
+ones. For the raw loop and HF `Trainer` the clock runs from the end of the last warm-up step to
+the end of the last step. midtrain's trainer is timed only around its public entry point,
+`midtrain.train.loop.train(spec)`: it runs once for W = --warmup steps and once for W + --steps,
+each in a fresh output directory, and the difference of the two wall times, divided by --steps,
+is its time per step (set-up, the final checkpoint and model save cancel out; per-step logging
+and checkpoint-free bookkeeping stay in, as they should).
 
-The last line is JSON: {"ratio_vs_raw_loop", "ratio_vs_hf_trainer", "mfu", "peak_rss_mib", ...}.
-Goal: ratio_vs_raw_loop >= 0.95.
+The programs alternate (raw, midtrain, HF, matmul peak; --repeats rounds, default 5); each round
+gives one ratio per comparison and the report is the MEDIAN ratio with its min–max spread
+(benchmarks/_timing.py). MFU is midtrain's throughput against the fp32 matmul peak measured in the
+same round.
+
+    python benchmarks/trainer_throughput.py [--steps 24] [--warmup 3] [--repeats 5] [--threads N] [--json]
+
+The last line is JSON: {"ratio_vs_raw_loop", "ratio_spread": [min, max], "ratio_vs_hf_trainer",
+"ratio_vs_hf_trainer_spread", "mfu", "mfu_spread", "peak_rss_mib", ...}. Goal: ratio_vs_raw_loop >= 0.95.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -24,6 +38,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import Ratio, add_repeats_argument, alternate, median, noise_note, paired_ratio  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -48,50 +64,69 @@ def matmul_peak_flops(size: int = 1024, repeats: int = 20) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=24, help="measured steady-state optimizer steps per run (default 24)")
+    parser.add_argument("--warmup", type=int, default=3, help="optimizer steps run first in every run and not measured (default 3)")
+    add_repeats_argument(parser)
+    parser.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1), help="torch threads (default: all cores)")
     parser.add_argument("--data", type=Path, default=None, help="a tiny `midtrain data prepare` directory")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--micro", type=int, default=16)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
+    if args.steps < 1 or args.warmup < 1:
+        parser.error("--steps and --warmup must be at least 1")
+    warmup, steps, threads = args.warmup, args.steps, args.threads
+    total_steps = warmup + steps
 
+    os.environ["MIDTRAIN_THREADS"] = str(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    threads = max(1, os.cpu_count() or 1)
-    torch.set_num_threads(threads)
-    os.environ["MIDTRAIN_THREADS"] = str(threads)
-    from data_throughput import ensure_data  # noqa: E402  (same folder)
+    def pin() -> None:
+        torch.set_num_threads(threads)
+
+    pin()
+    from data_throughput import ensure_data  # same folder
 
     from midtrain.catalog import load_catalog
-    from midtrain.data.mixture import gather
+    from midtrain.data.mixture import MixtureSampler, gather
+    from midtrain.data.packing import open_shard, read_manifest
     from midtrain.train.config import RunSpec
-    from midtrain.train.loop import Trainer, _sampler
+    from midtrain.train.loop import train
     from midtrain.train.model import load_model
     from midtrain.train.optim import build_optimizer
 
     data = ensure_data(args.data)
     dims = load_catalog(REPO).registry.models["llama-3.1-405b"].tiny.model_dump()
-    vocab = json.loads((data / "shards" / "manifest.json").read_text())["tokenizer"]["vocab_size"]
+    manifest = read_manifest(data / "shards")
+    vocab = manifest["tokenizer"]["vocab_size"]
     tmp = Path(tempfile.mkdtemp(prefix="midtrain-bench-"))
-    spec = RunSpec.model_validate({
+    streams = {"prose.train": 0.8, "code.train": 0.15, "math.train": 0.05}
+    base_spec = {
         "name": "bench", "out": str(tmp / "midtrain"), "tokenizer": str(data / "tokenizer"), "data": str(data),
         "init": {"family": "llama", "dims": dims, "vocab_size": vocab, "max_position_embeddings": args.seq_len},
-        "streams": {"prose.train": 0.8, "code.train": 0.15, "math.train": 0.05},
-        "sequence_length": args.seq_len, "global_batch": args.batch, "micro_batch": args.micro, "steps": args.steps,
-        "schedule": {"type": "constant", "lr": 1e-3}, "checkpoint_every": 10 * args.steps, "threads": threads,
-    })
-    sampler, shards, _ = _sampler(spec)
-    windows = [torch.from_numpy(gather(shards, sampler.batch(s), args.seq_len)) for s in range(args.steps)]
+        "streams": streams, "sequence_length": args.seq_len, "global_batch": args.batch, "micro_batch": args.micro,
+        "steps": total_steps, "schedule": {"type": "constant", "lr": 1e-3}, "checkpoint_every": 10 * total_steps,
+        "threads": threads,
+    }
+    spec = RunSpec.model_validate(base_spec)
+    # the windows midtrain's sampler draws: same manifest, shares, batch and data seed
+    sampler = MixtureSampler({n: manifest["streams"][n]["tokens"] for n in streams}, streams, args.seq_len, args.batch,
+                             seed=spec.data_seed)
+    shards = {n: open_shard(data / "shards", manifest["streams"][n]) for n in streams}
+    windows = [torch.from_numpy(gather(shards, sampler.batch(s), args.seq_len)) for s in range(total_steps)]
     tokens_per_step = args.batch * args.seq_len
+    parameters = sum(p.numel() for p in load_model(spec).parameters())
+    runs = [0]
 
-    def raw_loop() -> tuple[float, int]:
-        """1. a minimal raw PyTorch loop over pre-gathered windows."""
+    def raw_loop() -> float:
+        """1. a minimal raw PyTorch loop over pre-gathered windows: seconds per steady-state step."""
+        pin()
         model = load_model(spec)
         optimizer = build_optimizer(model, spec.optimizer, lr=1e-3)
-        seconds = 0.0
-        for step, batch in enumerate(windows):
-            start = time.perf_counter()
+        marks = []
+        for batch in windows:
             for chunk in batch.split(args.micro):
                 logits = model(input_ids=chunk[:, :-1]).logits
                 loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum")
@@ -99,27 +134,32 @@ def main() -> None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if step:
-                seconds += time.perf_counter() - start
-        return tokens_per_step * (args.steps - 1) / seconds, sum(p.numel() for p in model.parameters())
+            marks.append(time.perf_counter())
+        return (marks[-1] - marks[warmup - 1]) / steps
+
+    def midtrain_run(n: int) -> float:
+        """Wall time of one `train(spec)` call of n steps in a fresh output directory."""
+        pin()
+        runs[0] += 1
+        out = tmp / f"midtrain-{runs[0]}"
+        run_spec = RunSpec.model_validate({**base_spec, "out": str(out), "steps": n})
+        start = time.perf_counter()
+        summary = train(run_spec, resume=False, progress=False)
+        seconds = time.perf_counter() - start
+        if summary.get("steps", n) != n:
+            raise SystemExit(f"midtrain's trainer ran {summary.get('steps')} steps, expected {n}")
+        shutil.rmtree(out, ignore_errors=True)
+        return seconds
 
     def ours() -> float:
-        """2. midtrain's trainer: sampler, gather, schedule, clipping, dvclive logging every step."""
-        trainer = Trainer(spec, progress=False)
-        trainer.fit(resume=False)
-        return tokens_per_step * trainer.loop_steps / trainer.loop_seconds
-
-    # Alternate twice and keep each one's best, so drift in the machine's load hits both alike.
-    raw_runs, ours_runs = [], []
-    for _ in range(2):
-        tps, parameters = raw_loop()
-        raw_runs.append(tps)
-        ours_runs.append(ours())
-    raw_tps, ours_tps = max(raw_runs), max(ours_runs)
+        """2. midtrain's trainer (sampler, gather, schedule, clipping, dvclive logging every step)."""
+        short = midtrain_run(warmup)
+        long = midtrain_run(total_steps)
+        return (long - short) / steps
 
     # 3. Hugging Face Trainer on the same windows
     from transformers import Trainer as HFTrainer
-    from transformers import TrainingArguments
+    from transformers import TrainerCallback, TrainingArguments
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -141,48 +181,80 @@ def main() -> None:
             loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), inputs["labels"].reshape(-1))
             return (loss, logits) if return_outputs else loss
 
-    step_times: list[float] = []
-    from transformers import TrainerCallback
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, *a, **k):  # type: ignore[no-untyped-def]
-            self.start = time.perf_counter()
+    class Marks(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: list[float] = []
 
         def on_step_end(self, *a, **k):  # type: ignore[no-untyped-def]
-            step_times.append(time.perf_counter() - self.start)
+            self.marks.append(time.perf_counter())
 
-    hf_model = load_model(spec)
-    arguments = TrainingArguments(
-        output_dir=str(tmp / "hf"), per_device_train_batch_size=args.micro, gradient_accumulation_steps=args.batch // args.micro,
-        max_steps=args.steps, learning_rate=1e-3, lr_scheduler_type="constant", adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1,
-        max_grad_norm=1.0, logging_strategy="no", save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=True,
-        dataloader_num_workers=0, seed=0,
-    )
-    ShiftedTrainer(model=hf_model, args=arguments, train_dataset=Windows(), data_collator=collate, callbacks=[Timer()]).train()
-    hf_tps = tokens_per_step * (len(step_times) - 1) / sum(step_times[1:])
+    def hf_trainer() -> float:
+        pin()
+        hf_model = load_model(spec)
+        arguments = TrainingArguments(
+            output_dir=str(tmp / "hf"), per_device_train_batch_size=args.micro, gradient_accumulation_steps=args.batch // args.micro,
+            max_steps=total_steps, learning_rate=1e-3, lr_scheduler_type="constant", adam_beta1=0.9, adam_beta2=0.95,
+            weight_decay=0.1, max_grad_norm=1.0, logging_strategy="no", save_strategy="no", report_to=[], disable_tqdm=True,
+            use_cpu=True, dataloader_num_workers=0, seed=0,
+        )
+        marks = Marks()
+        trainer = ShiftedTrainer(model=hf_model, args=arguments, train_dataset=Windows(), data_collator=collate, callbacks=[marks])
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # its end-of-training metrics line
+            trainer.train()
+        if len(marks.marks) != total_steps:
+            raise SystemExit(f"HF Trainer ran {len(marks.marks)} steps, expected {total_steps}")
+        return (marks.marks[-1] - marks.marks[warmup - 1]) / steps
 
-    config = hf_model.config
+    def peak() -> float:
+        pin()
+        return matmul_peak_flops()
+
+    midtrain_run(1)  # once, not measured: the trainer's first call imports and initialises what later calls reuse
+    progress = not args.json
+    if progress:
+        print(f"{parameters / 1e6:.2f}M parameters, batch {args.batch}×{args.seq_len} (micro {args.micro}), {threads} threads; "
+              f"{warmup} warm-up + {steps} measured steps per run, {args.repeats} alternated rounds", file=sys.stderr, flush=True)
+    seconds = alternate({"raw loop": raw_loop, "midtrain": ours, "hf trainer": hf_trainer, "matmul peak": peak}, args.repeats,
+                        progress=progress)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if torch.get_num_threads() != threads:
+        print(f"warning: torch ended with {torch.get_num_threads()} threads, not {threads}", file=sys.stderr)
+
+    vs_raw = paired_ratio(seconds["raw loop"], seconds["midtrain"])  # time raw / time ours = throughput ours / raw
+    vs_hf = paired_ratio(seconds["hf trainer"], seconds["midtrain"])
+    config = load_model(spec).config
     flops_per_token = 6 * parameters + 12 * config.num_hidden_layers * config.hidden_size * args.seq_len
-    peak = matmul_peak_flops()
+    mfu = Ratio(tuple(tokens_per_step / s * flops_per_token / p for s, p in zip(seconds["midtrain"], seconds["matmul peak"])))
+    tps = {name: tokens_per_step / median(seconds[name]) for name in ("midtrain", "raw loop", "hf trainer")}
     result = {
-        "ratio_vs_raw_loop": round(ours_tps / raw_tps, 3),
-        "ratio_vs_hf_trainer": round(ours_tps / hf_tps, 3),
-        "mfu": round(ours_tps * flops_per_token / peak, 4),
+        "ratio_vs_raw_loop": round(vs_raw.median, 3),
+        "ratio_spread": vs_raw.spread(),
+        "ratios": [round(v, 3) for v in vs_raw.values],
+        "ratio_vs_hf_trainer": round(vs_hf.median, 3),
+        "ratio_vs_hf_trainer_spread": vs_hf.spread(),
+        "mfu": round(mfu.median, 4),
+        "mfu_spread": mfu.spread(4),
         "peak_rss_mib": round(peak_rss_mib(), 1),
-        "tokens_per_s": {"midtrain": round(ours_tps), "raw_loop": round(raw_tps), "hf_trainer": round(hf_tps)},
+        "tokens_per_s": {"midtrain": round(tps["midtrain"]), "raw_loop": round(tps["raw loop"]), "hf_trainer": round(tps["hf trainer"])},
+        "seconds_per_step": {name.replace(" ", "_"): round(median(values), 4) for name, values in seconds.items() if name != "matmul peak"},
         "parameters": parameters,
-        "matmul_peak_gflops": round(peak / 1e9, 1),
-        "steps": args.steps, "threads": threads,
+        "matmul_peak_gflops": round(median(seconds["matmul peak"]) / 1e9, 1),
+        "steps": steps, "warmup": warmup, "repeats": args.repeats, "threads": threads,
     }
     if not args.json:
-        print(f"model {parameters / 1e6:.2f}M parameters, batch {args.batch}×{args.seq_len}, {threads} threads")
+        print(f"model {parameters / 1e6:.2f}M parameters, batch {args.batch}×{args.seq_len}, {threads} threads; "
+              f"median steady-state throughput over {args.repeats} rounds:")
         for name, value in result["tokens_per_s"].items():
             print(f"  {name:<11} {value:>9,} tokens/s")
-        print(f"midtrain vs raw loop {result['ratio_vs_raw_loop']:.3f} (goal >= 0.95); vs HF Trainer {result['ratio_vs_hf_trainer']:.3f}")
-        print(f"MFU {result['mfu']:.1%} of a {result['matmul_peak_gflops']} GFLOP/s fp32 matmul peak; peak RSS {result['peak_rss_mib']:.0f} MiB")
+        print(f"midtrain vs raw loop {vs_raw.text(3)} (goal >= 0.95)")
+        print(f"midtrain vs HF Trainer {vs_hf.text(3)}")
+        print(f"MFU {mfu.median:.1%} (spread {mfu.low:.1%}–{mfu.high:.1%}) of a {result['matmul_peak_gflops']} GFLOP/s fp32 matmul peak; "
+              f"peak RSS {result['peak_rss_mib']:.0f} MiB")
+        note = noise_note(vs_raw, vs_hf)
+        if note:
+            print(note)
     print(json.dumps(result))
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

@@ -10,7 +10,6 @@ import difflib
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -110,14 +109,13 @@ class _ParseCache:
     def save(self) -> None:
         if not self.dirty:
             return
+        from midtrain.io import atomic_writer
+
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             payload = json.dumps({"version": _code_stamp(), "files": self.entries})
-            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".parsed-")
-            with os.fdopen(fd, "w") as handle:
+            with atomic_writer(self.path) as handle:
                 handle.write(payload)
-            os.replace(tmp, self.path)
-        except OSError:
+        except (OSError, MidtrainError):  # atomic_writer reports a disk error as a MidtrainError
             pass  # a cache we cannot write only costs speed
         self.dirty = False
 
@@ -325,11 +323,15 @@ def _load_catalog_cached(root_text: str) -> Catalog:
             if entry is not None:
                 from midtrain.summary import list_row
 
-                entry["row"] = list_row(recipe)
-                cache.dirty = True
-    cache.entries["registry-files"] = sorted(str(p) for paths in registry_files(root).values() for p in paths)
-    cache.dirty = True
-    cache.save()
+                row = list_row(recipe)
+                if entry.get("row") != row:
+                    entry["row"] = row
+                    cache.dirty = True
+    names = sorted(str(p) for paths in registry_files(root).values() for p in paths)
+    if cache.entries.get("registry-files") != names:
+        cache.entries["registry-files"] = names
+        cache.dirty = True
+    cache.save()  # only when something changed: an unchanged catalogue is not rewritten on every command
     if problems:
         raise MidtrainError(problems)
     return catalog
@@ -366,15 +368,7 @@ def cached_list_rows(root: Path | None = None) -> list[dict[str, Any]] | None:
     return rows
 
 
-def load_registry(root: Path | None = None) -> LoadedRegistry:
-    root = (root or find_root()).resolve()
-    cache = _ParseCache(root)
-    loaded = _load_registry(root, cache)
-    cache.save()
-    return loaded
-
-
-def _split_registry_files(files: list[Path], root: Path) -> tuple[list[Path], list[Path]]:
+def split_registry_files(files: list[Path], root: Path) -> tuple[list[Path], list[Path]]:
     """Recipe files, and the project roots of the registry files among `files` (registry/*.yaml or
     registry/<kind>/*.yaml): those are validated as registry entries, never as recipes."""
     recipes: list[Path] = []
@@ -414,7 +408,7 @@ def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[An
         else:
             files.append(path)
     files = list({_file_key(path): path for path in reversed(files)}.values())[::-1]  # each file once, first mention kept
-    files, registry_roots = _split_registry_files(files, root)
+    files, registry_roots = split_registry_files(files, root)
     for other_root in registry_roots:  # registry files are recognised by where they live and checked as registry files
         if other_root != root:
             try:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from midtrain.errors import MidtrainError
-from midtrain.io import write_json
+from midtrain.io import file_sha256, write_json
 
 from midtrain.plan.contract import Layout, read_plan_file, write_plan
 from midtrain.plan.request import PARAMS, PlanRequest, read_params, write_params  # noqa: F401  (re-exported)
@@ -113,8 +113,6 @@ def fetch_pretrained(ref: str, revision: str | None, root: Path) -> Path:
 
 def _weights_fingerprint(model_dir: Path) -> str:
     """Identity of a model directory written by a stage: the sha256 of its weight files."""
-    from midtrain.data.packing import file_sha256
-
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:
         raise MidtrainError.single("model directory has no weights (did its stage finish?)", file=model_dir)
@@ -183,13 +181,40 @@ def stage_evaluate(root: Path, plan_dir: Path, out: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- children
 
 
-def run_child(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> int:
+# DVC's notices that a midtrain user can do nothing about (they go to logs/dvc.log instead)
+DVC_NOISE = ("No file hash info found for", "To track the changes with git, run", "dvc config core.autostage true",
+             "To enable auto staging, run", "Use `dvc push` to send your updates", "\tgit add ")
+
+
+def _relay(stream: Any, log: Path) -> None:
+    """Copy a child's output to stdout line by line, leaving DVC's notices in `log`."""
+    import sys
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as kept:
+        for line in iter(stream.readline, ""):
+            if any(noise in line for noise in DVC_NOISE):
+                kept.write(line)
+            else:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+
+
+def run_child(command: list[str], cwd: Path, env: dict[str, str] | None = None, quiet_log: Path | None = None) -> int:
     """Run a child (dvc, a training run, torchrun) in its own process group and wait for it.
     SIGINT and SIGTERM received meanwhile are forwarded to the whole group, and the child is waited
-    for, so no grandchild (a dvc stage, a torchrun rank) is left writing after we exit."""
+    for, so no grandchild (a dvc stage, a torchrun rank) is left writing after we exit. With
+    `quiet_log`, the child's output is relayed without DVC's notices (kept in that file)."""
     import signal
+    import threading
 
-    process = subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True)
+    pipe = subprocess.PIPE if quiet_log is not None else None
+    process = subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True, stdout=pipe,
+                               stderr=subprocess.STDOUT if pipe else None, text=True)
+    relay = None
+    if quiet_log is not None:
+        relay = threading.Thread(target=_relay, args=(process.stdout, quiet_log), daemon=True)
+        relay.start()
     received: list[int] = []
 
     def forward(signum: int, _frame: Any) -> None:
@@ -202,6 +227,8 @@ def run_child(command: list[str], cwd: Path, env: dict[str, str] | None = None) 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         status = process.wait()
+        if relay is not None:
+            relay.join(timeout=10)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -16,6 +16,12 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("MIDTRAIN_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# dvclive signals finished steps (for VS Code) in the DVC project it finds above the working
+# directory; two test workers training at once in this repository raced on that one file. Each
+# worker gets its own.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("DVC_ROOT", tempfile.mkdtemp(prefix="midtrain-test-dvcroot-"))
 
 REPO = Path(__file__).resolve().parent.parent
 

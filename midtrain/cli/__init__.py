@@ -1,72 +1,29 @@
-"""The `midtrain` command. Browsing commands import neither torch nor transformers nor datasets nor dvc."""
+"""The `midtrain` command. Browsing commands import neither torch nor transformers nor datasets nor dvc.
+
+Layout: `app.py` defines the root app and `guarded`; every command module defines its commands as
+plain functions and a `register(app)` that adds them. This module imports app.py, then the command
+modules, and registers them in the order `midtrain --help` lists them. No command module imports
+this package's `__init__` names, so there is no import cycle.
+"""
 
 from __future__ import annotations
 
-import typer
+from midtrain.cli import browse, catalog, data, run, train
+from midtrain.cli.app import app, guarded
 
-from midtrain import __version__
-from midtrain.errors import MidtrainError
+browse.register(app)  # list, show, search, diff, compare, validate, lint, schema, cp
+catalog.register(app)  # catalog markdown, catalog build
+run.register(app)  # plan, reproduce, compare-runs; stage plan, data, base, midtrain, evaluate, report
+train.register(app)  # train, merge
+data.register(app)  # data prepare, data inspect
 
-app = typer.Typer(
-    name="midtrain",
-    help=(
-        "Published LLM mid-training recipes as validated data: browse them, plan them at a scale, "
-        "reproduce them.\n\n"
-        "Start with [bold]midtrain list[/bold], then [bold]midtrain show ID[/bold]."
-    ),
-    rich_markup_mode="rich",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"midtrain {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-) -> None:
-    """Published LLM mid-training recipes as validated data."""
-
-
-def guarded(func):  # type: ignore[no-untyped-def]
-    """Command decorator: a MidtrainError or an OSError becomes a located message on stderr and exit status 2."""
-    import functools
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        try:
-            return func(*args, **kwargs)
-        except MidtrainError as exc:
-            typer.echo(f"error: {exc.render()}", err=True)
-            raise typer.Exit(2) from None
-        except OSError as exc:  # EACCES, EROFS, ENOSPC, EEXIST, EISDIR, ENOTDIR, ENAMETOOLONG, ...: the path and what to do
-            from midtrain.io import os_error
-
-            typer.echo(f"error: {os_error(exc).render()}", err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
-from midtrain.cli import browse  # noqa: E402,F401  (registers the browsing commands)
-from midtrain.cli import catalog, reproduce, train  # noqa: E402,F401  (catalog; plan, reproduce, stage; train, merge)
-from midtrain.cli.data import data_app  # noqa: E402
-
-app.add_typer(data_app, name="data")
+__all__ = ["app", "guarded", "main"]
 
 
 def main() -> None:
     """Console entry point."""
     app()
+
 
 if __name__ == "__main__":
     main()

@@ -7,13 +7,11 @@ from typing import Optional
 
 import typer
 
-from midtrain.cli import app, guarded
+from midtrain.cli.app import guarded
 
-catalog_app = typer.Typer(help="Publish the catalogue: docs/catalog.md and a static HTML site.", no_args_is_help=True)
-app.add_typer(catalog_app, name="catalog")
+HELP = "Publish the catalogue: docs/catalog.md and a static HTML site."
 
 
-@catalog_app.command("markdown")
 @guarded
 def markdown(out: Optional[Path] = typer.Option(None, "--out", help="Write here (default: print).")) -> None:
     """The catalogue as Markdown (docs/catalog.md is generated with this).
@@ -34,7 +32,6 @@ def markdown(out: Optional[Path] = typer.Option(None, "--out", help="Write here 
         typer.echo(f"wrote {out}")
 
 
-@catalog_app.command("build")
 @guarded
 def build(out: Path = typer.Argument(..., help="Output directory for the static site.")) -> None:
     """A static HTML catalogue: a searchable, filterable, sortable table and a page per recipe with its
@@ -49,3 +46,11 @@ def build(out: Path = typer.Argument(..., help="Output directory for the static 
 
     build_site(load_catalog(), out)
     typer.echo(f"wrote {out / 'index.html'}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `catalog` group (markdown, build) to `app`."""
+    catalog_app = typer.Typer(help=HELP, no_args_is_help=True)
+    catalog_app.command("markdown")(markdown)
+    catalog_app.command("build")(build)
+    app.add_typer(catalog_app, name="catalog")

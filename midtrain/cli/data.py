@@ -1,4 +1,4 @@
-"""`midtrain data prepare` and `midtrain data inspect`."""
+"""`midtrain data prepare` and `midtrain data inspect` (the work is in midtrain.data)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,12 @@ from typing import Any, Optional
 
 import typer
 
-from midtrain.cli import guarded
+from midtrain.cli.app import guarded
 from midtrain.errors import MidtrainError
 
-data_app = typer.Typer(
-    help="Build and look at the token data a recipe trains on: corpora, tokenizer, decontaminated packed shards.",
-    no_args_is_help=True,
-    rich_markup_mode="rich",
-)
+HELP = "Build and look at the token data a recipe trains on: corpora, tokenizer, decontaminated packed shards."
 
 
-@data_app.command()
 @guarded
 def prepare(
     out: Path = typer.Option(Path("data"), "--out", "-o", help="Output directory."),
@@ -60,69 +55,27 @@ def prepare(
         )
         manifest = prepare_tiny(options)
     else:
-        if recipe is None:
-            raise MidtrainError.single(f"--recipe is needed at scale {scale!r}: its sources and tokenizer are prepared")
-        from midtrain.data.prepare import prepare_sources
-
-        chosen = catalog.get(recipe)
-        names = sorted({c.source for s in chosen.stages for c in s.mixture.components})
-        model = catalog.registry.models[chosen.base.model]
-        if not model.hub_id:
-            raise MidtrainError.single(f"base model {chosen.base.model!r} has no hub id for its tokenizer")
-        manifest = prepare_sources(out, {n: catalog.registry.sources[n] for n in names}, model.hub_id, model.revision,
-                                   base=catalog.root, progress=not quiet)
+        manifest = _prepare_sources(catalog, out, scale, recipe, quiet)
     streams = manifest["streams"]
     total = sum(s["tokens"] for s in streams.values())
     typer.echo(f"prepared {len(streams)} streams, {total:,} tokens in {out / 'shards'}")
 
 
-def _inspect(directory: Path, recipe_id: str | None, sequences: int, sequence_length: int, samples: int, seed: int) -> dict[str, Any]:
-    from midtrain.data.mixture import MixtureSampler, gather
-    from midtrain.data.packing import open_shard, read_manifest
-    from midtrain.data.tokenizer import load_tokenizer
+def _prepare_sources(catalog: Any, out: Path, scale: str, recipe: Optional[str], quiet: bool) -> dict[str, Any]:
+    """Above tiny: the recipe's own sources, tokenized with its base model's tokenizer."""
+    if recipe is None:
+        raise MidtrainError.single(f"--recipe is needed at scale {scale!r}: its sources and tokenizer are prepared")
+    from midtrain.data.prepare import prepare_sources
 
-    shard_dir = directory / "shards"
-    manifest = read_manifest(shard_dir)
-    streams = manifest["streams"]
-    info: dict[str, Any] = {
-        "directory": str(directory),
-        "streams": {name: {"tokens": s["tokens"], "documents": s["documents"], "dtype": s["dtype"]} for name, s in streams.items()},
-        "total_tokens": sum(s["tokens"] for s in streams.values()),
-    }
-    report_path = directory / "decontam.json"
-    if report_path.exists():
-        report = json.loads(report_path.read_text())
-        info["decontamination"] = {"n": report["n"], "threshold": report["threshold"], "action": report["action"], "sources": report["sources"]}
-    if recipe_id is None:
-        return info
-    from midtrain.catalog import load_catalog
-    from midtrain.data.prepare import stage_streams
-
-    catalog = load_catalog()
-    recipe = catalog.get(recipe_id)
-    scale = "tiny" if any(name.endswith(".heldout") for name in streams) else "full"
-    tokenizer_path = manifest.get("tokenizer", {}).get("path", "../tokenizer")
-    tokenizer = load_tokenizer(shard_dir / tokenizer_path if tokenizer_path.startswith("..") else tokenizer_path)
-    shards = {name: open_shard(shard_dir, entry) for name, entry in streams.items()}
-    info["recipe"] = recipe.id
-    info["stages"] = {}
-    for stage in recipe.stages:
-        shares = stage_streams(recipe, stage, catalog.registry, scale)
-        sampler = MixtureSampler({n: s["tokens"] for n, s in streams.items()}, shares, sequence_length, global_batch=16, seed=seed)
-        realised = sampler.realised_shares(sequences)
-        picks = sampler.positions(0, samples)
-        windows = gather(shards, picks, sequence_length)
-        info["stages"][stage.name] = {
-            "target_shares": {k: round(v, 6) for k, v in shares.items()},
-            "realised_shares": {k: round(v, 6) for k, v in realised.items()},
-            "sequences": sequences,
-            "epochs": {k: round(v, 4) for k, v in sampler.epochs(sequences // 16).items()},
-            "samples": [{"stream": name, "window": window, "text": tokenizer.decode(row[:64].tolist())} for (name, window), row in zip(picks, windows)],
-        }
-    return info
+    chosen = catalog.get(recipe)
+    names = sorted({c.source for s in chosen.stages for c in s.mixture.components})
+    model = catalog.registry.models[chosen.base.model]
+    if not model.hub_id:
+        raise MidtrainError.single(f"base model {chosen.base.model!r} has no hub id for its tokenizer")
+    return prepare_sources(out, {n: catalog.registry.sources[n] for n in names}, model.hub_id, model.revision,
+                           base=catalog.root, progress=not quiet)
 
 
-@data_app.command()
 @guarded
 def inspect(
     directory: Path = typer.Argument(..., help="A directory made by `midtrain data prepare`."),
@@ -142,17 +95,31 @@ def inspect(
       midtrain data inspect data/tiny
       midtrain data inspect data/tiny --recipe olmo-2-1124-7b --json
     """
-    info = _inspect(directory, recipe, sequences, sequence_length, samples, seed)
+    from midtrain.data.inspect import inspect_streams, sample_stages
+
+    info = inspect_streams(directory)
+    if recipe is not None:
+        from midtrain.catalog import load_catalog
+
+        catalog = load_catalog()
+        chosen = catalog.get(recipe)
+        info["recipe"] = chosen.id
+        info["stages"] = sample_stages(directory, chosen, catalog.registry, sequences, sequence_length, samples, seed)
     if as_json:
         typer.echo(json.dumps(info, indent=2, ensure_ascii=False))
         return
+    _print_inspection(directory, info)
+
+
+def _print_inspection(directory: Path, info: dict[str, Any]) -> None:
     from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     from midtrain.cli.render import console
 
     out = console()
-    table = Table(box=box.SIMPLE_HEAD, header_style="bold", title=f"streams in {directory}")
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", title=f"streams in {escape(str(directory))}")
     for column in ("stream", "tokens", "documents", "dtype", "contaminated"):
         table.add_column(column, justify="left" if column == "stream" else "right")
     contamination = info.get("decontamination", {}).get("sources", {})
@@ -169,4 +136,12 @@ def inspect(
             shares.add_row(name, f"{target:.2%}", f"{stage['realised_shares'].get(name, 0):.2%}", f"{stage['epochs'].get(name, 0):.3f}")
         out.print(shares)
         for sample in stage["samples"]:
-            out.print(f"[dim]{sample['stream']} #{sample['window']}:[/dim] {sample['text']!r}")
+            out.print(f"[dim]{sample['stream']} #{sample['window']}:[/dim] {escape(repr(sample['text']))}")  # data, not markup
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `data` group (prepare, inspect) to `app`."""
+    data_app = typer.Typer(help=HELP, no_args_is_help=True, rich_markup_mode="rich")
+    data_app.command("prepare")(prepare)
+    data_app.command("inspect")(inspect)
+    app.add_typer(data_app, name="data")

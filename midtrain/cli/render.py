@@ -34,10 +34,6 @@ def console() -> Console:
     return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 
 
-def err_console() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
 class Marker:
     """Attaches a provenance mark to every number shown for one recipe."""
 
@@ -150,8 +146,23 @@ def _kv(rows: list[tuple[str, Any]]) -> Table:
 
 
 def show(recipe: Recipe, registry: Any, width: int = 120) -> Group:
+    """`midtrain show`: identity, base, one panel per stage, merges, results, inference, contradictions, notes."""
+    from midtrain.summary import stage_facts
+
     mark = Marker(recipe)
-    parts: list[Any] = []
+    parts: list[Any] = [_identity_panel(recipe, mark), _base_panel(recipe, registry, mark)]
+    for index, fact in enumerate(stage_facts(recipe, registry)):
+        parts.append(_stage_panel(recipe, index, fact, registry, mark, width))
+    for panel in (_merges_panel(recipe), _results_panel(recipe), _inference_panel(recipe, mark), _contradictions_panel(recipe)):
+        if panel is not None:
+            parts.append(panel)
+    if recipe.notes:
+        parts.append(Panel(Text(recipe.notes), title="[bold]notes[/bold]", title_align="left", box=box.ROUNDED))
+    parts.append(legend())
+    return Group(*parts)
+
+
+def _identity_panel(recipe: Recipe, mark: Marker) -> Panel:
     head = Text()
     head.append(recipe.title, style="bold")
     head.append(f"\n{recipe.id}", style="cyan")
@@ -171,8 +182,10 @@ def show(recipe: Recipe, registry: Any, width: int = 120) -> Group:
     )
     for ref in recipe.source.references:
         identity.add_row("reference", f"{ref.title}" + (f" <{ref.url}>" if ref.url else ""))
-    parts.append(Panel(Group(head, identity), box=box.ROUNDED))
+    return Panel(Group(head, identity), box=box.ROUNDED)
 
+
+def _base_panel(recipe: Recipe, registry: Any, mark: Marker) -> Panel:
     base = recipe.base
     model_entry = registry.models.get(base.model) if registry else None
     hub = base.revision or ""
@@ -196,121 +209,138 @@ def show(recipe: Recipe, registry: Any, width: int = 120) -> Group:
             .append_text(Text(" µP width ratio ").append_text(mark(f"{opt.mup_width_ratio:g}", "optimizer.mup_width_ratio")) if opt.mup_width_ratio else Text("")),
         )
     )
-    parts.append(Panel(_kv(base_rows), title="[bold]base[/bold]", title_align="left", box=box.ROUNDED))
+    return Panel(_kv(base_rows), title="[bold]base[/bold]", title_align="left", box=box.ROUNDED)
 
-    from midtrain.summary import stage_facts
 
-    facts = stage_facts(recipe, registry)
-    for index, (stage, fact) in enumerate(zip(recipe.stages, facts)):
-        p = f"stages[{stage.name}]"
-        budget = Text()
-        if stage.tokens is not None:
-            budget.append_text(mark(fmt_tokens(stage.tokens), f"{p}.tokens"))
-            budget.append(" tokens")
-        elif fact["tokens"]:
-            budget.append(f"{fmt_tokens(fact['tokens'])} tokens (from steps)")
-        if stage.steps is not None:
-            budget.append(", ").append_text(mark(f"{stage.steps:,}", f"{p}.steps")).append(" steps")
-        elif fact["steps"]:
-            budget.append(f" ≈ {fact['steps']:,} steps")
-        if stage.runs.count > 1:
-            budget.append(" × ").append_text(mark(str(stage.runs.count), f"{p}.runs.count")).append(f" runs ({stage.runs.vary})")
-        batch = None
-        if stage.batch:
-            batch = Text()
-            if stage.batch.sequences:
-                batch.append_text(mark(f"{stage.batch.sequences:,}", f"{p}.batch.sequences")).append(" sequences")
-            if stage.batch.sequences is None and stage.batch.tokens:
-                batch.append_text(mark(human_count(stage.batch.tokens), f"{p}.batch.tokens")).append(" tokens/step")
-            elif stage.tokens_per_step():
-                batch.append(f" = {human_count(stage.tokens_per_step())} tokens/step")
-        lr_text = Text(stage.schedule.describe())
-        lr_text.stylize("none")
-        lr_row = mark(stage.schedule.describe(), f"{p}.schedule")
-        if fact["lr_start"] is not None:
-            lr_row.append(f"  (start {fact['lr_start']:.3g}, end {fact['lr_end']:.3g})", style="dim")
-        rows = [
-            ("budget", budget),
-            ("context", mark(f"{stage.sequence_length:,}", f"{p}.sequence_length")),
-            ("batch", batch),
-            ("schedule", lr_row),
-            ("RoPE", mark(stage.rope.describe(_previous_theta(recipe, index)), f"{p}.rope") if stage.rope else Text("unchanged", style="dim")),
-            ("z-loss", mark(f"{stage.z_loss:g}", f"{p}.z_loss") if stage.z_loss is not None else None),
-            ("other losses", Text(", ").join(mark(f"{k} {v:g}", f"{p}.aux_losses.{k}") for k, v in stage.aux_losses.items()) if stage.aux_losses else None),
-            ("FIM rate", mark(f"{stage.fim_rate:g}", f"{p}.fim_rate") if stage.fim_rate is not None else None),
-            ("advance when", stage.advance_when),
-            ("starts from", stage.init),
-            ("share of mid-training", f"{fact['share_start']:.0%} → {fact['share_end']:.0%}" if fact["share_start"] is not None else None),
-        ]
-        body: list[Any] = []
-        if stage.description:
-            body.append(Text(stage.description, style="italic"))
-        body.append(_kv(rows))
-        body.append(mixture_chart(recipe, index, registry, mark, width))
-        for component in stage.mixture.components:
-            if component.length_buckets:
-                spread = ", ".join(f"{b.share:.0%} at {b.min_tokens:,}-{b.max_tokens:,} tokens" for b in component.length_buckets)
-                body.append(mark(f"{component.source} lengths: {spread}", f"stages[{stage.name}].mixture.components[{component.source}].length_buckets"))
-        if stage.mixture.note:
-            body.append(Text(stage.mixture.note, style="dim"))
-        title = f"[bold]stage {index + 1}: {stage.name}[/bold] [dim]({stage.kind.value})[/dim]"
-        parts.append(Panel(Group(*body), title=title, title_align="left", box=box.ROUNDED))
+def _stage_budget(stage: Any, fact: dict[str, Any], p: str, mark: Marker) -> Text:
+    budget = Text()
+    if stage.tokens is not None:
+        budget.append_text(mark(fmt_tokens(stage.tokens), f"{p}.tokens"))
+        budget.append(" tokens")
+    elif fact["tokens"]:
+        budget.append(f"{fmt_tokens(fact['tokens'])} tokens (from steps)")
+    if stage.steps is not None:
+        budget.append(", ").append_text(mark(f"{stage.steps:,}", f"{p}.steps")).append(" steps")
+    elif fact["steps"]:
+        budget.append(f" ≈ {fact['steps']:,} steps")
+    if stage.runs.count > 1:
+        budget.append(" × ").append_text(mark(str(stage.runs.count), f"{p}.runs.count")).append(f" runs ({stage.runs.vary})")
+    return budget
 
-    if recipe.merges:
-        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-        table.add_column("merge")
-        table.add_column("method")
-        table.add_column("inputs")
-        table.add_column("description", style="dim")
-        for merge in recipe.merges:
-            inputs = ", ".join(
-                f"{i.stage}" + (f"#{i.run}" if i.run is not None else " (all runs)") + (f" ×{i.weight:g}" if i.weight else "")
-                for i in merge.inputs
-            )
-            method = merge.method + (f", {merge.checkpoints} checkpoints" if merge.checkpoints else "") + (f" every {merge.interval_steps} steps" if merge.interval_steps else "") + (f", decay {merge.ema_decay}" if merge.ema_decay else "")
-            table.add_row(merge.name, method, inputs, merge.description or "")
-        parts.append(Panel(table, title="[bold]merges[/bold]", title_align="left", box=box.ROUNDED))
 
-    if recipe.results:
-        table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-        for column in ("benchmark", "before", "after", "Δ", "model", "where"):
-            table.add_column(column, justify="right" if column in ("before", "after", "Δ") else "left")
-        for result in recipe.results:
-            delta = result.delta
-            if delta is None and result.before is not None and result.after is not None:
-                delta = result.after - result.before
-            suffix = "%" if result.delta_kind == "relative" else ""
-            table.add_row(
-                result.benchmark,
-                f"{result.before:g}" if result.before is not None else "-",
-                f"{result.after:g}" if result.after is not None else "-",
-                Text(f"{delta:+.1f}{suffix}", style="green" if delta >= 0 else "red") if delta is not None else "",
-                result.model or "",
-                result.where,
-            )
-        parts.append(Panel(table, title="[bold]reported results[/bold]", title_align="left", box=box.ROUNDED))
+def _stage_batch(stage: Any, p: str, mark: Marker) -> Text | None:
+    if not stage.batch:
+        return None
+    batch = Text()
+    if stage.batch.sequences:
+        batch.append_text(mark(f"{stage.batch.sequences:,}", f"{p}.batch.sequences")).append(" sequences")
+    if stage.batch.sequences is None and stage.batch.tokens:
+        batch.append_text(mark(human_count(stage.batch.tokens), f"{p}.batch.tokens")).append(" tokens/step")
+    elif stage.tokens_per_step():
+        batch.append(f" = {human_count(stage.tokens_per_step())} tokens/step")
+    return batch
 
-    if recipe.inference is not None:
-        inf = recipe.inference
-        rows = [
-            ("context", mark(f"{inf.context_length:,}", "inference.context_length")),
-            ("RoPE", mark(inf.rope.describe(), "inference.rope") if inf.rope else None),
-            ("note", inf.note),
-        ]
-        parts.append(Panel(_kv(rows), title="[bold]at inference only (not trained)[/bold]", title_align="left", box=box.ROUNDED))
 
-    if recipe.contradictions:
-        lines = Text()
-        for item in recipe.contradictions:
-            lines.append("• " + ", ".join(item.about) + "\n", style="bold")
-            for source in item.sources:
-                lines.append(f"    {source}\n")
-            lines.append(f"    → {item.choice}\n", style="green")
-        parts.append(Panel(lines, title="[bold]contradictions between sources[/bold]", title_align="left", box=box.ROUNDED))
-    if recipe.notes:
-        parts.append(Panel(Text(recipe.notes), title="[bold]notes[/bold]", title_align="left", box=box.ROUNDED))
-    parts.append(legend())
-    return Group(*parts)
+def _stage_rows(recipe: Recipe, index: int, fact: dict[str, Any], mark: Marker) -> list[tuple[str, Any]]:
+    stage = recipe.stages[index]
+    p = f"stages[{stage.name}]"
+    lr_row = mark(stage.schedule.describe(), f"{p}.schedule")
+    if fact["lr_start"] is not None:
+        lr_row.append(f"  (start {fact['lr_start']:.3g}, end {fact['lr_end']:.3g})", style="dim")
+    return [
+        ("budget", _stage_budget(stage, fact, p, mark)),
+        ("context", mark(f"{stage.sequence_length:,}", f"{p}.sequence_length")),
+        ("batch", _stage_batch(stage, p, mark)),
+        ("schedule", lr_row),
+        ("RoPE", mark(stage.rope.describe(_previous_theta(recipe, index)), f"{p}.rope") if stage.rope else Text("unchanged", style="dim")),
+        ("z-loss", mark(f"{stage.z_loss:g}", f"{p}.z_loss") if stage.z_loss is not None else None),
+        ("other losses", Text(", ").join(mark(f"{k} {v:g}", f"{p}.aux_losses.{k}") for k, v in stage.aux_losses.items()) if stage.aux_losses else None),
+        ("FIM rate", mark(f"{stage.fim_rate:g}", f"{p}.fim_rate") if stage.fim_rate is not None else None),
+        ("advance when", stage.advance_when),
+        ("starts from", stage.init),
+        ("share of mid-training", f"{fact['share_start']:.0%} → {fact['share_end']:.0%}" if fact["share_start"] is not None else None),
+    ]
+
+
+def _stage_panel(recipe: Recipe, index: int, fact: dict[str, Any], registry: Any, mark: Marker, width: int) -> Panel:
+    stage = recipe.stages[index]
+    body: list[Any] = []
+    if stage.description:
+        body.append(Text(stage.description, style="italic"))
+    body.append(_kv(_stage_rows(recipe, index, fact, mark)))
+    body.append(mixture_chart(recipe, index, registry, mark, width))
+    for component in stage.mixture.components:
+        if component.length_buckets:
+            spread = ", ".join(f"{b.share:.0%} at {b.min_tokens:,}-{b.max_tokens:,} tokens" for b in component.length_buckets)
+            body.append(mark(f"{component.source} lengths: {spread}", f"stages[{stage.name}].mixture.components[{component.source}].length_buckets"))
+    if stage.mixture.note:
+        body.append(Text(stage.mixture.note, style="dim"))
+    title = f"[bold]stage {index + 1}: {stage.name}[/bold] [dim]({stage.kind.value})[/dim]"
+    return Panel(Group(*body), title=title, title_align="left", box=box.ROUNDED)
+
+
+def _merges_panel(recipe: Recipe) -> Panel | None:
+    if not recipe.merges:
+        return None
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    table.add_column("merge")
+    table.add_column("method")
+    table.add_column("inputs")
+    table.add_column("description", style="dim")
+    for merge in recipe.merges:
+        inputs = ", ".join(
+            f"{i.stage}" + (f"#{i.run}" if i.run is not None else " (all runs)") + (f" ×{i.weight:g}" if i.weight else "")
+            for i in merge.inputs
+        )
+        method = merge.method + (f", {merge.checkpoints} checkpoints" if merge.checkpoints else "") + (f" every {merge.interval_steps} steps" if merge.interval_steps else "") + (f", decay {merge.ema_decay}" if merge.ema_decay else "")
+        table.add_row(merge.name, method, inputs, merge.description or "")
+    return Panel(table, title="[bold]merges[/bold]", title_align="left", box=box.ROUNDED)
+
+
+def _results_panel(recipe: Recipe) -> Panel | None:
+    if not recipe.results:
+        return None
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    for column in ("benchmark", "before", "after", "Δ", "model", "where"):
+        table.add_column(column, justify="right" if column in ("before", "after", "Δ") else "left")
+    for result in recipe.results:
+        delta = result.delta
+        if delta is None and result.before is not None and result.after is not None:
+            delta = result.after - result.before
+        suffix = "%" if result.delta_kind == "relative" else ""
+        table.add_row(
+            result.benchmark,
+            f"{result.before:g}" if result.before is not None else "-",
+            f"{result.after:g}" if result.after is not None else "-",
+            Text(f"{delta:+.1f}{suffix}", style="green" if delta >= 0 else "red") if delta is not None else "",
+            result.model or "",
+            result.where,
+        )
+    return Panel(table, title="[bold]reported results[/bold]", title_align="left", box=box.ROUNDED)
+
+
+def _inference_panel(recipe: Recipe, mark: Marker) -> Panel | None:
+    if recipe.inference is None:
+        return None
+    inf = recipe.inference
+    rows = [
+        ("context", mark(f"{inf.context_length:,}", "inference.context_length")),
+        ("RoPE", mark(inf.rope.describe(), "inference.rope") if inf.rope else None),
+        ("note", inf.note),
+    ]
+    return Panel(_kv(rows), title="[bold]at inference only (not trained)[/bold]", title_align="left", box=box.ROUNDED)
+
+
+def _contradictions_panel(recipe: Recipe) -> Panel | None:
+    if not recipe.contradictions:
+        return None
+    lines = Text()
+    for item in recipe.contradictions:
+        lines.append("• " + ", ".join(item.about) + "\n", style="bold")
+        for source in item.sources:
+            lines.append(f"    {source}\n")
+        lines.append(f"    → {item.choice}\n", style="green")
+    return Panel(lines, title="[bold]contradictions between sources[/bold]", title_align="left", box=box.ROUNDED)
 
 
 def _previous_theta(recipe: Recipe, index: int) -> float | None:

@@ -8,11 +8,10 @@ from typing import Optional
 
 import typer
 
-from midtrain.cli import app, guarded
+from midtrain.cli.app import guarded
 from midtrain.errors import MidtrainError
 
 
-@app.command()
 @guarded
 def train(
     spec: Path = typer.Argument(..., help="A run specification (JSON) written by `midtrain plan --write`."),
@@ -59,7 +58,6 @@ def train(
         raise typer.Exit(status)
 
 
-@app.command()
 @guarded
 def merge(
     out: Path = typer.Argument(..., help="Directory for the merged model."),
@@ -86,3 +84,8 @@ def merge(
             raise MidtrainError.single("weights must be numbers", found=weights) from None
     record = merge_models(list(inputs), out, parsed)
     typer.echo(f"merged {len(inputs)} models ({record['tensors']} tensors) into {out}", file=sys.stdout)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train)
+    app.command("merge")(merge)

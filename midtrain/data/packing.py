@@ -9,9 +9,7 @@ is unfinished and is rebuilt. Documents are read and encoded in batches, never a
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -19,7 +17,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 from midtrain.errors import MidtrainError
-from midtrain.io import atomic_writer, write_json
+from midtrain.io import atomic_writer, file_sha256, write_json
 
 BATCH_DOCS = 512
 MANIFEST = "manifest.json"
@@ -38,14 +36,6 @@ def _batches(docs: Iterable[str], size: int) -> Iterator[list[str]]:
             batch = []
     if batch:
         yield batch
-
-
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pack_stream(
@@ -184,9 +174,3 @@ def shard_is_complete(shard_dir: Path, entry: dict[str, Any] | None, verify_hash
     if verify_hash:
         return file_sha256(bin_path) == entry["sha256"]["bin"] and file_sha256(idx_path) == entry["sha256"]["idx"]
     return True
-
-
-def default_threads() -> int:
-    """Threads for this process: MIDTRAIN_THREADS, else all cores (the caller divides among processes)."""
-    value = os.environ.get("MIDTRAIN_THREADS")
-    return max(1, int(value)) if value else max(1, os.cpu_count() or 1)

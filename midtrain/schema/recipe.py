@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -19,7 +19,7 @@ from midtrain.schema.base import (
     Strict,
     Technique,
 )
-from midtrain.schema.provenance import Contradiction, Entry, ProvenanceEntry, covering_entry, numeric_leaves, path_aliases
+from midtrain.schema.provenance import Contradiction, Entry, ProvenanceEntry, path_aliases
 from midtrain.schema.rope import Rope
 from midtrain.schema.stage import Optimizer, Stage
 
@@ -228,15 +228,3 @@ class Recipe(Strict):
     def canonical_provenance(self) -> dict[str, Entry]:
         aliases = path_aliases(self.model_dump(mode="json", exclude={"provenance", "contradictions"}, exclude_none=True))
         return {aliases.get(path, path): entry for path, entry in self.provenance.items()}
-
-    def provenance_of(self) -> dict[str, Entry | None]:
-        """Every counted number's path -> the entry covering it (or None)."""
-        entries = self.canonical_provenance()
-        data = self.model_dump(mode="json", exclude={"provenance", "contradictions"}, exclude_none=True, exclude_unset=True)
-        out: dict[str, Entry | None] = {}
-        for path in numeric_leaves(data):
-            if path.startswith(UNCOUNTED_PREFIXES):
-                continue
-            hit = covering_entry(path, entries)
-            out[path] = hit[1] if hit else None
-        return out

@@ -2,7 +2,8 @@
 
 A checkpoint is a directory `step-000120/` holding `model.safetensors`, `optimizer.pt` (tensors and
 plain containers only, loaded with `weights_only=True`), optional `averages.safetensors` (EMA /
-Polyak), `state.json` (step, tokens seen, RNG states, ...) and `manifest.json` with the sha256 of
+Polyak), `state.json` (step, tokens seen, RNG states, ..., and under "callbacks" the JSON state of
+stateful callbacks that keep no tensors) and `manifest.json` with the sha256 of
 every file, written last. The directory appears under its final name only when complete (write to
 a temporary name, fsync, rename). On resume the newest checkpoint that verifies is used; broken
 ones are reported and skipped, so the previous good one is never lost (keep-last-N >= 2).
@@ -14,7 +15,6 @@ and `load` checks state.json's fields and turns any unreadable file into a Midtr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from midtrain.errors import MidtrainError, short
-from midtrain.io import atomic_dir
+from midtrain.io import atomic_dir, file_sha256
 
 STEP_DIR = re.compile(r"^step-(\d{7,10})$")
 MANIFEST = "manifest.json"
 REQUIRED_FILES = ("model.safetensors", "optimizer.pt", "state.json")
-OPTIONAL_FILES = ("averages.safetensors",)
+AVERAGES = "averages.safetensors"  # the averaging callback's tensors (midtrain/train/callbacks/averaging.py)
+OPTIONAL_FILES = (AVERAGES,)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -53,14 +54,6 @@ def _is_plain_name(name: object) -> bool:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return short(text[0], 200) if text else type(exc).__name__
-
-
-def _sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:
@@ -91,9 +84,9 @@ def save(directory: Path, step: int, model_state: dict[str, Any], optimizer_stat
         save_file(unshare(model_state), str(tmp / "model.safetensors"))
         torch.save(optimizer_state, tmp / "optimizer.pt")
         if averages:
-            save_file(unshare(averages), str(tmp / "averages.safetensors"))
+            save_file(unshare(averages), str(tmp / AVERAGES))
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha(p)} for p in sorted(tmp.iterdir())}
+        files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
         (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": files}, indent=1))
     # Prune among the checkpoints up to this one: a newer one left behind (rejected on resume) must
     # not push good ones out; it is replaced when the run reaches its step again.
@@ -182,7 +175,7 @@ def verify(path: Path) -> str | None:
                 return f"{name} is truncated ({size} of {info['bytes']} bytes)"
             if size != info["bytes"]:
                 return f"{name} has the wrong size ({size} bytes, the manifest says {info['bytes']})"
-            if _sha(file) != info["sha256"]:
+            if file_sha256(file) != info["sha256"]:
                 return f"{name} is corrupted (sha256 mismatch)"
         except OSError as exc:
             return f"{name} cannot be read: {exc.strerror or exc}"
@@ -291,6 +284,6 @@ def load(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], di
         read("optimizer.pt", lambda f: torch.load(f, map_location="cpu", weights_only=True)), path / "optimizer.pt"
     )
     averages = None
-    if (path / "averages.safetensors").exists():
-        averages = _check_tensors(read("averages.safetensors", lambda f: load_file(str(f))), path / "averages.safetensors")
+    if (path / AVERAGES).exists():
+        averages = _check_tensors(read(AVERAGES, lambda f: load_file(str(f))), path / AVERAGES)
     return model_state, optimizer_state, state, averages

@@ -50,7 +50,9 @@ def teardown() -> None:
 
 
 def threads_per_process(requested: int | None, local_world: int) -> int:
-    """cores / processes on this node, unless the user says otherwise (oversubscription is brutal)."""
+    """torch threads for one process: `requested` (RunSpec.threads / --threads), else the
+    MIDTRAIN_THREADS environment variable, else this node's cores ÷ its processes (oversubscription
+    is brutal). The one place midtrain decides a thread count."""
     if requested:
         return requested
     env = os.environ.get("MIDTRAIN_THREADS")

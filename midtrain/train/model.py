@@ -115,8 +115,19 @@ def check_vocab(model: Any, tokenizer_vocab: int, tokenizer_path: Path) -> None:
         )
 
 
-def parameter_count(model: Any) -> int:
-    return sum(p.numel() for p in model.parameters())
+def named_parameters(model: Any) -> Any:
+    """(name, parameter) of a model, through a DDP wrapper (FSDP2 shards in place)."""
+    return getattr(model, "module", model).named_parameters()
+
+
+def unsharded_copy(spec: RunSpec, tensors: dict[str, Any]) -> Any:
+    """A plain CPU model holding `tensors` (for saving averages or FSDP-gathered weights)."""
+    model = load_model(spec)
+    missing, unexpected = model.load_state_dict(dict(tensors), strict=False)
+    tied = getattr(model.config, "tie_word_embeddings", False)
+    if unexpected or [m for m in missing if not (tied and "lm_head" in m)]:
+        raise RuntimeError(f"averaged weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    return model
 
 
 def estimate_memory_bytes(parameters: int, spec: RunSpec, hidden: int, layers: int, vocab: int, world: int = 1) -> int:

@@ -84,6 +84,12 @@ def test_search() -> None:
     assert run("search", "no-such-word-anywhere", code=1)
 
 
+def test_search_query_is_text_not_markup() -> None:
+    """A query with brackets is shown as typed; `[/x]` used to crash Rich's markup parser."""
+    assert "nothing matches '[/zz]'" in run("search", "[/zz]", code=1).stdout
+    assert "nothing matches '[bold]zz'" in run("search", "[bold]zz", code=1).stdout
+
+
 def test_cp_validate_diff_compare(tmp_path: Path) -> None:
     dest = tmp_path / "olmo-more-math.yaml"
     assert "copied" in run("cp", OLMO, str(dest)).stdout
@@ -150,7 +156,7 @@ def test_schema_is_draft_2020_12_and_validates_recipes(tmp_path: Path) -> None:
 
 def test_committed_schema_files_are_current() -> None:
     """docs/schema/*.json is what editors load; it must match the code."""
-    from midtrain.cli.browse import json_schema
+    from midtrain.schema.export import json_schema
 
     root = Path(__file__).resolve().parents[2]
     stored = json.loads((root / "docs" / "schema" / "recipe.schema.json").read_text())

@@ -1,0 +1,5 @@
+"""`python -m midtrain.cli`."""
+
+from midtrain.cli import main
+
+main()

@@ -1,0 +1,74 @@
+"""dvclive metrics of a run (rank 0 only), in `out/dvclive`: train/loss, train/lr, train/grad_norm,
+train/tokens_seen and train/tokens_per_s, one row every `log_every` steps and at the last step.
+
+Rows are keyed by completed steps. On resume, rows logged after the checkpoint (by the killed
+process) are dropped first, so the log equals an uninterrupted run's; a run that starts from
+scratch starts its log from scratch."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from midtrain.train.callbacks.base import Callback
+
+if TYPE_CHECKING:
+    from midtrain.train.loop import StepResult, Trainer
+
+
+class DVCLive(Callback):
+    def __init__(self) -> None:
+        self.live: Any = None
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if not trainer.dist.main:
+            return
+        directory, step = trainer.out / "dvclive", trainer.step
+        if step > 0:
+            truncate_tsv(directory, step)
+        else:
+            import shutil
+
+            shutil.rmtree(directory, ignore_errors=True)
+        from dvclive import Live
+
+        self.live = Live(str(directory), resume=step > 0, save_dvc_exp=False, dvcyaml=None)
+
+    def on_step_end(self, trainer: Trainer, step: int, result: StepResult) -> None:
+        if self.live is None or (step % trainer.spec.log_every and step != trainer.spec.steps):
+            return
+        metrics = {"loss": result.loss, "lr": trainer.lr(step - 1), "grad_norm": result.grad_norm,
+                   "tokens_seen": trainer.tokens_seen, "tokens_per_s": result.tokens / max(result.seconds, 1e-9)}
+        self.live.step = step
+        for name, value in metrics.items():
+            self.live.log_metric(f"train/{name}", value)
+        self.live.next_step()
+
+    def on_fit_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        if self.live is not None:
+            self.live.end()
+            self.live = None
+
+
+def truncate_tsv(directory: Path, step: int) -> None:
+    """Keep the rows of steps 1..`step` of every metric (a row cut short by a kill is dropped)."""
+    for path in (directory / "plots" / "metrics").rglob("*.tsv") if directory.exists() else []:
+        with open(path, newline="") as handle:
+            rows = list(csv.reader(handle, delimiter="\t"))
+        if not rows:
+            continue
+        header, body = rows[0], rows[1:]
+        at = header.index("step") if "step" in header else 0
+        kept, last = [], 0
+        for row in body:
+            try:
+                row_step = int(float(row[at]))
+                float(row[-1])
+            except (ValueError, IndexError):
+                continue
+            if len(row) == len(header) and last < row_step <= step:
+                kept.append(row)
+                last = row_step
+        with open(path, "w", newline="") as handle:
+            csv.writer(handle, delimiter="\t").writerows([header, *kept])

@@ -1,0 +1,220 @@
+"""Resuming a run from the newest usable checkpoint in `out/checkpoints`.
+
+Nothing in a checkpoint is trusted: one that does not verify, cannot be read, disagrees with this
+run (more steps than the run has, another model, another optimizer layout, callback state that
+does not fit, e.g. other averages) or fails to apply is reported with a warning and the previous
+one is tried; with none usable the run starts afresh. Every rank reads the same files and the
+ranks agree on each decision, so all of them resume from the same checkpoint (or none). A
+checkpoint that fails half-way through being applied leaves nothing behind: with no other to fall
+back to, the initial weights, a fresh optimizer, the initial callback state and RNG are restored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from midtrain.errors import MidtrainError, short
+from midtrain.train import checkpoint as ckpt
+from midtrain.train.distributed import Dist, all_reduce_sum
+
+if TYPE_CHECKING:
+    from midtrain.train.callbacks import Callback
+    from midtrain.train.loop import Trainer
+
+# model tensors, optimizer state, state.json, tensor files by name (e.g. averages.safetensors)
+Loaded = tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any]]
+
+
+def resume(trainer: Trainer) -> bool:
+    """Continue from the newest usable checkpoint; False (and the initial state) when there is none."""
+    directory, dist = trainer.checkpoint_dir, trainer.dist
+    ckpt.clean_partial(directory) if dist.main else None
+    trainer.barrier()
+    candidates = list(reversed(ckpt.list_checkpoints(directory)))
+    same_on_every_rank([p.name for p in candidates], dist, directory)
+    if not candidates:
+        return False
+    initial_rng = ckpt.rng_state()
+    touched = False  # whether a failed attempt may have changed the model, optimizer or callbacks
+    for path in candidates:
+        problem, applied = _attempt(trainer, path)
+        touched = touched or applied
+        if problem is None:
+            return True
+        warnings.warn(f"skipping checkpoint {path}: {problem}; falling back to the previous one", stacklevel=3)
+    warnings.warn(f"no usable checkpoint in {directory}; starting from scratch", stacklevel=3)
+    if touched:
+        reset_to_initial(trainer, initial_rng)
+    return False
+
+
+def _attempt(trainer: Trainer, path: Path) -> tuple[str | None, bool]:
+    """(what went wrong on any rank, or None; whether applying was attempted) for one checkpoint."""
+    loaded, problem = None, ckpt.verify(path)
+    if problem is None:
+        try:
+            loaded = read_checkpoint(trainer, path)
+        except Exception as exc:  # noqa: BLE001 - any defect of the files: fall back
+            problem = problem_text(exc, path)
+    problem = agree(problem, trainer.dist)
+    if problem is not None:
+        return problem, False
+    assert loaded is not None
+    try:
+        apply_checkpoint(trainer, loaded)
+    except Exception as exc:  # noqa: BLE001
+        problem = problem_text(exc, path)
+    return agree(problem, trainer.dist), True
+
+
+def read_checkpoint(trainer: Trainer, path: Path) -> Loaded:
+    """Load a checkpoint and check it against this run, model and callbacks; changes nothing."""
+    model_state, optimizer_state, state, averages = ckpt.load(path)
+    files = {ckpt.AVERAGES: averages} if averages is not None else {}
+    if state["step"] > trainer.spec.steps:
+        raise MidtrainError.single(
+            "checkpoint is beyond the end of this run", file=path,
+            expected=f"at most {trainer.spec.steps} steps", found=f"step {state['step']}",
+        )
+    if state.get("parameters") not in (None, trainer.parameters):
+        raise MidtrainError.single(
+            "checkpoint does not match this model", file=path,
+            expected=f"{trainer.parameters:,} parameters", found=f"{state['parameters']:,}",
+        )
+    inner = getattr(trainer.model, "module", trainer.model)
+    expected = {name: tuple(t.shape) for name, t in inner.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in model_state.items()}
+    if found != expected:
+        raise MidtrainError.single(
+            "checkpoint does not match this model", file=path / "model.safetensors",
+            expected=shape_summary(expected, found), found=shape_summary(found, expected),
+        )
+    check_optimizer_state(trainer, optimizer_state, path / "optimizer.pt")
+    _check_callback_states(trainer, state, files, path)
+    return model_state, optimizer_state, state, files
+
+
+def check_optimizer_state(trainer: Trainer, optimizer_state: dict[str, Any], file: Path) -> None:
+    """The saved optimizer state must have this optimizer's groups, parameters and shapes."""
+    from midtrain.train.model import named_parameters
+
+    names = {id(param): name for name, param in named_parameters(trainer.model)}
+    shapes = {name: tuple(param.shape) for name, param in named_parameters(trainer.model)}
+    groups = [[names[id(param)] for param in group["params"]] for group in trainer.optimizer.param_groups]
+    saved = [group["params"] for group in optimizer_state["param_groups"]]
+    if saved != groups:
+        raise MidtrainError.single(
+            "optimizer state does not match this model's parameter groups", file=file,
+            expected=f"{len(groups)} groups of {[len(g) for g in groups]} parameters",
+            found=f"{len(saved)} groups of {[len(g) if isinstance(g, list) else g for g in saved]} parameters",
+        )
+    for name, entry in optimizer_state["state"].items():
+        if name not in shapes:
+            raise MidtrainError.single(f"optimizer state holds an unknown parameter {short(name)}", file=file)
+        for key, value in entry.items():
+            if getattr(value, "ndim", 0) and tuple(value.shape) != shapes[name]:
+                raise MidtrainError.single(
+                    f"optimizer state {name}.{key} has the wrong shape", file=file,
+                    expected=str(shapes[name]), found=str(tuple(value.shape)),
+                )
+
+
+def callback_state(callback: Callback, state: dict[str, Any], files: dict[str, Any]) -> Any:
+    """A callback's saved state: its tensor file's tensors, or its entry under state.json's "callbacks"."""
+    if callback.checkpoint_file is not None:
+        return files.get(callback.checkpoint_file)
+    saved = state.get("callbacks")
+    return saved.get(callback.name) if isinstance(saved, dict) else None
+
+
+def _check_callback_states(trainer: Trainer, state: dict[str, Any], files: dict[str, Any], path: Path) -> None:
+    kept = {callback.checkpoint_file for callback in trainer.callbacks}
+    for name in files:
+        if name not in kept:
+            raise MidtrainError.single("checkpoint holds state that no callback of this run keeps", file=path / name)
+    for callback in trainer.callbacks:
+        file = path / (callback.checkpoint_file or "state.json")
+        callback.check_state(trainer, callback_state(callback, state, files), state["step"], file)
+
+
+def apply_checkpoint(trainer: Trainer, loaded: Loaded) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+    model_state, optimizer_state, state, files = loaded
+    set_state_dict(trainer.model, trainer.optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
+                   options=StateDictOptions(full_state_dict=True))
+    for callback in trainer.callbacks:
+        callback.on_checkpoint_load(trainer, callback_state(callback, state, files))
+    ckpt.set_rng_state(state["rng"])
+    trainer.step = state["step"]
+    trainer.tokens_seen = state["tokens_seen"]
+
+
+def reset_to_initial(trainer: Trainer, rng: dict[str, Any]) -> None:
+    """Undo a failed attempt to apply a checkpoint: the initial weights, a fresh optimizer, the
+    callbacks' initial state and the RNG as it was."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from midtrain.train.model import load_model
+    from midtrain.train.optim import build_optimizer
+
+    set_model_state_dict(trainer.model, load_model(trainer.spec).state_dict(), options=StateDictOptions(full_state_dict=True))
+    trainer.optimizer = build_optimizer(trainer.model, trainer.spec.optimizer, lr=trainer.lr(0))
+    for callback in trainer.callbacks:
+        callback.on_checkpoint_load(trainer, None)
+    ckpt.set_rng_state(rng)
+    trainer.step = 0
+    trainer.tokens_seen = 0
+
+
+def agree(problem: str | None, dist: Dist) -> str | None:
+    """The same decision on every rank: a checkpoint that failed on any rank is skipped by all."""
+    if dist.world == 1:
+        return problem
+    failures = all_reduce_sum(0.0 if problem is None else 1.0, dist)
+    if problem is None and failures:
+        return f"it could not be loaded on {int(failures)} other rank(s)"
+    return problem
+
+
+def same_on_every_rank(names: list[str], dist: Dist, directory: Path) -> None:
+    """Every rank must see the same checkpoints (a shared output directory), or they would diverge."""
+    if dist.world == 1:
+        return
+    import zlib
+
+    import torch
+
+    digest = zlib.crc32("\n".join(names).encode())
+    values = torch.tensor([len(names), -len(names), digest, -digest], dtype=torch.float64, device=dist.device)
+    torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
+    if values[0] != -values[1] or values[2] != -values[3]:
+        raise MidtrainError.single(
+            "the ranks see different checkpoints; the output directory must be shared by every process", file=directory,
+        )
+
+
+def problem_text(exc: BaseException, checkpoint: Path) -> str:
+    """What went wrong with a checkpoint, in one line (a MidtrainError with its file, expected and found)."""
+    if isinstance(exc, MidtrainError):
+        texts = []
+        for problem in exc.problems:
+            where = problem.file
+            if where is not None and Path(where) == checkpoint:
+                where = None
+            elif where is not None and Path(where).is_relative_to(checkpoint):
+                where = Path(where).relative_to(checkpoint)
+            texts.append(" ".join(dataclasses.replace(problem, file=where).render().split()))
+        return "; ".join(texts)
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300]}" if lines else type(exc).__name__
+
+
+def shape_summary(these: dict[str, tuple[int, ...]], others: dict[str, tuple[int, ...]]) -> str:
+    """Where `these` tensors differ from `others`: a few names, with shapes (for error messages)."""
+    differ = [f"{name} {list(shape)}" for name, shape in these.items() if others.get(name) != shape]
+    extra = f" (+{len(differ) - 3} more)" if len(differ) > 3 else ""
+    return f"{len(these)} tensors" + (f", e.g. {', '.join(differ[:3])}{extra}" if differ else "")

@@ -1,0 +1,64 @@
+"""A run's output directory and training data: checked before anything is built."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from midtrain.data.mixture import MixtureSampler
+from midtrain.data.packing import open_shard, read_manifest
+from midtrain.errors import MidtrainError
+from midtrain.io import write_json
+from midtrain.train.config import RunSpec
+
+# what a run writes in its directory; removed when the directory is reused for other settings
+RUN_OUTPUTS = ("checkpoints", "model", "model-ema", "model-polyak", "dvclive", "summary.json")
+
+
+def check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise MidtrainError.single(f"output directory is not writable: {exc.strerror or exc}", file=out) from None
+
+
+def claim(out: Path, spec: RunSpec) -> None:
+    """Record the spec in `out/spec.json`. Checkpoints of a different spec are not resumed: a run
+    directory reused for changed settings starts afresh (what it held is in DVC's cache)."""
+    current = spec.model_dump(mode="json")
+    path = out / "spec.json"
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            previous = None
+        if previous != current:
+            for name in RUN_OUTPUTS:
+                target = out / name
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+            print(f"{spec.name}: settings changed since the last run in {out}; starting afresh", flush=True)
+    write_json(path, current)
+
+
+def open_data(spec: RunSpec) -> tuple[MixtureSampler, dict[str, Any], dict[str, Any]]:
+    """(the run's mixture sampler, its memory-mapped shards by stream, the shard manifest)."""
+    shard_dir = spec.data / "shards"
+    manifest = read_manifest(shard_dir)
+    streams = manifest["streams"]
+    missing = [name for name in spec.streams if name not in streams]
+    if missing:
+        raise MidtrainError.single(
+            f"the run mixes streams that {shard_dir} does not have: {', '.join(missing)}",
+            expected=", ".join(sorted(streams)), found=", ".join(missing),
+        )
+    sampler = MixtureSampler(
+        {n: streams[n]["tokens"] for n in spec.streams}, spec.streams, spec.sequence_length, spec.global_batch,
+        seed=spec.data_seed, max_epochs=spec.max_epochs, on_repeat=spec.on_repeat,
+    )
+    shards = {n: open_shard(shard_dir, streams[n]) for n in spec.streams}
+    return sampler, shards, manifest
