@@ -13,9 +13,10 @@ each in a fresh output directory, and the difference of the two wall times, divi
 is its time per step (set-up, the final checkpoint and model save cancel out; per-step logging
 and checkpoint-free bookkeeping stay in, as they should).
 
-The programs alternate (raw, midtrain, HF, matmul peak; --repeats rounds, default 5); each round
-gives one ratio per comparison and the report is the MEDIAN ratio with its min–max spread
-(benchmarks/_timing.py). MFU is midtrain's throughput against the fp32 matmul peak measured in the
+The programs alternate (raw, midtrain, HF, matmul peak; --repeats rounds, default 5, and the raw
+loop once more at the end); each round gives one ratio per comparison, against the raw loop
+interpolated between its runs before and after, and the report is the MEDIAN ratio with its
+min–max spread (benchmarks/_timing.py). MFU is midtrain's throughput against the fp32 matmul peak measured in the
 same round.
 
     python benchmarks/trainer_throughput.py [--steps 24] [--warmup 3] [--repeats 5] [--threads N] [--json]
@@ -220,8 +221,11 @@ def main() -> None:
     if torch.get_num_threads() != threads:
         print(f"warning: torch ended with {torch.get_num_threads()} threads, not {threads}", file=sys.stderr)
 
-    vs_raw = paired_ratio(seconds["raw loop"], seconds["midtrain"])  # time raw / time ours = throughput ours / raw
-    vs_hf = paired_ratio(seconds["hf trainer"], seconds["midtrain"])
+    # seconds per step: baseline time / our time = our throughput / baseline throughput. The raw loop,
+    # first in every round and once more at the end, is interpolated to the moment each run happened.
+    vs_raw = paired_ratio(seconds.baseline_for("midtrain"), seconds["midtrain"])
+    hf_vs_raw = paired_ratio(seconds.baseline_for("hf trainer"), seconds["hf trainer"])
+    vs_hf = Ratio(tuple(ours / hf for ours, hf in zip(vs_raw.values, hf_vs_raw.values)))  # both against the same baseline
     config = load_model(spec).config
     flops_per_token = 6 * parameters + 12 * config.num_hidden_layers * config.hidden_size * args.seq_len
     mfu = Ratio(tuple(tokens_per_step / s * flops_per_token / p for s, p in zip(seconds["midtrain"], seconds["matmul peak"])))
@@ -236,7 +240,7 @@ def main() -> None:
         "mfu_spread": mfu.spread(4),
         "peak_rss_mib": round(peak_rss_mib(), 1),
         "tokens_per_s": {"midtrain": round(tps["midtrain"]), "raw_loop": round(tps["raw loop"]), "hf_trainer": round(tps["hf trainer"])},
-        "seconds_per_step": {name.replace(" ", "_"): round(median(values), 4) for name, values in seconds.items() if name != "matmul peak"},
+        "seconds_per_step": {name.replace(" ", "_"): round(median(values), 4) for name, values in seconds.values.items() if name != "matmul peak"},
         "parameters": parameters,
         "matmul_peak_gflops": round(median(seconds["matmul peak"]) / 1e9, 1),
         "steps": steps, "warmup": warmup, "repeats": args.repeats, "threads": threads,

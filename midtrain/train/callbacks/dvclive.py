@@ -27,6 +27,7 @@ class DVCLive(Callback):
         directory, step = trainer.out / "dvclive", trainer.step
         if step > 0:
             truncate_tsv(directory, step)
+            _drop_torn_summary(directory)
         else:
             import shutil
 
@@ -72,3 +73,18 @@ def truncate_tsv(directory: Path, step: int) -> None:
                 last = row_step
         with open(path, "w", newline="") as handle:
             csv.writer(handle, delimiter="\t").writerows([header, *kept])
+
+
+def _drop_torn_summary(directory: Path) -> None:
+    """dvclive rewrites metrics.json in place; a SIGKILL mid-write leaves it empty or cut, and
+    dvclive's resume would then fail to parse it. It is only the latest values, rewritten at the
+    next logged step, so a torn one is removed."""
+    import json
+
+    summary = directory / "metrics.json"
+    try:
+        json.loads(summary.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError):
+        summary.unlink(missing_ok=True)
