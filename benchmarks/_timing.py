@@ -21,8 +21,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 DEFAULT_REPEATS = 5
 
@@ -35,8 +35,12 @@ def repeats_type(text: str) -> int:
 
 
 def add_repeats_argument(parser: argparse.ArgumentParser, default: int = DEFAULT_REPEATS) -> None:
-    parser.add_argument("--repeats", type=repeats_type, default=default,
-                        help=f"rounds of A B alternation; the median and min–max of the per-round ratios are reported (default {default})")
+    parser.add_argument(
+        "--repeats",
+        type=repeats_type,
+        default=default,
+        help=f"rounds of A B alternation; the median and min–max of the per-round ratios are reported (default {default})",
+    )
 
 
 @dataclass
@@ -66,8 +70,9 @@ class Runs:
         return out
 
 
-def alternate(programs: dict[str, Callable[[], float]], repeats: int, warmup_rounds: int = 0,
-              progress: bool = True) -> Runs:
+def alternate(
+    programs: dict[str, Callable[[], float]], repeats: int, warmup_rounds: int = 0, progress: bool = True
+) -> Runs:
     """Run every program once per round, in the given order (the first is the baseline), for
     `warmup_rounds` discarded rounds and then `repeats` measured ones, and the baseline once more
     at the end: A B A B ... A (A B C A B C ... A for three). Each program returns one measurement
@@ -124,10 +129,12 @@ class Ratio:
         return max(self.median - self.low, self.high - self.median) / self.median if self.median else float("inf")
 
     def text(self, digits: int = 2, unit: str = "") -> str:
-        """"1.02 (median of 5 alternated rounds, spread 0.98–1.05)"."""
+        """ "1.02 (median of 5 alternated rounds, spread 0.98–1.05)"."""
         rounds = len(self.values)
-        return (f"{self.median:,.{digits}f}{unit} (median of {rounds} alternated round{'s' if rounds != 1 else ''}, "
-                f"spread {self.low:,.{digits}f}{unit}–{self.high:,.{digits}f}{unit})")
+        return (
+            f"{self.median:,.{digits}f}{unit} (median of {rounds} alternated round{'s' if rounds != 1 else ''}, "
+            f"spread {self.low:,.{digits}f}{unit}–{self.high:,.{digits}f}{unit})"
+        )
 
 
 def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> Ratio:
@@ -146,5 +153,7 @@ def noise_note(*ratios: Ratio, tolerance: float = 0.10) -> str | None:
     worst = max(r.relative_spread() for r in ratios)
     if worst <= tolerance:
         return None
-    return (f"note: the per-round ratios spread ±{worst:.0%} around the median (more than ±{tolerance:.0%}): "
-            "the machine was busy; rerun on a quiet machine before quoting these figures")
+    return (
+        f"note: the per-round ratios spread ±{worst:.0%} around the median (more than ±{tolerance:.0%}): "
+        "the machine was busy; rerun on a quiet machine before quoting these figures"
+    )

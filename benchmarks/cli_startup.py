@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import add_repeats_argument, alternate, median, noise_note, paired_ratio  # noqa: E402
+from _timing import add_repeats_argument, alternate, median, noise_note, paired_ratio
 
 HEAVY = ("torch", "transformers", "datasets", "dvc")
 
@@ -48,7 +48,12 @@ def heavy_imports(python: str, env: dict[str, str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_repeats_argument(parser)
-    parser.add_argument("--per-round", type=int, default=4, help="invocations of each command per round (their mean is the round's time)")
+    parser.add_argument(
+        "--per-round",
+        type=int,
+        default=4,
+        help="invocations of each command per round (their mean is the round's time)",
+    )
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
     python = sys.executable
@@ -63,8 +68,12 @@ def main() -> None:
 
     # one discarded round warms the bytecode and the OS file caches for both commands
     # the baseline runs first in each round and once more at the end: B A B A ... B
-    times = alternate({"bare imports": program(base_cmd), "midtrain list": program(list_cmd)}, args.repeats,
-                      warmup_rounds=1, progress=not args.json)
+    times = alternate(
+        {"bare imports": program(base_cmd), "midtrain list": program(list_cmd)},
+        args.repeats,
+        warmup_rounds=1,
+        progress=not args.json,
+    )
     ratio = paired_ratio(times["midtrain list"], times.baseline_for("midtrain list"))
     heavy = heavy_imports(python, env)
     result = {

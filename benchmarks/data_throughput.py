@@ -58,7 +58,9 @@ def corpus_texts(data: Path, limit_chars: float) -> list[str]:
     return texts
 
 
-def bench_packing(data: Path, repeats: int, megabytes: float = 20, progress: bool = True) -> tuple[dict[str, float], Ratio]:
+def bench_packing(
+    data: Path, repeats: int, megabytes: float = 20, progress: bool = True
+) -> tuple[dict[str, float], Ratio]:
     from midtrain.data.packing import pack_stream
     from midtrain.data.tokenizer import load_tokenizer
 
@@ -83,8 +85,14 @@ def bench_packing(data: Path, repeats: int, megabytes: float = 20, progress: boo
         pack_stream(iter(texts[:512]), tokenizer, Path(tmp), "warm")
         seconds = alternate({"raw encode_batch": raw, "pack_stream": ours}, repeats, progress=progress)
     ratio = paired_ratio(seconds.baseline_for("pack_stream"), seconds["pack_stream"])  # throughput ours / raw
-    return ({"mb": chars / 1e6, "raw_encode_batch_mb_s": chars / 1e6 / median(seconds["raw encode_batch"]),
-             "pack_mb_s": chars / 1e6 / median(seconds["pack_stream"])}, ratio)
+    return (
+        {
+            "mb": chars / 1e6,
+            "raw_encode_batch_mb_s": chars / 1e6 / median(seconds["raw encode_batch"]),
+            "pack_mb_s": chars / 1e6 / median(seconds["pack_stream"]),
+        },
+        ratio,
+    )
 
 
 def tiny_trainer(sequence_length: int, batch: int, threads: int):  # type: ignore[no-untyped-def]
@@ -114,16 +122,22 @@ def tiny_trainer(sequence_length: int, batch: int, threads: int):  # type: ignor
     return step
 
 
-def bench_sampler(data: Path, repeats: int, sequence_length: int = 128, batch: int = 32,
-                  progress: bool = True) -> tuple[dict[str, float], Ratio]:
+def bench_sampler(
+    data: Path, repeats: int, sequence_length: int = 128, batch: int = 32, progress: bool = True
+) -> tuple[dict[str, float], Ratio]:
     from midtrain.data.mixture import MixtureSampler, gather
     from midtrain.data.packing import open_shard, read_manifest
 
     manifest = read_manifest(data / "shards")
     streams = {n: e for n, e in manifest["streams"].items() if n.endswith(".train")}
     shards = {n: open_shard(data / "shards", e) for n, e in streams.items()}
-    sampler = MixtureSampler({n: e["tokens"] for n, e in streams.items()},
-                             {"prose.train": 0.5, "code.train": 0.2, "math.train": 0.3}, sequence_length, batch, seed=0)
+    sampler = MixtureSampler(
+        {n: e["tokens"] for n, e in streams.items()},
+        {"prose.train": 0.5, "code.train": 0.2, "math.train": 0.3},
+        sequence_length,
+        batch,
+        seed=0,
+    )
     train_step = tiny_trainer(sequence_length, batch, max(1, os.cpu_count() or 1))
     sampler_steps, trainer_steps = 400, 4
     offset = [0]
@@ -140,7 +154,10 @@ def bench_sampler(data: Path, repeats: int, sequence_length: int = 128, batch: i
 
     rates = alternate({"tiny trainer": trainer_rate, "sampler": sampler_rate}, repeats, progress=progress)
     ratio = paired_ratio(rates["sampler"], rates.baseline_for("sampler"))
-    return {"sampler_sequences_per_s": median(rates["sampler"]), "trainer_sequences_per_s": median(rates["tiny trainer"])}, ratio
+    return {
+        "sampler_sequences_per_s": median(rates["sampler"]),
+        "trainer_sequences_per_s": median(rates["tiny trainer"]),
+    }, ratio
 
 
 CHILD = """
@@ -182,7 +199,12 @@ def bench_rss(data: Path, megabytes: int = 100) -> dict[str, float]:
     # The child reports VmHWM, its own address space's peak: getrusage's maxrss survives fork + exec
     # on Linux, so it would report the (torch-loaded) parent's peak instead.
     report = json.loads(proc.stdout)
-    return {"prepared_mb": megabytes, "peak_rss_mib": report["peak_rss_kib"] / 1024, "seconds": elapsed, "tokens": report["tokens"]}
+    return {
+        "prepared_mb": megabytes,
+        "peak_rss_mib": report["peak_rss_kib"] / 1024,
+        "seconds": elapsed,
+        "tokens": report["tokens"],
+    }
 
 
 def main() -> None:
@@ -214,11 +236,17 @@ def main() -> None:
         "repeats": args.repeats,
     }
     if not args.json:
-        print(f"tokenize+pack {packing['pack_mb_s']:.2f} MB/s vs raw encode_batch {packing['raw_encode_batch_mb_s']:.2f} MB/s "
-              f"(medians, {packing['mb']:.0f} MB each round): ratio {pack_ratio.text()} (goal >= 0.8)")
-        print(f"sampler {sampler['sampler_sequences_per_s']:,.0f} seq/s vs tiny trainer {sampler['trainer_sequences_per_s']:,.1f} seq/s: "
-              f"{sampler_ratio.text(0, 'x')} (goal >= 50x)")
-        print(f"peak RSS preparing {rss['prepared_mb']} MB: {rss['peak_rss_mib']:.0f} MiB (goal < 1024) in {rss['seconds']:.0f}s")
+        print(
+            f"tokenize+pack {packing['pack_mb_s']:.2f} MB/s vs raw encode_batch {packing['raw_encode_batch_mb_s']:.2f} MB/s "
+            f"(medians, {packing['mb']:.0f} MB each round): ratio {pack_ratio.text()} (goal >= 0.8)"
+        )
+        print(
+            f"sampler {sampler['sampler_sequences_per_s']:,.0f} seq/s vs tiny trainer {sampler['trainer_sequences_per_s']:,.1f} seq/s: "
+            f"{sampler_ratio.text(0, 'x')} (goal >= 50x)"
+        )
+        print(
+            f"peak RSS preparing {rss['prepared_mb']} MB: {rss['peak_rss_mib']:.0f} MiB (goal < 1024) in {rss['seconds']:.0f}s"
+        )
         note = noise_note(pack_ratio)
         if note:
             print(note)

@@ -65,10 +65,16 @@ def matmul_peak_flops(size: int = 1024, repeats: int = 20) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=24, help="measured steady-state optimizer steps per run (default 24)")
-    parser.add_argument("--warmup", type=int, default=3, help="optimizer steps run first in every run and not measured (default 3)")
+    parser.add_argument(
+        "--steps", type=int, default=24, help="measured steady-state optimizer steps per run (default 24)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="optimizer steps run first in every run and not measured (default 3)"
+    )
     add_repeats_argument(parser)
-    parser.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1), help="torch threads (default: all cores)")
+    parser.add_argument(
+        "--threads", type=int, default=max(1, os.cpu_count() or 1), help="torch threads (default: all cores)"
+    )
     parser.add_argument("--data", type=Path, default=None, help="a tiny `midtrain data prepare` directory")
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch", type=int, default=32)
@@ -105,16 +111,25 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="midtrain-bench-"))
     streams = {"prose.train": 0.8, "code.train": 0.15, "math.train": 0.05}
     base_spec = {
-        "name": "bench", "out": str(tmp / "midtrain"), "tokenizer": str(data / "tokenizer"), "data": str(data),
+        "name": "bench",
+        "out": str(tmp / "midtrain"),
+        "tokenizer": str(data / "tokenizer"),
+        "data": str(data),
         "init": {"family": "llama", "dims": dims, "vocab_size": vocab, "max_position_embeddings": args.seq_len},
-        "streams": streams, "sequence_length": args.seq_len, "global_batch": args.batch, "micro_batch": args.micro,
-        "steps": total_steps, "schedule": {"type": "constant", "lr": 1e-3}, "checkpoint_every": 10 * total_steps,
+        "streams": streams,
+        "sequence_length": args.seq_len,
+        "global_batch": args.batch,
+        "micro_batch": args.micro,
+        "steps": total_steps,
+        "schedule": {"type": "constant", "lr": 1e-3},
+        "checkpoint_every": 10 * total_steps,
         "threads": threads,
     }
     spec = RunSpec.model_validate(base_spec)
     # the windows midtrain's sampler draws: same manifest, shares, batch and data seed
-    sampler = MixtureSampler({n: manifest["streams"][n]["tokens"] for n in streams}, streams, args.seq_len, args.batch,
-                             seed=spec.data_seed)
+    sampler = MixtureSampler(
+        {n: manifest["streams"][n]["tokens"] for n in streams}, streams, args.seq_len, args.batch, seed=spec.data_seed
+    )
     shards = {n: open_shard(data / "shards", manifest["streams"][n]) for n in streams}
     windows = [torch.from_numpy(gather(shards, sampler.batch(s), args.seq_len)) for s in range(total_steps)]
     tokens_per_step = args.batch * args.seq_len
@@ -130,7 +145,9 @@ def main() -> None:
         for batch in windows:
             for chunk in batch.split(args.micro):
                 logits = model(input_ids=chunk[:, :-1]).logits
-                loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum")
+                loss = torch.nn.functional.cross_entropy(
+                    logits.float().reshape(-1, logits.shape[-1]), chunk[:, 1:].reshape(-1), reduction="sum"
+                )
                 (loss / tokens_per_step).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
@@ -174,12 +191,17 @@ def main() -> None:
             return rows[index]
 
     def collate(items: list[dict]) -> dict:
-        return {"input_ids": torch.stack([i["input_ids"] for i in items]), "labels": torch.stack([i["labels"] for i in items])}
+        return {
+            "input_ids": torch.stack([i["input_ids"] for i in items]),
+            "labels": torch.stack([i["labels"] for i in items]),
+        }
 
     class ShiftedTrainer(HFTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[no-untyped-def]
             logits = model(input_ids=inputs["input_ids"]).logits
-            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), inputs["labels"].reshape(-1))
+            loss = torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]), inputs["labels"].reshape(-1)
+            )
             return (loss, logits) if return_outputs else loss
 
     class Marks(TrainerCallback):
@@ -193,13 +215,28 @@ def main() -> None:
         pin()
         hf_model = load_model(spec)
         arguments = TrainingArguments(
-            output_dir=str(tmp / "hf"), per_device_train_batch_size=args.micro, gradient_accumulation_steps=args.batch // args.micro,
-            max_steps=total_steps, learning_rate=1e-3, lr_scheduler_type="constant", adam_beta1=0.9, adam_beta2=0.95,
-            weight_decay=0.1, max_grad_norm=1.0, logging_strategy="no", save_strategy="no", report_to=[], disable_tqdm=True,
-            use_cpu=True, dataloader_num_workers=0, seed=0,
+            output_dir=str(tmp / "hf"),
+            per_device_train_batch_size=args.micro,
+            gradient_accumulation_steps=args.batch // args.micro,
+            max_steps=total_steps,
+            learning_rate=1e-3,
+            lr_scheduler_type="constant",
+            adam_beta1=0.9,
+            adam_beta2=0.95,
+            weight_decay=0.1,
+            max_grad_norm=1.0,
+            logging_strategy="no",
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            use_cpu=True,
+            dataloader_num_workers=0,
+            seed=0,
         )
         marks = Marks()
-        trainer = ShiftedTrainer(model=hf_model, args=arguments, train_dataset=Windows(), data_collator=collate, callbacks=[marks])
+        trainer = ShiftedTrainer(
+            model=hf_model, args=arguments, train_dataset=Windows(), data_collator=collate, callbacks=[marks]
+        )
         with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):  # its end-of-training metrics line
             trainer.train()
         if len(marks.marks) != total_steps:
@@ -213,10 +250,17 @@ def main() -> None:
     midtrain_run(1)  # once, not measured: the trainer's first call imports and initialises what later calls reuse
     progress = not args.json
     if progress:
-        print(f"{parameters / 1e6:.2f}M parameters, batch {args.batch}×{args.seq_len} (micro {args.micro}), {threads} threads; "
-              f"{warmup} warm-up + {steps} measured steps per run, {args.repeats} alternated rounds", file=sys.stderr, flush=True)
-    seconds = alternate({"raw loop": raw_loop, "midtrain": ours, "hf trainer": hf_trainer, "matmul peak": peak}, args.repeats,
-                        progress=progress)
+        print(
+            f"{parameters / 1e6:.2f}M parameters, batch {args.batch}×{args.seq_len} (micro {args.micro}), {threads} threads; "
+            f"{warmup} warm-up + {steps} measured steps per run, {args.repeats} alternated rounds",
+            file=sys.stderr,
+            flush=True,
+        )
+    seconds = alternate(
+        {"raw loop": raw_loop, "midtrain": ours, "hf trainer": hf_trainer, "matmul peak": peak},
+        args.repeats,
+        progress=progress,
+    )
     shutil.rmtree(tmp, ignore_errors=True)
     if torch.get_num_threads() != threads:
         print(f"warning: torch ended with {torch.get_num_threads()} threads, not {threads}", file=sys.stderr)
@@ -225,10 +269,14 @@ def main() -> None:
     # first in every round and once more at the end, is interpolated to the moment each run happened.
     vs_raw = paired_ratio(seconds.baseline_for("midtrain"), seconds["midtrain"])
     hf_vs_raw = paired_ratio(seconds.baseline_for("hf trainer"), seconds["hf trainer"])
-    vs_hf = Ratio(tuple(ours / hf for ours, hf in zip(vs_raw.values, hf_vs_raw.values)))  # both against the same baseline
+    vs_hf = Ratio(
+        tuple(ours / hf for ours, hf in zip(vs_raw.values, hf_vs_raw.values))
+    )  # both against the same baseline
     config = load_model(spec).config
     flops_per_token = 6 * parameters + 12 * config.num_hidden_layers * config.hidden_size * args.seq_len
-    mfu = Ratio(tuple(tokens_per_step / s * flops_per_token / p for s, p in zip(seconds["midtrain"], seconds["matmul peak"])))
+    mfu = Ratio(
+        tuple(tokens_per_step / s * flops_per_token / p for s, p in zip(seconds["midtrain"], seconds["matmul peak"]))
+    )
     tps = {name: tokens_per_step / median(seconds[name]) for name in ("midtrain", "raw loop", "hf trainer")}
     result = {
         "ratio_vs_raw_loop": round(vs_raw.median, 3),
@@ -239,21 +287,36 @@ def main() -> None:
         "mfu": round(mfu.median, 4),
         "mfu_spread": mfu.spread(4),
         "peak_rss_mib": round(peak_rss_mib(), 1),
-        "tokens_per_s": {"midtrain": round(tps["midtrain"]), "raw_loop": round(tps["raw loop"]), "hf_trainer": round(tps["hf trainer"])},
-        "seconds_per_step": {name.replace(" ", "_"): round(median(values), 4) for name, values in seconds.values.items() if name != "matmul peak"},
+        "tokens_per_s": {
+            "midtrain": round(tps["midtrain"]),
+            "raw_loop": round(tps["raw loop"]),
+            "hf_trainer": round(tps["hf trainer"]),
+        },
+        "seconds_per_step": {
+            name.replace(" ", "_"): round(median(values), 4)
+            for name, values in seconds.values.items()
+            if name != "matmul peak"
+        },
         "parameters": parameters,
         "matmul_peak_gflops": round(median(seconds["matmul peak"]) / 1e9, 1),
-        "steps": steps, "warmup": warmup, "repeats": args.repeats, "threads": threads,
+        "steps": steps,
+        "warmup": warmup,
+        "repeats": args.repeats,
+        "threads": threads,
     }
     if not args.json:
-        print(f"model {parameters / 1e6:.2f}M parameters, batch {args.batch}×{args.seq_len}, {threads} threads; "
-              f"median steady-state throughput over {args.repeats} rounds:")
+        print(
+            f"model {parameters / 1e6:.2f}M parameters, batch {args.batch}×{args.seq_len}, {threads} threads; "
+            f"median steady-state throughput over {args.repeats} rounds:"
+        )
         for name, value in result["tokens_per_s"].items():
             print(f"  {name:<11} {value:>9,} tokens/s")
         print(f"midtrain vs raw loop {vs_raw.text(3)} (goal >= 0.95)")
         print(f"midtrain vs HF Trainer {vs_hf.text(3)}")
-        print(f"MFU {mfu.median:.1%} (spread {mfu.low:.1%}–{mfu.high:.1%}) of a {result['matmul_peak_gflops']} GFLOP/s fp32 matmul peak; "
-              f"peak RSS {result['peak_rss_mib']:.0f} MiB")
+        print(
+            f"MFU {mfu.median:.1%} (spread {mfu.low:.1%}–{mfu.high:.1%}) of a {result['matmul_peak_gflops']} GFLOP/s fp32 matmul peak; "
+            f"peak RSS {result['peak_rss_mib']:.0f} MiB"
+        )
         note = noise_note(vs_raw, vs_hf)
         if note:
             print(note)

@@ -6,6 +6,7 @@ collects all of them instead of stopping at the first.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -64,11 +65,9 @@ def _code_stamp() -> str:
     """Cached results are only valid for the code that made them: version plus schema file stamps."""
     here = Path(__file__).resolve().parent
     parts = [__version__]
-    for path in sorted((here / "schema").glob("*.py")) + [here / "summary.py", here / "catalog.py", here / "yamlio.py"]:
-        try:
+    for path in [*sorted((here / "schema").glob("*.py")), here / "summary.py", here / "catalog.py", here / "yamlio.py"]:
+        with contextlib.suppress(OSError):
             parts.append(f"{path.name}:{path.stat().st_mtime_ns}")
-        except OSError:
-            pass
     return hashlib.sha1("|".join(parts).encode()).hexdigest()
 
 
@@ -130,7 +129,9 @@ def registry_files(root: Path) -> dict[str, list[Path]]:
         single = root / "registry" / filename
         folder = root / "registry" / kind
         # lexists: a dangling or looping symlink is listed (and then reported), not silently skipped.
-        files = ([single] if os.path.lexists(single) else []) + (sorted(folder.glob("*.yaml")) if folder.is_dir() else [])
+        files = ([single] if os.path.lexists(single) else []) + (
+            sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+        )
         out[kind] = files or [single]  # a missing file is then reported by name
     return out
 
@@ -165,7 +166,9 @@ def _load_registry(root: Path, cache: _ParseCache) -> LoadedRegistry:
                 problems.extend(exc.problems)
                 continue
             if not isinstance(raw, dict):
-                problems.append(Problem("expected a mapping of names to entries", file=path, line=1, found=type(raw).__name__))
+                problems.append(
+                    Problem("expected a mapping of names to entries", file=path, line=1, found=type(raw).__name__)
+                )
                 continue
             try:
                 entries = adapter.validate_python(raw)
@@ -175,8 +178,14 @@ def _load_registry(root: Path, cache: _ParseCache) -> LoadedRegistry:
             for name, entry in entries.items():
                 if name in merged[kind]:
                     first, first_line = locations[kind][name]
-                    problems.append(Problem(f"{kind[:-1]} {name!r} is already defined in {first}:{first_line}", file=path,
-                                            line=line_map.line_for((name,)), path=name))
+                    problems.append(
+                        Problem(
+                            f"{kind[:-1]} {name!r} is already defined in {first}:{first_line}",
+                            file=path,
+                            line=line_map.line_for((name,)),
+                            path=name,
+                        )
+                    )
                     continue
                 merged[kind][name] = entry
                 locations[kind][name] = (path, line_map.line_for((name,)))
@@ -200,7 +209,11 @@ def _recipe_problems(path: Path, raw: Any, lines: LineMap, loaded: LoadedRegistr
     from midtrain.schema.recipe import Recipe
 
     if not isinstance(raw, dict):
-        return None, [Problem("a recipe must be a YAML mapping", file=path, line=1, expected="a mapping", found=type(raw).__name__)]
+        return None, [
+            Problem(
+                "a recipe must be a YAML mapping", file=path, line=1, expected="a mapping", found=type(raw).__name__
+            )
+        ]
     try:
         raw, _ = migrate(raw)
     except MigrationError as exc:
@@ -212,8 +225,14 @@ def _recipe_problems(path: Path, raw: Any, lines: LineMap, loaded: LoadedRegistr
         return None, problems + problems_from_validation(exc, path, lines)
     if recipe.id != path.stem:
         problems.append(
-            Problem("recipe id must match its file name", file=path, line=lines.line_for(("id",)), path="id",
-                    expected=path.stem, found=recipe.id)
+            Problem(
+                "recipe id must match its file name",
+                file=path,
+                line=lines.line_for(("id",)),
+                path="id",
+                expected=path.stem,
+                found=recipe.id,
+            )
         )
     return (None if problems else recipe), problems
 
@@ -227,7 +246,9 @@ def _reference_problems(path: Path, raw: dict[str, Any], lines: LineMap, loaded:
     problems: list[Problem] = []
     base = raw.get("base")
     if isinstance(base, dict) and isinstance(base.get("model"), str) and base["model"] not in registry.models:
-        problems.append(_dangling(path, lines, ("base", "model"), base["model"], "base model", registry.models, "registry/models"))
+        problems.append(
+            _dangling(path, lines, ("base", "model"), base["model"], "base model", registry.models, "registry/models")
+        )
     for s_index, stage in enumerate(raw.get("stages") or []):
         if not isinstance(stage, dict):
             continue
@@ -239,12 +260,24 @@ def _reference_problems(path: Path, raw: dict[str, Any], lines: LineMap, loaded:
                 if name not in registry.sources:
                     where = ("stages", s_index, "mixture", "components", c_index, "source")
                     suggest = len(problems) < MAX_HINTS
-                    problems.append(_dangling(path, lines, where, name, "data source", registry.sources, "registry/sources", suggest))
+                    problems.append(
+                        _dangling(
+                            path, lines, where, name, "data source", registry.sources, "registry/sources", suggest
+                        )
+                    )
     return problems
 
 
-def _dangling(path: Path, lines: LineMap, where: tuple[Any, ...], name: str, what: str, known: dict[str, Any], registry_file: str,
-              suggest: bool = True) -> Problem:
+def _dangling(
+    path: Path,
+    lines: LineMap,
+    where: tuple[Any, ...],
+    name: str,
+    what: str,
+    known: dict[str, Any],
+    registry_file: str,
+    suggest: bool = True,
+) -> Problem:
     close = difflib.get_close_matches(name, list(known), n=3) if suggest else []
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return Problem(
@@ -314,7 +347,14 @@ def _load_catalog_cached(root_text: str) -> Catalog:
         problems.extend(found)
         if recipe is not None:
             if recipe.id in catalog.recipes:
-                problems.append(Problem(f"recipe id {recipe.id!r} is also used by {catalog.paths[recipe.id]}", file=path, line=lines.line_for(("id",)), path="id"))
+                problems.append(
+                    Problem(
+                        f"recipe id {recipe.id!r} is also used by {catalog.paths[recipe.id]}",
+                        file=path,
+                        line=lines.line_for(("id",)),
+                        path="id",
+                    )
+                )
                 continue
             catalog.recipes[recipe.id] = recipe
             catalog.paths[recipe.id] = path
@@ -375,7 +415,9 @@ def split_registry_files(files: list[Path], root: Path) -> tuple[list[Path], lis
     roots: list[Path] = []
     for path in files:
         absolute = path.absolute()
-        registry = next((parent for parent in (absolute.parent, absolute.parent.parent) if parent.name == "registry"), None)
+        registry = next(
+            (parent for parent in (absolute.parent, absolute.parent.parent) if parent.name == "registry"), None
+        )
         if registry is None:
             recipes.append(path)
         elif registry.parent not in roots:
@@ -407,7 +449,9 @@ def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[An
             files.extend(found)
         else:
             files.append(path)
-    files = list({_file_key(path): path for path in reversed(files)}.values())[::-1]  # each file once, first mention kept
+    files = list({_file_key(path): path for path in reversed(files)}.values())[
+        ::-1
+    ]  # each file once, first mention kept
     files, registry_roots = split_registry_files(files, root)
     for other_root in registry_roots:  # registry files are recognised by where they live and checked as registry files
         if other_root != root:
@@ -429,10 +473,14 @@ def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[An
             continue
         key = _file_key(path)
         if key in in_catalogue:
-            other = owners.get(recipe.id) or _other_file_with_id(recipe.id, key, catalogue.get(recipe.id, []), checked, cache)
+            other = owners.get(recipe.id) or _other_file_with_id(
+                recipe.id, key, catalogue.get(recipe.id, []), checked, cache
+            )
             if other is not None:
                 line = lines.line_for(("id",)) if lines is not None else None
-                problems.append(Problem(f"recipe id {recipe.id!r} is also used by {other}", file=path, line=line, path="id"))
+                problems.append(
+                    Problem(f"recipe id {recipe.id!r} is also used by {other}", file=path, line=line, path="id")
+                )
                 continue
             owners[recipe.id] = path
         recipes.append(recipe)
@@ -440,7 +488,9 @@ def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[An
     return recipes, problems
 
 
-def _other_file_with_id(recipe_id: str, key: str, candidates: list[Path], checked: set[str], cache: _ParseCache) -> Path | None:
+def _other_file_with_id(
+    recipe_id: str, key: str, candidates: list[Path], checked: set[str], cache: _ParseCache
+) -> Path | None:
     """Another catalogue file, not validated in this run, whose `id` is `recipe_id`.
 
     A valid recipe's id is its file name, so only files with that name (in other folders) can clash.

@@ -23,14 +23,20 @@ def load_run(root: Path, rev: str) -> dict[str, Any]:
         read = lambda name: _git_show(root, commit, name)  # noqa: E731
     metrics_text = read("metrics/eval.json")
     if metrics_text is None:
-        raise MidtrainError.single(f"{rev} has no metrics/eval.json (did its pipeline finish the evaluate stage?)",
-                                   expected="an experiment of `dvc exp show` with metrics")
+        raise MidtrainError.single(
+            f"{rev} has no metrics/eval.json (did its pipeline finish the evaluate stage?)",
+            expected="an experiment of `dvc exp show` with metrics",
+        )
     from ruamel.yaml import YAML
 
     params_text = read("params.yaml") or "{}"
     curve_text = read("metrics/position_curve.json")
-    return {"name": rev, "metrics": json.loads(metrics_text), "params": YAML(typ="safe", pure=True).load(params_text) or {},
-            "curve": json.loads(curve_text) if curve_text else {}}
+    return {
+        "name": rev,
+        "metrics": json.loads(metrics_text),
+        "params": YAML(typ="safe", pure=True).load(params_text) or {},
+        "curve": json.loads(curve_text) if curve_text else {},
+    }
 
 
 def _resolve(root: Path, rev: str) -> str:
@@ -41,8 +47,11 @@ def _resolve(root: Path, rev: str) -> str:
         with Repo(str(root)) as repo:
             return str(resolve_rev(repo.scm, rev))
     except Exception as exc:  # dvc raises several kinds for an unknown name
-        raise MidtrainError.single(f"no experiment or revision named {rev!r} here ({exc.__class__.__name__})",
-                                   expected="a name from `dvc exp show`, a git revision, or 'workspace'", found=rev) from None
+        raise MidtrainError.single(
+            f"no experiment or revision named {rev!r} here ({exc.__class__.__name__})",
+            expected="a name from `dvc exp show`, a git revision, or 'workspace'",
+            found=rev,
+        ) from None
 
 
 def _git_show(root: Path, commit: str, name: str) -> str | None:
@@ -57,25 +66,36 @@ def label(run: dict[str, Any]) -> str:
 
 
 def comparison_lines(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    lines = [f"A = {label(a)}", f"B = {label(b)}", "", "held-out loss   A base   A final  A change   B base   B final  B change   B−A final"]
+    lines = [
+        f"A = {label(a)}",
+        f"B = {label(b)}",
+        "",
+        "held-out loss   A base   A final  A change   B base   B final  B change   B−A final",
+    ]
     la, lb = a["metrics"]["loss"], b["metrics"]["loss"]
     for domain in [d for d in la if d in lb]:
         ca, cb = la[domain]["final"] / la[domain]["base"] - 1, lb[domain]["final"] / lb[domain]["base"] - 1
-        lines.append(f"  {domain:<12} {la[domain]['base']:>8.4f} {la[domain]['final']:>8.4f} {ca:>+8.1%}  {lb[domain]['base']:>8.4f} "
-                     f"{lb[domain]['final']:>8.4f} {cb:>+8.1%}   {lb[domain]['final'] - la[domain]['final']:>+8.4f}")
+        lines.append(
+            f"  {domain:<12} {la[domain]['base']:>8.4f} {la[domain]['final']:>8.4f} {ca:>+8.1%}  {lb[domain]['base']:>8.4f} "
+            f"{lb[domain]['final']:>8.4f} {cb:>+8.1%}   {lb[domain]['final'] - la[domain]['final']:>+8.4f}"
+        )
     for name, run in (("A", a), ("B", b)):
         position = run["metrics"].get("position_loss", {})
         beyond, inside = position.get("beyond", {}), position.get("in_context", {})
         if beyond.get("final") is not None and inside.get("final"):
-            lines.append(f"{name}: beyond vs in-context loss, final {beyond['final'] / inside['final'] - 1:+.1%} "
-                         f"(base {beyond['base'] / inside['base'] - 1:+.1%})")
+            lines.append(
+                f"{name}: beyond vs in-context loss, final {beyond['final'] / inside['final'] - 1:+.1%} "
+                f"(base {beyond['base'] / inside['base'] - 1:+.1%})"
+            )
     ba, bb = a["metrics"].get("benchmarks", {}), b["metrics"].get("benchmarks", {})
     for task in [t for t in ba if t in bb]:
         for metric, pair in ba[task].items():
             if "stderr" in metric or metric not in bb[task]:
                 continue
-            lines.append(f"lm-eval {task} {metric}: A {pair['base']:.3f} → {pair['final']:.3f} · B {bb[task][metric]['base']:.3f} → "
-                         f"{bb[task][metric]['final']:.3f}")
+            lines.append(
+                f"lm-eval {task} {metric}: A {pair['base']:.3f} → {pair['final']:.3f} · B {bb[task][metric]['base']:.3f} → "
+                f"{bb[task][metric]['final']:.3f}"
+            )
     return lines
 
 
@@ -88,10 +108,19 @@ def comparison_figure(plt: Any, a: dict[str, Any], b: dict[str, Any]) -> Any:
     domains = [d for d in la if d in lb]
     for offset, run, color in ((-0.2, a, "#e07b39"), (0.2, b, "#2f6fde")):
         values = [run["metrics"]["loss"][d]["final"] for d in domains]
-        bars = ax_domains.bar([i + offset for i in range(len(domains))], values, 0.4, label=f"{run['name']} final", color=color)
+        bars = ax_domains.bar(
+            [i + offset for i in range(len(domains))], values, 0.4, label=f"{run['name']} final", color=color
+        )
         for bar, domain in zip(bars, domains):
             change = run["metrics"]["loss"][domain]["final"] / run["metrics"]["loss"][domain]["base"] - 1
-            ax_domains.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f"{change:+.0%}", ha="center", va="bottom", fontsize=8)
+            ax_domains.text(
+                bar.get_x() + bar.get_width() / 2,
+                bar.get_height(),
+                f"{change:+.0%}",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
     ax_domains.set_xticks(range(len(domains)), domains)
     ax_domains.set_ylabel("held-out loss (nats/token); labels: change vs each run's base")
     ax_domains.legend(fontsize=8)
@@ -100,7 +129,9 @@ def comparison_figure(plt: Any, a: dict[str, Any], b: dict[str, Any]) -> Any:
         if values:
             window = max(1, min(16, len(values) // 20))
             smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-            ax_position.plot(range(window, window + len(smooth)), smooth, color=color, lw=1.2, label=f"{run['name']} final")
+            ax_position.plot(
+                range(window, window + len(smooth)), smooth, color=color, lw=1.2, label=f"{run['name']} final"
+            )
     ax_position.set_xlabel("token position in a long document")
     ax_position.set_ylabel("held-out loss")
     if ax_position.get_lines():

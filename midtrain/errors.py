@@ -45,7 +45,7 @@ class MidtrainError(Exception):
         super().__init__(self.render())
 
     @classmethod
-    def single(cls, message: str, **where: object) -> "MidtrainError":
+    def single(cls, message: str, **where: object) -> MidtrainError:
         return cls([Problem(message, **where)])  # type: ignore[arg-type]
 
     def render(self) -> str:

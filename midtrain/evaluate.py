@@ -25,6 +25,11 @@ import numpy as np
 from midtrain.errors import MidtrainError
 
 
+def _heldout_math(data: Path) -> list[str]:
+    """The held-out math problems of the built-in corpora, one JSON line each."""
+    return (data / "corpora" / "math.heldout.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+
+
 def _load(model: Any, root: Path) -> Any:
     """A model under test: a directory produced here, a local base directory, or a hub id@commit.
     Code from a model folder is never run."""
@@ -38,8 +43,9 @@ def _load(model: Any, root: Path) -> Any:
         raise MidtrainError.single("model to evaluate not found (has its stage run?)", file=local)
     source = str(local) if local.exists() else model.path
     try:
-        loaded = AutoModelForCausalLM.from_pretrained(source, revision=None if local.exists() else model.revision,
-                                                      dtype=torch.float32, trust_remote_code=False)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            source, revision=None if local.exists() else model.revision, dtype=torch.float32, trust_remote_code=False
+        )
     except (OSError, ValueError) as exc:
         raise MidtrainError.single(f"cannot load the model to evaluate ({model.path}): {exc}") from None
     loaded.eval()
@@ -52,20 +58,29 @@ def heldout_loss(model: Any, tokens: np.ndarray, sequence_length: int, sequences
 
     count = min(sequences, (len(tokens) - 1) // sequence_length)
     if count < 1:
-        raise MidtrainError.single(f"held-out stream has {len(tokens)} tokens, fewer than one window of {sequence_length + 1}")
+        raise MidtrainError.single(
+            f"held-out stream has {len(tokens)} tokens, fewer than one window of {sequence_length + 1}"
+        )
     total, n = 0.0, 0
     with torch.no_grad():
         for start in range(0, count, batch):
-            rows = [tokens[i * sequence_length : i * sequence_length + sequence_length + 1] for i in range(start, min(start + batch, count))]
+            rows = [
+                tokens[i * sequence_length : i * sequence_length + sequence_length + 1]
+                for i in range(start, min(start + batch, count))
+            ]
             window = torch.from_numpy(np.stack(rows).astype(np.int64))
             logits = model(input_ids=window[:, :-1]).logits.float()
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), window[:, 1:].reshape(-1), reduction="sum")
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), window[:, 1:].reshape(-1), reduction="sum"
+            )
             total += float(loss)
             n += window[:, 1:].numel()
     return total / n
 
 
-def position_losses(model: Any, tokens: np.ndarray, doc_starts: np.ndarray, length: int, documents: int, batch: int = 4) -> np.ndarray:
+def position_losses(
+    model: Any, tokens: np.ndarray, doc_starts: np.ndarray, length: int, documents: int, batch: int = 4
+) -> np.ndarray:
     """Mean loss at each position 0..length-2 over windows that start at document starts."""
     import torch
 
@@ -75,7 +90,9 @@ def position_losses(model: Any, tokens: np.ndarray, doc_starts: np.ndarray, leng
     sums = np.zeros(length - 1)
     with torch.no_grad():
         for i in range(0, len(starts), batch):
-            window = torch.from_numpy(np.stack([tokens[s : s + length] for s in starts[i : i + batch]]).astype(np.int64))
+            window = torch.from_numpy(
+                np.stack([tokens[s : s + length] for s in starts[i : i + batch]]).astype(np.int64)
+            )
             logits = model(input_ids=window[:, :-1]).logits.float()
             loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), window[:, 1:], reduction="none")
             sums += loss.sum(0).numpy()
@@ -94,8 +111,14 @@ def _generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: in
             width = max(len(e) for e in encoded)
             ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
             mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
-            generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                       pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+            generated = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
             outputs.extend(tokenizer.decode(g[width:], skip_special_tokens=True) for g in generated)
     return outputs
 
@@ -159,16 +182,25 @@ def evaluate(config: Any, root: Path = Path("."), progress: bool = True) -> dict
     data = root / config.data
     shard_dir = data / "shards"
     manifest = read_manifest(shard_dir)
-    shards = {name: open_shard(shard_dir, entry) for name, entry in manifest["streams"].items() if name.endswith(".heldout")}
+    shards = {
+        name: open_shard(shard_dir, entry) for name, entry in manifest["streams"].items() if name.endswith(".heldout")
+    }
     domains = {d: s for d, s in config.domains.items() if s in shards}
     models = {"base": config.base, "final": config.final}
     tokenizer = AutoTokenizer.from_pretrained(str(data / "tokenizer"), trust_remote_code=False)
     stand_in = config.kind == "stand_in"
-    results: dict[str, Any] = {"loss": {}, "perplexity": {}, "position_loss": {"in_context": {}, "beyond": {}}, "position_curve": {}}
+    results: dict[str, Any] = {
+        "loss": {},
+        "perplexity": {},
+        "position_loss": {"in_context": {}, "beyond": {}},
+        "position_curve": {},
+    }
     if stand_in:
         results.update(retrieval={}, math_exact_match={})
-        rows = [json.loads(line) for line in open(data / "corpora" / "math.heldout.jsonl", encoding="utf-8")][: config.math_problems]
-        retrieval_sets = {n: retrieval_prompts(tokenizer, n, config.retrieval_documents) for n in config.retrieval_lengths}
+        rows = [json.loads(line) for line in _heldout_math(data)[: config.math_problems]]
+        retrieval_sets = {
+            n: retrieval_prompts(tokenizer, n, config.retrieval_documents) for n in config.retrieval_lengths
+        }
     position = config.position if config.position and config.position.stream in shards else None
     steps = len(models) * (len(domains) + 1 + (2 if stand_in else 0))
     with progress_bar("evaluate", steps, enabled=progress) as advance:
@@ -181,25 +213,37 @@ def evaluate(config: Any, root: Path = Path("."), progress: bool = True) -> dict
                 advance(1)
             if position is not None:
                 long = shards[position.stream]
-                curve = position_losses(model, np.asarray(long.tokens), long.doc_starts, position.length, config.sequences)
+                curve = position_losses(
+                    model, np.asarray(long.tokens), long.doc_starts, position.length, config.sequences
+                )
                 cut = position.base_context
                 results["position_loss"]["in_context"][which] = float(curve[: cut - 1].mean())
-                results["position_loss"]["beyond"][which] = float(curve[cut - 1 :].mean()) if len(curve) >= cut else None
+                results["position_loss"]["beyond"][which] = (
+                    float(curve[cut - 1 :].mean()) if len(curve) >= cut else None
+                )
                 results["position_curve"][which] = [round(float(v), 5) for v in curve]
             advance(1)
             if stand_in:
-                results["math_exact_match"][which] = math_exact_match(model, tokenizer, rows, config.math_max_new_tokens)
+                results["math_exact_match"][which] = math_exact_match(
+                    model, tokenizer, rows, config.math_max_new_tokens
+                )
                 advance(1)
                 for length, prompts in retrieval_sets.items():
-                    results["retrieval"].setdefault(str(length), {})[which] = retrieval_accuracy(model, tokenizer, prompts)
+                    results["retrieval"].setdefault(str(length), {})[which] = retrieval_accuracy(
+                        model, tokenizer, prompts
+                    )
                 advance(1)
             del model
     if config.lm_eval is not None:
         results["benchmarks"] = benchmarks(config, root, tokenizer)
     results["relative_change"] = {d: v["final"] / v["base"] - 1 for d, v in results["loss"].items()}
     beyond, inside = results["position_loss"]["beyond"], results["position_loss"]["in_context"]
-    results["beyond_vs_in_context"] = {w: (beyond[w] / inside[w] - 1) if beyond.get(w) is not None else None for w in inside}
-    results["config"] = config.model_dump(mode="json", include={"kind", "base", "final", "sequence_length", "sequences", "position"})
+    results["beyond_vs_in_context"] = {
+        w: (beyond[w] / inside[w] - 1) if beyond.get(w) is not None else None for w in inside
+    }
+    results["config"] = config.model_dump(
+        mode="json", include={"kind", "base", "final", "sequence_length", "sequences", "position"}
+    )
     return results
 
 
@@ -217,9 +261,15 @@ def benchmarks(config: Any, root: Path, tokenizer: Any) -> dict[str, dict[str, d
         for which in ("base", "final"):
             ref = getattr(config, which)
             local = root / ref.path
-            scores = run_lm_eval(local if local.exists() else ref.path, spec.tasks, include, spec.limit,
-                                 revision=None if local.exists() else ref.revision, batch_size=spec.batch_size,
-                                 num_fewshot=spec.num_fewshot)
+            scores = run_lm_eval(
+                local if local.exists() else ref.path,
+                spec.tasks,
+                include,
+                spec.limit,
+                revision=None if local.exists() else ref.revision,
+                batch_size=spec.batch_size,
+                num_fewshot=spec.num_fewshot,
+            )
             for task, metrics in scores.items():
                 for metric, value in metrics.items():
                     if metric == "sample_len":
@@ -236,7 +286,7 @@ def write_local_tasks(directory: Path, tasks: dict[str, dict[str, Any]], data: P
         rng = random.Random(f"task:{name}")
         rows: list[dict[str, Any]] = []
         if settings["kind"] == "math":
-            for line in list(open(data / "corpora" / "math.heldout.jsonl", encoding="utf-8"))[: settings["problems"]]:
+            for line in _heldout_math(data)[: settings["problems"]]:
                 row = json.loads(line)
                 context = row["text"][: row["text"].rindex("Answer:") + len("Answer:")]
                 rows.append(_choice_row(context, row["answer"], rng))
@@ -246,8 +296,10 @@ def write_local_tasks(directory: Path, tasks: dict[str, dict[str, Any]], data: P
         (directory / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         (directory / f"{name}.yaml").write_text(
             f"task: {name}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {json.dumps(str(directory / (name + '.jsonl')))}\n"
-            "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"{{context}}\"\ndoc_to_choice: \"{{choices}}\"\n"
-            "doc_to_target: \"{{label}}\"\nmetric_list:\n  - metric: acc\n", encoding="utf-8")
+            'test_split: test\noutput_type: multiple_choice\ndoc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\n'
+            'doc_to_target: "{{label}}"\nmetric_list:\n  - metric: acc\n',
+            encoding="utf-8",
+        )
 
 
 def _choice_row(context: str, answer: int, rng: random.Random) -> dict[str, Any]:
@@ -270,28 +322,53 @@ def lm_eval_model(model: Path | str, batch_size: int = 8, revision: str | None =
         from lm_eval.models.huggingface import HFLM
     except ImportError:
         raise MidtrainError.single("lm-evaluation-harness is not installed: `pip install 'midtrain[eval]'`") from None
-    return HFLM(pretrained=str(model), revision=revision or "main", batch_size=batch_size, device="cuda" if _cuda() else "cpu",
-                trust_remote_code=False)
+    return HFLM(
+        pretrained=str(model),
+        revision=revision or "main",
+        batch_size=batch_size,
+        device="cuda" if _cuda() else "cpu",
+        trust_remote_code=False,
+    )
 
 
-def run_lm_eval(model: Path | str, tasks: list[str], include_path: Path | str | list[str] | None = None, limit: int | None = None,
-                revision: str | None = None, batch_size: int = 8, num_fewshot: int | None = None) -> dict[str, Any]:
+def run_lm_eval(
+    model: Path | str,
+    tasks: list[str],
+    include_path: Path | str | list[str] | None = None,
+    limit: int | None = None,
+    revision: str | None = None,
+    batch_size: int = 8,
+    num_fewshot: int | None = None,
+) -> dict[str, Any]:
     """Evaluate on lm-eval tasks (hub tasks, or local YAML task files under `include_path`)."""
     try:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise MidtrainError.single("lm-evaluation-harness is not installed: `pip install 'midtrain[eval]'`") from None
-    paths = [str(p) for p in include_path] if isinstance(include_path, list) else ([str(include_path)] if include_path else None)
+    paths = (
+        [str(p) for p in include_path]
+        if isinstance(include_path, list)
+        else ([str(include_path)] if include_path else None)
+    )
     manager = TaskManager(include_path=paths)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
-        raise MidtrainError.single(f"unknown lm-eval task {unknown[0]!r} (option --eval-tasks; local task YAMLs go in --eval-include)",
-                                   found=", ".join(unknown))
-    output = simple_evaluate(model=lm_eval_model(model, batch_size, revision), tasks=tasks, task_manager=manager, limit=limit,
-                             num_fewshot=num_fewshot)
-    return {task: {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            for task, metrics in output["results"].items()}
+        raise MidtrainError.single(
+            f"unknown lm-eval task {unknown[0]!r} (option --eval-tasks; local task YAMLs go in --eval-include)",
+            found=", ".join(unknown),
+        )
+    output = simple_evaluate(
+        model=lm_eval_model(model, batch_size, revision),
+        tasks=tasks,
+        task_manager=manager,
+        limit=limit,
+        num_fewshot=num_fewshot,
+    )
+    return {
+        task: {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for task, metrics in output["results"].items()
+    }
 
 
 def _cuda() -> bool:

@@ -18,6 +18,7 @@ the fingerprint of the model it started from, and is skipped when both are uncha
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -29,8 +30,7 @@ from typing import Any
 
 from midtrain.errors import MidtrainError
 from midtrain.io import file_sha256, write_json
-
-from midtrain.plan.contract import Layout, read_plan_file, write_plan
+from midtrain.plan.contract import read_plan_file, write_plan
 from midtrain.plan.request import PARAMS, PlanRequest, read_params, write_params  # noqa: F401  (re-exported)
 
 # ---------------------------------------------------------------- stages
@@ -45,8 +45,11 @@ def stage_plan(root: Path, out: Path) -> Any:
     if request.layout is not None and request.layout != plan.summary.layout.model_dump():
         raise MidtrainError.single(
             "params.yaml's `layout` does not match what this recipe and base plan to; rerun `midtrain reproduce` "
-            "(which writes both), or set layout to the expected value", file=root / PARAMS,
-            expected=str(plan.summary.layout.model_dump()), found=str(request.layout))
+            "(which writes both), or set layout to the expected value",
+            file=root / PARAMS,
+            expected=str(plan.summary.layout.model_dump()),
+            found=str(request.layout),
+        )
     write_plan(plan, out)
     return plan
 
@@ -62,11 +65,19 @@ def stage_data(root: Path, plan_dir: Path) -> None:
         prepare_tiny(PrepareOptions(out=out, vocab_size=spec.vocab_size, seed=spec.seed, progress=True))
         return
     if isinstance(spec, StandInData):
-        prepare_stand_in(PrepareOptions(out=out, seed=spec.seed, progress=True), spec.tokenizer.path, spec.tokenizer.revision)
+        prepare_stand_in(
+            PrepareOptions(out=out, seed=spec.seed, progress=True), spec.tokenizer.path, spec.tokenizer.revision
+        )
         return
     registry = load_catalog(root).registry
-    prepare_sources(out, {n: registry.sources[n] for n in spec.sources}, spec.tokenizer.path, spec.tokenizer.revision, base=root,
-                    seed=spec.seed)
+    prepare_sources(
+        out,
+        {n: registry.sources[n] for n in spec.sources},
+        spec.tokenizer.path,
+        spec.tokenizer.revision,
+        base=root,
+        seed=spec.seed,
+    )
 
 
 def _run_training(spec_path: Path, root: Path) -> None:
@@ -77,7 +88,9 @@ def _run_training(spec_path: Path, root: Path) -> None:
         command += ["--nproc-per-node", str(nproc)]
     status = run_child(command, cwd=root)
     if status:
-        raise MidtrainError.single(f"training run failed (exit status {status}); rerun to resume from its last checkpoint", file=spec_path)
+        raise MidtrainError.single(
+            f"training run failed (exit status {status}); rerun to resume from its last checkpoint", file=spec_path
+        )
 
 
 def stage_base(root: Path, plan_dir: Path) -> None:
@@ -91,7 +104,10 @@ def stage_base(root: Path, plan_dir: Path) -> None:
         _run_training(path, root)
         return
     fetch_pretrained(spec.model.path, spec.model.revision, root)
-    write_json(root / spec.out / "base.json", {"model": spec.model.path, "revision": spec.model.revision, "fingerprint": spec.fingerprint})
+    write_json(
+        root / spec.out / "base.json",
+        {"model": spec.model.path, "revision": spec.model.revision, "fingerprint": spec.fingerprint},
+    )
 
 
 def fetch_pretrained(ref: str, revision: str | None, root: Path) -> Path:
@@ -102,7 +118,9 @@ def fetch_pretrained(ref: str, revision: str | None, root: Path) -> Path:
     from midtrain.plan.bases import fetch_base, resolve_base
 
     resolved = resolve_base(ref, revision, root)
-    local = fetch_base(resolved, ref if resolved.is_hub else str((root / ref) if not Path(ref).is_absolute() else ref), revision)
+    local = fetch_base(
+        resolved, ref if resolved.is_hub else str((root / ref) if not Path(ref).is_absolute() else ref), revision
+    )
     try:
         AutoConfig.from_pretrained(str(local), trust_remote_code=False)
         AutoTokenizer.from_pretrained(str(local), trust_remote_code=False)
@@ -133,7 +151,9 @@ def stage_midtrain(root: Path, plan_dir: Path) -> None:
     mid = read_plan_file(plan_dir, "midtrain")
     base = read_plan_file(plan_dir, "base")
     base_path = base.model.path if isinstance(base, PretrainedBase) else None
-    specs_dir = root / Path(next(iter(mid.runs.values())).out).parent / ".specs"  # inside this stage's output, never in plan/
+    specs_dir = (
+        root / Path(next(iter(mid.runs.values())).out).parent / ".specs"
+    )  # inside this stage's output, never in plan/
     for item in mid.order:
         name = item.name
         if item.kind == "run":
@@ -155,7 +175,10 @@ def stage_midtrain(root: Path, plan_dir: Path) -> None:
             if merge.source_of:
                 continue  # an EMA/Polyak average written by its run
             out = root / merge.out
-            key = {"merge": merge.model_dump(mode="json"), "inputs": [_weights_fingerprint(root / i) for i in merge.inputs]}
+            key = {
+                "merge": merge.model_dump(mode="json"),
+                "inputs": [_weights_fingerprint(root / i) for i in merge.inputs],
+            }
             stamp = out.parent / f".{out.name}.done.json"
             if stamp.exists() and json.loads(stamp.read_text()) == key and (out / "config.json").exists():
                 print(f"{name}: unchanged, skipped", flush=True)
@@ -167,7 +190,6 @@ def stage_midtrain(root: Path, plan_dir: Path) -> None:
 
 def stage_evaluate(root: Path, plan_dir: Path, out: Path) -> dict[str, Any]:
     from midtrain.evaluate import evaluate
-
     from midtrain.io import remove_stale_temporaries
 
     config = read_plan_file(plan_dir, "eval")
@@ -182,8 +204,14 @@ def stage_evaluate(root: Path, plan_dir: Path, out: Path) -> dict[str, Any]:
 
 
 # DVC's notices that a midtrain user can do nothing about (they go to logs/dvc.log instead)
-DVC_NOISE = ("No file hash info found for", "To track the changes with git, run", "dvc config core.autostage true",
-             "To enable auto staging, run", "Use `dvc push` to send your updates", "\tgit add ")
+DVC_NOISE = (
+    "No file hash info found for",
+    "To track the changes with git, run",
+    "dvc config core.autostage true",
+    "To enable auto staging, run",
+    "Use `dvc push` to send your updates",
+    "\tgit add ",
+)
 
 
 def _relay(stream: Any, log: Path) -> None:
@@ -209,8 +237,15 @@ def run_child(command: list[str], cwd: Path, env: dict[str, str] | None = None, 
     import threading
 
     pipe = subprocess.PIPE if quiet_log is not None else None
-    process = subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True, stdout=pipe,
-                               stderr=subprocess.STDOUT if pipe else None, text=True)
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        start_new_session=True,
+        stdout=pipe,
+        stderr=subprocess.STDOUT if pipe else None,
+        text=True,
+    )
     relay = None
     if quiet_log is not None:
         relay = threading.Thread(target=_relay, args=(process.stdout, quiet_log), daemon=True)
@@ -219,10 +254,8 @@ def run_child(command: list[str], cwd: Path, env: dict[str, str] | None = None, 
 
     def forward(signum: int, _frame: Any) -> None:
         received.append(signum)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signum)
-        except ProcessLookupError:
-            pass
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -232,10 +265,8 @@ def run_child(command: list[str], cwd: Path, env: dict[str, str] | None = None, 
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(process.pid, signal.SIGTERM)  # stragglers of a group whose leader has exited
-        except (ProcessLookupError, PermissionError):
-            pass
     if received:
         raise KeyboardInterrupt
     return status
@@ -251,14 +282,20 @@ def check_repository(root: Path) -> None:
         raise MidtrainError.single("git is not installed; DVC pipelines need a git repository")
     inside = subprocess.run([git, "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
     if inside.returncode != 0:
-        raise MidtrainError.single(f"{root} is not a git repository; run `git init && git add -A && git commit -m init` first")
+        raise MidtrainError.single(
+            f"{root} is not a git repository; run `git init && git add -A && git commit -m init` first"
+        )
     head = subprocess.run([git, "rev-parse", "--verify", "HEAD"], cwd=root, capture_output=True, text=True)
     if head.returncode != 0:
-        raise MidtrainError.single("the git repository has no commit yet; DVC experiments need one: `git add -A && git commit -m init`")
+        raise MidtrainError.single(
+            "the git repository has no commit yet; DVC experiments need one: `git add -A && git commit -m init`"
+        )
     if not (root / ".dvc").is_dir():
         raise MidtrainError.single(f"{root} is not a DVC project; run `dvc init` (and commit .dvc/) first")
     if not (root / "dvc.yaml").exists():
-        raise MidtrainError.single("no dvc.yaml here; copy the one from the midtrain repository (or run from its root)", file=root / "dvc.yaml")
+        raise MidtrainError.single(
+            "no dvc.yaml here; copy the one from the midtrain repository (or run from its root)", file=root / "dvc.yaml"
+        )
 
 
 def dvc_command(root: Path, use_exp: bool, name: str | None, force: bool = False) -> list[str]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 # Plain-mode lines; fields: description, done, total, unit, fraction, eta (seconds), info.
 PERCENT_LINE = "{description}: {fraction:4.0%} ({done:,.0f}/{total:,.0f}{unit}, eta {eta:,.0f}s)"
@@ -27,8 +28,19 @@ class Reporter:
     and every QUIET_SECONDS without a total. `header` is printed first, and `close(footer=True)`
     prints how long it took (plain mode)."""
 
-    def __init__(self, description: str, total: float | None, *, start: float = 0, unit: str = "", enabled: bool = True,
-                 line: str = PERCENT_LINE, every: float | None = None, stream: str = "stderr", header: str | None = None):
+    def __init__(
+        self,
+        description: str,
+        total: float | None,
+        *,
+        start: float = 0,
+        unit: str = "",
+        enabled: bool = True,
+        line: str = PERCENT_LINE,
+        every: float | None = None,
+        stream: str = "stderr",
+        header: str | None = None,
+    ):
         self.description, self.total, self.start, self.unit, self.enabled = description, total, start, unit, enabled
         self.line, self.stream, self.done = line, stream, start
         self.interval = every if every is not None else (total / 10 if total else None)
@@ -36,11 +48,25 @@ class Reporter:
         self.started = self.last = time.monotonic()
         self.bar: Any = None
         if enabled and is_tty():
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TaskProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
-            columns = [TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), MofNCompleteColumn(),
-                       TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+            columns = [
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TaskProgressColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            ]
             self.bar = Progress(*columns, transient=False)
             self.bar.start()
             self.task = self.bar.add_task(description, total=total, completed=start, info="")
@@ -66,8 +92,17 @@ class Reporter:
             if done >= self.start + self.tenths * self.interval or done >= self.total:
                 rate = (done - self.start) / max(now - self.started, 1e-9)
                 eta = (self.total - done) / rate if rate > 0 else 0
-                self._print(self.line.format(description=self.description, done=done, total=self.total, unit=self.unit,
-                                             fraction=done / self.total, eta=eta, info=info))
+                self._print(
+                    self.line.format(
+                        description=self.description,
+                        done=done,
+                        total=self.total,
+                        unit=self.unit,
+                        fraction=done / self.total,
+                        eta=eta,
+                        info=info,
+                    )
+                )
                 while self.start + self.tenths * self.interval <= done:
                     self.tenths += 1
         elif now - self.last >= QUIET_SECONDS:
@@ -82,7 +117,9 @@ class Reporter:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: float | None, unit: str = "", enabled: bool = True) -> Iterator[Callable[[float], None]]:
+def progress_bar(
+    description: str, total: float | None, unit: str = "", enabled: bool = True
+) -> Iterator[Callable[[float], None]]:
     """Yields `advance(amount)`. Plain mode prints at most every 10% (or every 5 s without a total),
     and how long it took at the end."""
     reporter = Reporter(description, total, unit=unit, enabled=enabled)

@@ -13,8 +13,23 @@ import os
 import warnings
 from pathlib import Path
 
-THIRD_PARTY = ("transformers", "datasets", "huggingface_hub", "lm_eval", "lm-eval", "accelerate", "torch", "evaluate",
-               "urllib3", "httpx", "filelock", "fsspec", "matplotlib", "sqlitedict", "absl")
+THIRD_PARTY = (
+    "transformers",
+    "datasets",
+    "huggingface_hub",
+    "lm_eval",
+    "lm-eval",
+    "accelerate",
+    "torch",
+    "evaluate",
+    "urllib3",
+    "httpx",
+    "filelock",
+    "fsspec",
+    "matplotlib",
+    "sqlitedict",
+    "absl",
+)
 _installed: list[Path] = []
 
 

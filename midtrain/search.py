@@ -25,11 +25,22 @@ def haystack(recipe: Any, registry: Any) -> dict[str, str]:
     }
     for stage in recipe.stages:
         fields[f"stage {stage.name}"] = " ".join(
-            filter(None, [stage.name, stage.kind.value, stage.description or "", stage.mixture.note or "", stage.schedule.describe()])
+            filter(
+                None,
+                [
+                    stage.name,
+                    stage.kind.value,
+                    stage.description or "",
+                    stage.mixture.note or "",
+                    stage.schedule.describe(),
+                ],
+            )
         )
         for component in stage.mixture.components:
             source = registry.sources.get(component.source)
-            fields[f"source {component.source}"] = f"{component.source} {source.description if source else ''} {source.hub_id or '' if source else ''}"
+            fields[f"source {component.source}"] = (
+                f"{component.source} {source.description if source else ''} {source.hub_id or '' if source else ''}"
+            )
     return fields
 
 

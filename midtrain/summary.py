@@ -8,10 +8,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from midtrain.units import fmt_tokens, human_count
 from midtrain.schema.provenance import covering_entry, numeric_items
 from midtrain.schema.recipe import UNCOUNTED_PREFIXES, Recipe
 from midtrain.schema.schedule import lr_after_warmup
+from midtrain.units import fmt_tokens, human_count
 
 
 def list_row(recipe: Recipe) -> dict[str, Any]:
@@ -134,8 +134,20 @@ def _overview(recipe: Recipe) -> dict[str, Any]:
     }
 
 
-STAGE_DIFF_FIELDS = ("kind", "tokens", "runs", "steps", "share_start", "share_end", "sequence_length",
-                     "tokens_per_step", "schedule_text", "lr_start", "lr_end", "rope")
+STAGE_DIFF_FIELDS = (
+    "kind",
+    "tokens",
+    "runs",
+    "steps",
+    "share_start",
+    "share_end",
+    "sequence_length",
+    "tokens_per_step",
+    "schedule_text",
+    "lr_start",
+    "lr_end",
+    "rope",
+)
 
 
 def diff_recipes(a: Recipe, b: Recipe, registry: Any) -> dict[str, Any]:
@@ -184,13 +196,16 @@ COMPARE_FIELDS = {
     "mid_tokens": lambda r, reg: fmt_tokens(r.mid_training_tokens()),
     "mid_share": lambda r, reg: (
         f"{r.mid_training_tokens() / (r.mid_training_tokens() + r.base.tokens_seen):.1%}"
-        if r.mid_training_tokens() and r.base.tokens_seen else "?"
+        if r.mid_training_tokens() and r.base.tokens_seen
+        else "?"
     ),
     "stages": lambda r, reg: " → ".join(f"{s.name} ({fmt_tokens(s.total_tokens())})" for s in r.stages),
     "base_context": lambda r, reg: f"{r.base.context_length:,}",
     "final_context": lambda r, reg: f"{r.final_context():,}",
     "schedules": lambda r, reg: " | ".join(s.schedule.type for s in r.stages),
-    "lr_start": lambda r, reg: ", ".join(f"{f['lr_start']:.3g}" if f["lr_start"] is not None else "?" for f in stage_facts(r)),
+    "lr_start": lambda r, reg: ", ".join(
+        f"{f['lr_start']:.3g}" if f["lr_start"] is not None else "?" for f in stage_facts(r)
+    ),
     "rope": lambda r, reg: " | ".join(f["rope"] for f in stage_facts(r)),
     "merges": lambda r, reg: ", ".join(f"{m.method}" for m in r.merges) or "-",
     "objectives": lambda r, reg: ", ".join(o.value for o in r.objectives),

@@ -14,6 +14,7 @@ size of the file.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import functools
@@ -37,8 +38,7 @@ MAX_DEPTH = 32  # nested lists/mappings; real recipes use fewer than 10
 MAX_VALUES = 5_000
 
 _STANDARD_TAGS = {
-    f"tag:yaml.org,2002:{name}"
-    for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp", "omap")
+    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "map", "seq", "timestamp", "omap")
 }
 
 PathKey = tuple[str | int, ...]
@@ -63,7 +63,7 @@ class LineMap:
         return [[list(k), v] for k, v in self.lines.items()]
 
     @classmethod
-    def from_json(cls, rows: list[list[Any]]) -> "LineMap":
+    def from_json(cls, rows: list[list[Any]]) -> LineMap:
         return cls({tuple(k): v for k, v in rows})
 
 
@@ -99,10 +99,8 @@ def _file_kind(mode: int) -> str:
 def _not_regular(path: Path, mode: int) -> MidtrainError:
     found = _file_kind(mode)
     if os.path.islink(path):
-        try:
+        with contextlib.suppress(OSError, ValueError):
             found += f" (symlink to {os.path.realpath(path)})"
-        except (OSError, ValueError):
-            pass
     return MidtrainError.single(
         "not a regular file, so it was not read",
         file=path,
@@ -138,12 +136,17 @@ def _os_error(path: Path, exc: OSError) -> MidtrainError:
             except OSError:
                 target = "?"
             return MidtrainError.single(
-                f"dangling symlink: its target does not exist{name}", file=path, expected="a regular file", found=f"a link to {target}"
+                f"dangling symlink: its target does not exist{name}",
+                file=path,
+                expected="a regular file",
+                found=f"a link to {target}",
             )
         return MidtrainError.single("file not found", file=path)
     if code in (errno.ENXIO, errno.EAGAIN, errno.EWOULDBLOCK, errno.ENODEV):
         return MidtrainError.single(
-            f"not a regular file, so it was not read{name}", file=path, expected=f"a regular file within {_size_limit()}"
+            f"not a regular file, so it was not read{name}",
+            file=path,
+            expected=f"a regular file within {_size_limit()}",
         )
     from midtrain.io import os_error
 
@@ -536,7 +539,7 @@ class _Builder:
                     raise self.error(f"tag !!{tag.rsplit(':', 1)[-1]} does not fit a list", node)
                 items = []
                 for index, item in enumerate(node.value):
-                    child = here + (index,)
+                    child = (*here, index)
                     self.lines.lines[child] = item.start_mark.line + 1
                     items.append(self.build(item, child))
                 return items
@@ -568,9 +571,11 @@ class _Builder:
                     merged.extend(source.value)
                 continue
             key = self.key(key_node)
-            child = here + (key,)
+            child = (*here, key)
             if key in out:
-                raise self.error(f"duplicate key {key!r} (first written on line {self.lines.lines.get(child)})", key_node)
+                raise self.error(
+                    f"duplicate key {key!r} (first written on line {self.lines.lines.get(child)})", key_node
+                )
             self.lines.lines[child] = key_node.start_mark.line + 1
             out[key] = self.build(value_node, child)
         for key_node, value_node in merged:
@@ -578,7 +583,7 @@ class _Builder:
                 continue
             key = self.key(key_node)
             if key not in out:
-                child = here + (key,)
+                child = (*here, key)
                 self.lines.lines[child] = key_node.start_mark.line + 1
                 out[key] = self.build(value_node, child)
         return out
@@ -608,11 +613,15 @@ class _Builder:
         }.get(kind)
         try:
             value = build(node) if build is not None else None
-        except Exception:  # noqa: BLE001 - any failure means the text does not fit the tag
+        except Exception:
             build = None
         if build is None:
-            raise self.error(f"value cannot be read as !!{kind} (its tag, written or implied)", node,
-                             path=format_path(here) if here else None, found=short(node.value))
+            raise self.error(
+                f"value cannot be read as !!{kind} (its tag, written or implied)",
+                node,
+                path=format_path(here) if here else None,
+                found=short(node.value),
+            )
         if isinstance(value, (_dt.date, _dt.datetime)):
             return value.isoformat()[:10]
         if isinstance(value, bool) or value is None:
@@ -639,7 +648,9 @@ def dump_yaml(data: Any) -> str:
     return buffer.getvalue()
 
 
-def problems_from_validation(exc: Any, file: Path | None, lines: LineMap, prefix: tuple[Any, ...] = ()) -> list[Problem]:
+def problems_from_validation(
+    exc: Any, file: Path | None, lines: LineMap, prefix: tuple[Any, ...] = ()
+) -> list[Problem]:
     """Turn a pydantic ValidationError into located problems (all of them, not just the first)."""
     from midtrain.errors import LocatedErrors
 
@@ -653,7 +664,9 @@ def problems_from_validation(exc: Any, file: Path | None, lines: LineMap, prefix
                 problems.append(Problem(sub_message, file=file, line=lines.line_for(full), path=format_path(full)))
             continue
         # Discriminated-union tags and function-validator names are not fields in the file.
-        shown = tuple(part for part in loc if not (isinstance(part, str) and ("[" in part or part.startswith("function-"))))
+        shown = tuple(
+            part for part in loc if not (isinstance(part, str) and ("[" in part or part.startswith("function-")))
+        )
         kind = err.get("type", "")
         message = err.get("msg", "invalid value")
         expected = None
@@ -666,7 +679,7 @@ def problems_from_validation(exc: Any, file: Path | None, lines: LineMap, prefix
             message = "unknown field"
             found = str(shown[-1]) if shown else None
             expected = "one of the fields documented in `midtrain schema`"
-        elif kind.endswith("_type") or kind.endswith("_parsing"):
+        elif kind.endswith(("_type", "_parsing")):
             expected = message.replace("Input should be ", "")
             message = "wrong type"
         elif kind in ("literal_error", "enum", "union_tag_invalid"):
@@ -675,6 +688,13 @@ def problems_from_validation(exc: Any, file: Path | None, lines: LineMap, prefix
         elif message.startswith("Value error, "):
             message = message[len("Value error, ") :]
         problems.append(
-            Problem(message, file=file, line=lines.line_for(shown), path=format_path(shown) or None, expected=expected, found=found)
+            Problem(
+                message,
+                file=file,
+                line=lines.line_for(shown),
+                path=format_path(shown) or None,
+                expected=expected,
+                found=found,
+            )
         )
     return problems

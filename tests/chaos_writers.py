@@ -31,10 +31,9 @@ def merge(args: dict[str, Any]) -> None:
 
 
 def evaluate(args: dict[str, Any]) -> None:
+    from midtrain.evaluate import evaluate as run
     from midtrain.io import remove_stale_temporaries, write_json
     from midtrain.plan.contract import StandInEval
-
-    from midtrain.evaluate import evaluate as run
 
     config = StandInEval.model_validate(args["config"])
     out = Path(args["out"])

@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # dvclive signals finished steps (for VS Code) in the DVC project it finds above the working
 # directory; two test workers training at once in this repository raced on that one file. Each
 # worker gets its own.
-import tempfile  # noqa: E402
+import tempfile
 
 os.environ.setdefault("DVC_ROOT", tempfile.mkdtemp(prefix="midtrain-test-dvcroot-"))
 
@@ -52,7 +52,9 @@ def olmo_text() -> str:
 
 from midtrain.data.builtin import CorpusSizes  # noqa: E402
 
-SMALL = CorpusSizes(math_train=3000, math_eval=200, qa_math=2000, longdoc_train=100, longdoc_eval=40, prose_docs=400, code_docs=150)
+SMALL = CorpusSizes(
+    math_train=3000, math_eval=200, qa_math=2000, longdoc_train=100, longdoc_eval=40, prose_docs=400, code_docs=150
+)
 
 
 @pytest.fixture(scope="session")

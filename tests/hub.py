@@ -23,8 +23,15 @@ def _texts() -> list[str]:
     return texts
 
 
-def save_random_model(out: Path, *, model_type: str = "llama", context: int = 64, theta: float = 10_000.0, vocab: int = 512,
-                      extra_config: dict[str, Any] | None = None) -> Path:
+def save_random_model(
+    out: Path,
+    *,
+    model_type: str = "llama",
+    context: int = 64,
+    theta: float = 10_000.0,
+    vocab: int = 512,
+    extra_config: dict[str, Any] | None = None,
+) -> Path:
     """A random causal LM of `model_type` with its own byte-level BPE tokenizer, saved in HF format."""
     import json
 
@@ -36,16 +43,35 @@ def save_random_model(out: Path, *, model_type: str = "llama", context: int = 64
 
     with tempfile.TemporaryDirectory() as tmp:
         train_bpe(_texts(), vocab, Path(tmp) / "tok")
-        tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(Path(tmp) / "tok" / "tokenizer.json"),
-                                            eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|pad|>")
-    config_class = {"llama": transformers.LlamaConfig, "qwen3": transformers.Qwen3Config, "gpt2": transformers.GPT2Config}[model_type]
-    kwargs: dict[str, Any] = {"vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
-                              "pad_token_id": tokenizer.pad_token_id}
+        tokenizer = PreTrainedTokenizerFast(
+            tokenizer_file=str(Path(tmp) / "tok" / "tokenizer.json"),
+            eos_token="<|endoftext|>",
+            bos_token="<|endoftext|>",
+            pad_token="<|pad|>",
+        )
+    config_class = {
+        "llama": transformers.LlamaConfig,
+        "qwen3": transformers.Qwen3Config,
+        "gpt2": transformers.GPT2Config,
+    }[model_type]
+    kwargs: dict[str, Any] = {
+        "vocab_size": len(tokenizer),
+        "eos_token_id": tokenizer.eos_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
     if model_type == "gpt2":
         kwargs.update(n_embd=64, n_layer=2, n_head=4, n_positions=context)
     else:
-        kwargs.update(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-                      max_position_embeddings=context, rope_parameters={"rope_type": "default", "rope_theta": theta})
+        kwargs.update(
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            max_position_embeddings=context,
+            rope_parameters={"rope_type": "default", "rope_theta": theta},
+        )
         if model_type == "qwen3":
             kwargs["head_dim"] = 16
     torch.manual_seed(0)

@@ -17,13 +17,26 @@ from midtrain.publish import build_site
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (`make test` installs Debian's chromium as root)")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--virtual-time-budget=3000"]
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="Chromium is not installed (`make test` installs Debian's chromium as root)"
+)
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=3000",
+]
 
 
 def browse(url: str, profile: Path, *extra: str) -> str:
-    proc = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *extra, url], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", *extra, url], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -53,7 +66,7 @@ def test_table_search_and_filter_in_a_browser(site: Path, tmp_path: Path) -> Non
 
 def test_recipe_page_in_a_browser(site: Path, tmp_path: Path) -> None:
     dom = browse(f"file://{site}/olmo-2-1124-7b.html", tmp_path / "p4", "--dump-dom")
-    assert "<polyline" in dom and "dolmino-math" in dom and "Table 13" in dom and "class=\"bar\"" in dom
+    assert "<polyline" in dom and "dolmino-math" in dom and "Table 13" in dom and 'class="bar"' in dom
     shot = tmp_path / "page.png"
     browse(f"file://{site}/olmo-2-1124-7b.html", tmp_path / "p5", f"--screenshot={shot}", "--window-size=1200,1600")
     assert shot.exists() and shot.stat().st_size > 10_000
@@ -84,7 +97,9 @@ def test_recipe_page_shows_results_contradictions_and_notes(site: Path, tmp_path
         elif result.after is not None:
             assert f"not reported → {result.after:g}" in row and "after only" in row
         else:
-            kind = {"absolute": "absolute", "relative": "relative", "unknown": "absolute or relative not stated"}[result.delta_kind]
+            kind = {"absolute": "absolute", "relative": "relative", "unknown": "absolute or relative not stated"}[
+                result.delta_kind
+            ]
             assert f"{result.delta:+.4g}" in row and "change only" in row and kind in row
     blocks = [text_of(b) for b in re.findall(r'<div class="contradiction">(.*?)</div>', dom, re.S)]
     assert len(blocks) == len(recipe.contradictions)
@@ -116,14 +131,23 @@ def test_lr_plot_has_axes_and_one_labelled_boundary_per_stage(site: Path, tmp_pa
     assert {"0", "100B", "500B", "563B", "626B"} <= set(texts("x-tick"))
     assert "tokens" in " ".join(texts("x-title")) and ">learning rate<" in svg
     assert texts("lr-value") == ["2.2e-5", "7.3e-6", "7.3e-6"]
-    curves = [[tuple(map(float, p.split(","))) for p in points.split()]
-              for points in re.findall(r'<polyline class="lr-stage"[^>]*points="([^"]+)"', svg)]
+    curves = [
+        [tuple(map(float, p.split(","))) for p in points.split()]
+        for points in re.findall(r'<polyline class="lr-stage"[^>]*points="([^"]+)"', svg)
+    ]
     assert len(curves) == 3, "each stage is its own segment"
     tail_levels = sorted({y for _, y in curves[0]})
     assert len(tail_levels) == 2, "the tail is two constant steps"
-    assert {y for _, y in curves[1]} == {y for _, y in curves[2]} == {tail_levels[1]}, "both extensions at the tail's lower LR"
-    assert curves[0][-1][0] <= curves[1][0][0] < curves[1][-1][0] <= curves[2][0][0] < curves[2][-1][0], "stages in order"
-    legend = [text_of(li) for li in re.findall(r"<li>(.*?)</li>", re.search(r'<ol class="lr-legend">(.*?)</ol>', dom, re.S).group(1))]
+    assert {y for _, y in curves[1]} == {y for _, y in curves[2]} == {tail_levels[1]}, (
+        "both extensions at the tail's lower LR"
+    )
+    assert curves[0][-1][0] <= curves[1][0][0] < curves[1][-1][0] <= curves[2][0][0] < curves[2][-1][0], (
+        "stages in order"
+    )
+    legend = [
+        text_of(li)
+        for li in re.findall(r"<li>(.*?)</li>", re.search(r'<ol class="lr-legend">(.*?)</ol>', dom, re.S).group(1))
+    ]
     assert [item.split(":")[0].strip() for item in legend] == ["lr-tail", "ctx-32k", "ctx-128k"]
     shot = tmp_path / "deepseek-v3.png"
     browse(f"file://{site}/deepseek-v3.html", tmp_path / "p2", f"--screenshot={shot}", "--window-size=1200,1000")
@@ -160,7 +184,9 @@ def test_lr_plot_labels_are_legible_in_every_recipe(site: Path, tmp_path: Path) 
         assert figure, recipe_id
         figures.append(f"<section id='{recipe_id}'>{figure.group(0)}</section>")
     page = tmp_path / "layout.html"
-    page.write_text(f"{head}<body>{''.join(figures)}<pre id=problems>not run</pre><script>{LAYOUT_CHECK}</script></body></html>")
+    page.write_text(
+        f"{head}<body>{''.join(figures)}<pre id=problems>not run</pre><script>{LAYOUT_CHECK}</script></body></html>"
+    )
     dom = browse(f"file://{page}", tmp_path / "p", "--dump-dom")
     found = re.search(r'<pre id="problems">(.*?)</pre>', dom, re.S)
     assert found and found.group(1) != "not run"

@@ -16,15 +16,26 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-DELAYS = (0.8, 2.0, 4.0)  # seconds after start: import time, mid-work, near the end (where each lands varies; any must do)
+DELAYS = (
+    0.8,
+    2.0,
+    4.0,
+)  # seconds after start: import time, mid-work, near the end (where each lands varies; any must do)
 
 
 def _start(writer: str, args: dict[str, Any], work: Path) -> subprocess.Popen:
     spec = work / f"{writer}-{time.monotonic_ns()}.json"
     spec.write_text(json.dumps(args))
     env = dict(os.environ, MIDTRAIN_THREADS="1", OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
-    return subprocess.Popen([sys.executable, "-m", "tests.chaos_writers", writer, str(spec)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.chaos_writers", writer, str(spec)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _complete(writer: str, args: dict[str, Any], work: Path) -> None:
@@ -45,12 +56,19 @@ def _kill_then_rerun(writer: str, args: dict[str, Any], work: Path, delay: float
 
 
 def _files(root: Path, skip: tuple[str, ...] = ()) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not any(part in skip for part in p.relative_to(root).parts)}
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not any(part in skip for part in p.relative_to(root).parts)
+    }
 
 
 def _no_temporaries(root: Path) -> None:
-    left = [str(p) for p in root.rglob("*") if p.name.endswith(".tmp") or (p.name.startswith(".") and p.name.endswith(".old"))]
+    left = [
+        str(p)
+        for p in root.rglob("*")
+        if p.name.endswith(".tmp") or (p.name.startswith(".") and p.name.endswith(".old"))
+    ]
     assert not left, left
 
 
@@ -93,10 +111,20 @@ def test_train_merge_evaluate_report_killed_anywhere_rerun_to_the_clean_result(p
     _no_temporaries(tmp_path)
 
     # evaluate: the same metrics, both files complete
-    config = {"kind": "stand_in", "base": {"path": str(runs[0])}, "final": {"path": str(tmp_path / "soup-clean")},
-              "data": str(prepared), "domains": {"prose": "prose.heldout", "math": "math.heldout"}, "sequence_length": 32,
-              "sequences": 4, "position": {"stream": "longdoc.heldout", "length": 64, "base_context": 32}, "math_problems": 4,
-              "math_max_new_tokens": 8, "retrieval_lengths": [32, 64], "retrieval_documents": 2}
+    config = {
+        "kind": "stand_in",
+        "base": {"path": str(runs[0])},
+        "final": {"path": str(tmp_path / "soup-clean")},
+        "data": str(prepared),
+        "domains": {"prose": "prose.heldout", "math": "math.heldout"},
+        "sequence_length": 32,
+        "sequences": 4,
+        "position": {"stream": "longdoc.heldout", "length": 64, "base_context": 32},
+        "math_problems": 4,
+        "math_max_new_tokens": 8,
+        "retrieval_lengths": [32, 64],
+        "retrieval_documents": 2,
+    }
     _complete("evaluate", {"config": config, "root": "/", "out": str(tmp_path / "m-clean" / "eval.json")}, tmp_path)
     clean_metrics = _files(tmp_path / "m-clean")
     for delay in DELAYS[:2]:
@@ -110,7 +138,11 @@ def test_train_merge_evaluate_report_killed_anywhere_rerun_to_the_clean_result(p
 
     plan = plan_recipe(load_catalog().get("olmo-2-1124-7b"), load_catalog().registry, "tiny")
     (tmp_path / "plan.json").write_text(json.dumps(plan.to_json()))
-    report = {"root": str(tmp_path), "plan": str(tmp_path / "plan.json"), "metrics": str(tmp_path / "m-clean" / "eval.json")}
+    report = {
+        "root": str(tmp_path),
+        "plan": str(tmp_path / "plan.json"),
+        "metrics": str(tmp_path / "m-clean" / "eval.json"),
+    }
     _complete("report", {**report, "out": str(tmp_path / "r-clean")}, tmp_path)
     clean_report = _files(tmp_path / "r-clean")
     for delay in DELAYS[:2]:

@@ -87,15 +87,24 @@ def test_transformers_is_at_least_the_version_midtrain_needs():
     (requirement,) = [r for _, r in _requirements() if canonicalize_name(r.name) == "transformers"]
     bound = _lower_bound(requirement)
     assert bound is not None and bound >= TRANSFORMERS_NEEDED, (
-        f"pyproject.toml allows {requirement}, but midtrain uses v5's rope_parameters and dtype= (needs >= {TRANSFORMERS_NEEDED})")
+        f"pyproject.toml allows {requirement}, but midtrain uses v5's rope_parameters and dtype= (needs >= {TRANSFORMERS_NEEDED})"
+    )
     assert Version(transformers.__version__) >= bound, f"installed transformers {transformers.__version__} < {bound}"
 
 
 def _tiny_llama(**extra):  # type: ignore[no-untyped-def]
     from transformers import LlamaConfig
 
-    return LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
-                       num_key_value_heads=4, max_position_embeddings=8192, **extra)
+    return LlamaConfig(
+        vocab_size=64,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=8192,
+        **extra,
+    )
 
 
 def test_rope_parameters_built_as_midtrain_builds_them_reach_the_rotary_embedding(tmp_path):
@@ -123,7 +132,8 @@ def test_rope_parameters_built_as_midtrain_builds_them_reach_the_rotary_embeddin
     # the highest frequencies are left alone by YaRN: they show the base (theta) the model uses
     expected = theta ** (-2.0 / head_dim)
     assert math.isclose(float(rotary.inv_freq[1]), expected, rel_tol=1e-4), (
-        f"rotary base is not {theta:,.0f}: inv_freq[1] = {float(rotary.inv_freq[1])}, expected {expected}")
+        f"rotary base is not {theta:,.0f}: inv_freq[1] = {float(rotary.inv_freq[1])}, expected {expected}"
+    )
     assert not torch.allclose(rotary.inv_freq, _default_inv_freq(theta, head_dim)), "YaRN scaling was not applied"
 
     config.save_pretrained(tmp_path)  # what midtrain saves with each model is what loads again
@@ -172,8 +182,12 @@ def test_constraints_pin_versions_inside_pyproject_ranges():
     pins = _constraints()
     assert "torch" not in pins, "torch is installed first by the Makefile (CPU build); constraints.txt must not pin it"
     assert "midtrain" not in pins
-    outside = [f"{r} but constraints.txt pins {pins[canonicalize_name(r.name)]}" for _, r in _requirements()
-               if canonicalize_name(r.name) in pins and not r.specifier.contains(pins[canonicalize_name(r.name)], prereleases=True)]
+    outside = [
+        f"{r} but constraints.txt pins {pins[canonicalize_name(r.name)]}"
+        for _, r in _requirements()
+        if canonicalize_name(r.name) in pins
+        and not r.specifier.contains(pins[canonicalize_name(r.name)], prereleases=True)
+    ]
     assert not outside, "\n".join(outside)
     for _, requirement in _requirements():
         if canonicalize_name(requirement.name) != "torch":

@@ -141,14 +141,7 @@ def test_deep_block_nesting_is_refused(tmp_path: Path) -> None:
 def test_brackets_in_text_do_not_count_as_nesting(tmp_path: Path) -> None:
     """Quoted scalars, block scalars, comments and plain text may hold any number of brackets."""
     many = "[" * (3 * MAX_DEPTH)
-    text = (
-        f'a: "{many}"\n'
-        f"b: 'it''s {many}'\n"
-        f"c: see {many}\n"
-        f"# {many}\n"
-        f"d: |\n  {many}\n  more text\n"
-        f"e: [1, [2, [3]]]\n"
-    )
+    text = f"a: \"{many}\"\nb: 'it''s {many}'\nc: see {many}\n# {many}\nd: |\n  {many}\n  more text\ne: [1, [2, [3]]]\n"
     check_nesting(tmp_path / "x.yaml", text)
     data, _ = load_yaml((tmp_path / "x.yaml"), text)
     assert data["e"] == [1, [2, [3]]] and data["d"].startswith("[[[")
@@ -209,7 +202,7 @@ def _duplicate(repo: Path) -> tuple[Path, Path]:
 def test_validate_reports_a_duplicate_id_with_both_paths(repo: Path) -> None:
     original, copy = _duplicate(repo)
     out = midtrain("validate", code=1)
-    assert f"recipe id 'olmo-2-1124-7b' is also used by" in out
+    assert "recipe id 'olmo-2-1124-7b' is also used by" in out
     assert str(original) in out and str(copy) in out
     listed = midtrain("list", code=2)  # what validate reports is what list refuses
     assert "recipe id 'olmo-2-1124-7b' is also used by" in listed

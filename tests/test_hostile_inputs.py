@@ -65,8 +65,13 @@ def test_a_lying_shard_manifest_cannot_point_outside_its_folder(prepared: Path, 
     shards = tmp_path / "shards"
     shutil.copytree(prepared / "shards", shards)
     manifest = json.loads((shards / "manifest.json").read_text())
-    for field, value in (("bin", "../../../etc/passwd"), ("idx", "/etc/hostname"), ("bin", ".hidden"), ("dtype", "float64"),
-                         ("tokens", -5)):
+    for field, value in (
+        ("bin", "../../../etc/passwd"),
+        ("idx", "/etc/hostname"),
+        ("bin", ".hidden"),
+        ("dtype", "float64"),
+        ("tokens", -5),
+    ):
         broken = json.loads(json.dumps(manifest))
         broken["streams"]["math.train"][field] = value
         (shards / "manifest.json").write_text(json.dumps(broken))
@@ -81,7 +86,11 @@ def test_a_lying_shard_manifest_cannot_point_outside_its_folder(prepared: Path, 
 def test_os_errors_at_the_output_are_messages_naming_the_path(tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    refused(midtrain("catalog", "markdown", "--out", str(a_file / "catalog.md")), str(a_file / "catalog.md"), "where a directory should go")
+    refused(
+        midtrain("catalog", "markdown", "--out", str(a_file / "catalog.md")),
+        str(a_file / "catalog.md"),
+        "where a directory should go",
+    )
     a_dir = tmp_path / "a-dir"
     a_dir.mkdir()
     refused(midtrain("catalog", "markdown", "--out", str(a_dir)), str(a_dir), "directory is where a file should be")
@@ -108,7 +117,9 @@ def test_written_files_get_the_users_umask(tmp_path: Path) -> None:
 def test_stale_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path: Path) -> None:
     from midtrain.io import remove_stale_temporaries
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     (tmp_path / f".shard.bin.{dead}.abc123.tmp").write_bytes(b"partial")
     (tmp_path / f".model.{dead}.def456.tmp").mkdir()
     live = tmp_path / f".other.{os.getpid()}.xyz.tmp"

@@ -29,12 +29,24 @@ def hub_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
-def run(args: list[str], cwd: Path, cache: Path, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="t",
-               GIT_COMMITTER_EMAIL="t@example.com", DVC_NO_ANALYTICS="1")
-    proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=900, input=stdin,
-                          start_new_session=True)
+def run(
+    args: list[str], cwd: Path, cache: Path, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    env = dict(
+        os.environ,
+        PATH=f"{BIN}:{os.environ.get('PATH', '')}",
+        HF_HUB_CACHE=str(cache),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.com",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.com",
+        DVC_NO_ANALYTICS="1",
+    )
+    proc = subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, env=env, timeout=900, input=stdin, start_new_session=True
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
@@ -54,7 +66,11 @@ def make_project(root: Path, cache: Path) -> Path:
 
 
 def _models(root: Path) -> list[Path]:
-    return sorted(p.parent for p in (root / "runs").rglob("config.json") if p.parent.name.startswith("model") or p.parent.name == "soup")
+    return sorted(
+        p.parent
+        for p in (root / "runs").rglob("config.json")
+        if p.parent.name.startswith("model") or p.parent.name == "soup"
+    )
 
 
 @pytest.mark.slow
@@ -62,8 +78,21 @@ def test_olmo2_on_own_hub_base_end_to_end(hub_cache: Path, tmp_path: Path) -> No
     from transformers import AutoModelForCausalLM
 
     project = make_project(tmp_path / "project", hub_cache)
-    command = ["midtrain", "reproduce", "olmo-2-1124-7b", "--base", HUB_ID, "--base-peak-lr", "3e-3", "--tokens", "60K",
-               "--stand-in-data", "--eval-limit", "8", "--repro"]
+    command = [
+        "midtrain",
+        "reproduce",
+        "olmo-2-1124-7b",
+        "--base",
+        HUB_ID,
+        "--base-peak-lr",
+        "3e-3",
+        "--tokens",
+        "60K",
+        "--stand-in-data",
+        "--eval-limit",
+        "8",
+        "--repro",
+    ]
     first = run(command, project, hub_cache)
     params = (project / "params.yaml").read_text()
     commit = (hub_cache / "models--test-org--tiny-llama" / "refs" / "main").read_text()
@@ -75,7 +104,9 @@ def test_olmo2_on_own_hub_base_end_to_end(hub_cache: Path, tmp_path: Path) -> No
     data = project / "data" / layout["data"]
     manifest = json.loads((data / "shards" / "manifest.json").read_text())
     assert manifest["tokenizer"]["vocab_size"] == 512 and manifest["streams"]["math.train"]["dtype"] == "uint16"
-    base_vocab = json.loads((hub_cache / "models--test-org--tiny-llama" / "snapshots" / commit / "tokenizer.json").read_text())["model"]["vocab"]
+    base_vocab = json.loads(
+        (hub_cache / "models--test-org--tiny-llama" / "snapshots" / commit / "tokenizer.json").read_text()
+    )["model"]["vocab"]
     assert json.loads((data / "tokenizer" / "tokenizer.json").read_text())["model"]["vocab"] == base_vocab
     # three data-order runs and their soup, each loadable with the base's vocabulary
     mid = project / "runs" / layout["run"] / "mid"
@@ -99,8 +130,29 @@ def test_olmo2_on_own_hub_base_end_to_end(hub_cache: Path, tmp_path: Path) -> No
 @pytest.mark.slow
 def test_qwen3_on_own_base_extends_its_own_context_and_theta(hub_cache: Path, tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", hub_cache)
-    run(["midtrain", "reproduce", "qwen3-8b", "--base", HUB_ID, "--base-peak-lr", "3e-3", "--tokens", "120K", "--min-steps", "6",
-         "--stand-in-data", "--eval-limit", "4", "--eval-tasks", "midtrain_math", "--repro"], project, hub_cache)
+    run(
+        [
+            "midtrain",
+            "reproduce",
+            "qwen3-8b",
+            "--base",
+            HUB_ID,
+            "--base-peak-lr",
+            "3e-3",
+            "--tokens",
+            "120K",
+            "--min-steps",
+            "6",
+            "--stand-in-data",
+            "--eval-limit",
+            "4",
+            "--eval-tasks",
+            "midtrain_math",
+            "--repro",
+        ],
+        project,
+        hub_cache,
+    )
     plan = json.loads((project / "plan" / "plan.json").read_text())
     final = project / "runs" / plan["layout"]["run"] / "mid" / "long-context" / "model" / "config.json"
     config = json.loads(final.read_text())
@@ -113,9 +165,29 @@ def test_qwen3_on_own_base_extends_its_own_context_and_theta(hub_cache: Path, tm
 def test_full_scale_runs_the_published_id_with_two_gloo_processes(hub_cache: Path, tmp_path: Path) -> None:
     """The published hub id resolves to a small random model in the offline cache; tokens capped."""
     project = make_project(tmp_path / "project", hub_cache)
-    out = run(["midtrain", "reproduce", "olmo-2-1124-7b", "--scale", "full", "--tokens", "12K", "--min-steps", "3",
-               "--stand-in-data", "--eval-limit", "4", "--eval-tasks", "midtrain_math", "--nproc-per-node", "2", "--repro"],
-              project, hub_cache)
+    out = run(
+        [
+            "midtrain",
+            "reproduce",
+            "olmo-2-1124-7b",
+            "--scale",
+            "full",
+            "--tokens",
+            "12K",
+            "--min-steps",
+            "3",
+            "--stand-in-data",
+            "--eval-limit",
+            "4",
+            "--eval-tasks",
+            "midtrain_math",
+            "--nproc-per-node",
+            "2",
+            "--repro",
+        ],
+        project,
+        hub_cache,
+    )
     plan = json.loads((project / "plan" / "plan.json").read_text())
     assert plan["base"]["model"] == "allenai/OLMo-2-1124-7B" and plan["base"]["peak_lr"] == pytest.approx(3e-4)
     spec = json.loads((project / "plan" / "midtrain.json").read_text())["runs"]["anneal-0"]
@@ -138,31 +210,53 @@ def _refused(proc: subprocess.CompletedProcess, *words: str) -> None:
 
 def test_own_base_bad_input(hub_cache: Path, tmp_path: Path) -> None:
     cwd = tmp_path
-    _refused(_plan(cwd, hub_cache, "olmo-2-1124-7b", "--base", "nobody/missing", "--base-peak-lr", "1e-3", "--tokens", "1M"),
-             "nobody/missing@main", "not in the Hugging Face cache", "huggingface-cli download")
+    _refused(
+        _plan(cwd, hub_cache, "olmo-2-1124-7b", "--base", "nobody/missing", "--base-peak-lr", "1e-3", "--tokens", "1M"),
+        "nobody/missing@main",
+        "not in the Hugging Face cache",
+        "huggingface-cli download",
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
-    _refused(_plan(cwd, hub_cache, "olmo-2-1124-7b", "--base", str(empty), "--base-peak-lr", "1e-3", "--tokens", "1M"),
-             "no config.json", "--base")
+    _refused(
+        _plan(cwd, hub_cache, "olmo-2-1124-7b", "--base", str(empty), "--base-peak-lr", "1e-3", "--tokens", "1M"),
+        "no config.json",
+        "--base",
+    )
     bert = tmp_path / "bert"
     bert.mkdir()
-    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"], "max_position_embeddings": 512}))
-    _refused(_plan(cwd, hub_cache, "olmo-2-1124-7b", "--base", str(bert), "--base-peak-lr", "1e-3", "--tokens", "1M"),
-             "not a causal language model")
+    (bert / "config.json").write_text(
+        json.dumps({"model_type": "bert", "architectures": ["BertModel"], "max_position_embeddings": 512})
+    )
+    _refused(
+        _plan(cwd, hub_cache, "olmo-2-1124-7b", "--base", str(bert), "--base-peak-lr", "1e-3", "--tokens", "1M"),
+        "not a causal language model",
+    )
     gpt2 = save_random_model(tmp_path / "gpt2", model_type="gpt2", context=64)
-    _refused(_plan(cwd, hub_cache, "qwen3-8b", "--base", str(gpt2), "--base-peak-lr", "1e-3", "--tokens", "1M"),
-             "no rotary position embeddings", "--base")
+    _refused(
+        _plan(cwd, hub_cache, "qwen3-8b", "--base", str(gpt2), "--base-peak-lr", "1e-3", "--tokens", "1M"),
+        "no rotary position embeddings",
+        "--base",
+    )
     long_base = save_random_model(tmp_path / "long", context=65_536)
-    _refused(_plan(cwd, hub_cache, "qwen3-8b", "--base", str(long_base), "--base-peak-lr", "1e-3", "--tokens", "1M"),
-             "already handles 65,536 tokens", "--context")
-    _refused(_plan(cwd, hub_cache, "olmo-2-1124-7b", "--base", HUB_ID, "--base-peak-lr", "1e-3", "--tokens", "500"),
-             "fewer than 20 steps", "--tokens")
+    _refused(
+        _plan(cwd, hub_cache, "qwen3-8b", "--base", str(long_base), "--base-peak-lr", "1e-3", "--tokens", "1M"),
+        "already handles 65,536 tokens",
+        "--context",
+    )
+    _refused(
+        _plan(cwd, hub_cache, "olmo-2-1124-7b", "--base", HUB_ID, "--base-peak-lr", "1e-3", "--tokens", "500"),
+        "fewer than 20 steps",
+        "--tokens",
+    )
     _refused(_plan(cwd, hub_cache, "olmo-2-1124-7b", "--base", HUB_ID, "--tokens", "1M"), "--base-peak-lr")
     _refused(_plan(cwd, hub_cache, "olmo-2-1124-7b", "--tokens", "1M"), "go with --base")
     ok = _plan(cwd, hub_cache, "olmo-2-1124-7b", "--base", HUB_ID, "--base-peak-lr", "3e-3", "--tokens", "1M", "--json")
     assert ok.returncode == 0, ok.stderr
     plan = json.loads(ok.stdout)
-    assert plan["base"]["revision"] and len(plan["base"]["revision"]) == 40 and plan["stages"][0]["lr_start"] is not None
+    assert (
+        plan["base"]["revision"] and len(plan["base"]["revision"]) == 40 and plan["stages"][0]["lr_start"] is not None
+    )
     assert any("tokens per step instead of" in note for note in plan["notes"])
 
 
@@ -170,21 +264,50 @@ def test_a_model_folder_asking_to_run_its_own_code_is_refused_and_never_run(hub_
     folder = tmp_path / "remote-code"
     folder.mkdir()
     marker = tmp_path / "ran"
-    (folder / "config.json").write_text(json.dumps({
-        "model_type": "evil_llama", "architectures": ["EvilForCausalLM"], "max_position_embeddings": 64,
-        "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"}}))
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil_llama",
+                "architectures": ["EvilForCausalLM"],
+                "max_position_embeddings": 64,
+                "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilForCausalLM"},
+            }
+        )
+    )
     (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('executed')\n")
-    proc = _plan(tmp_path, hub_cache, "olmo-2-1124-7b", "--base", str(folder), "--base-peak-lr", "1e-3", "--tokens", "1M",
-                 stdin="y\ny\ny\n")
+    proc = _plan(
+        tmp_path,
+        hub_cache,
+        "olmo-2-1124-7b",
+        "--base",
+        str(folder),
+        "--base-peak-lr",
+        "1e-3",
+        "--tokens",
+        "1M",
+        stdin="y\ny\ny\n",
+    )
     _refused(proc, "auto_map", "never")
     assert not marker.exists()
     from midtrain.errors import MidtrainError
     from midtrain.train.config import Pretrained, RunSpec
     from midtrain.train.model import model_config
 
-    spec = RunSpec.model_validate({"name": "x", "out": str(tmp_path / "o"), "init": Pretrained(path=str(folder)).model_dump(),
-                                   "tokenizer": str(tmp_path), "data": str(tmp_path), "streams": {"a": 1.0}, "sequence_length": 8,
-                                   "global_batch": 1, "micro_batch": 1, "steps": 1, "schedule": {"type": "constant", "lr": 1e-3}})
+    spec = RunSpec.model_validate(
+        {
+            "name": "x",
+            "out": str(tmp_path / "o"),
+            "init": Pretrained(path=str(folder)).model_dump(),
+            "tokenizer": str(tmp_path),
+            "data": str(tmp_path),
+            "streams": {"a": 1.0},
+            "sequence_length": 8,
+            "global_batch": 1,
+            "micro_batch": 1,
+            "steps": 1,
+            "schedule": {"type": "constant", "lr": 1e-3},
+        }
+    )
     with pytest.raises(MidtrainError):
         model_config(spec)  # the trainer's own loading path refuses too (trust_remote_code=False), without a prompt
     assert not marker.exists()

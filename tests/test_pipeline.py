@@ -35,8 +35,15 @@ tiny:
 
 
 def sh(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com", DVC_NO_ANALYTICS="1")
+    env = dict(
+        os.environ,
+        PATH=f"{BIN}:{os.environ.get('PATH', '')}",
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.com",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.com",
+        DVC_NO_ANALYTICS="1",
+    )
     proc = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -53,7 +60,7 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         shutil.copy2(REPO / name, root / name)
     scales = (root / "registry" / "scales.yaml").read_text()
     head, _, rest = scales.partition("tiny:")
-    rest = rest[rest.index("\nsmall:"):]
+    rest = rest[rest.index("\nsmall:") :]
     (root / "registry" / "scales.yaml").write_text(head + QUICK_TINY.strip() + "\n" + rest)
     monkeypatch.delenv("MIDTRAIN_HOME", raising=False)
     sh(["git", "init", "-q"], root)
@@ -82,9 +89,20 @@ def test_tiny_pipeline_experiments_compare_then_no_op_then_partial_rerun(project
     again = sh(["dvc", "repro"], project)
     assert "Running stage" not in again.stdout and "up to date" in again.stdout
 
-    changed = sh([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b", "--name", "second",
-                  "--set", "stages.anneal.mixture.components[dolmino-math].share=0.308",
-                  "--set", "stages.anneal.mixture.components[dolmino-dclm].share=0.372"], project)
+    changed = sh(
+        [
+            str(BIN / "midtrain"),
+            "reproduce",
+            "olmo-2-1124-7b",
+            "--name",
+            "second",
+            "--set",
+            "stages.anneal.mixture.components[dolmino-math].share=0.308",
+            "--set",
+            "stages.anneal.mixture.components[dolmino-dclm].share=0.372",
+        ],
+        project,
+    )
     out = changed.stdout
     assert "Stage 'data' didn't change" in out and "Stage 'base' didn't change" in out
     for stage in ("plan", "midtrain", "evaluate", "report"):
@@ -93,7 +111,12 @@ def test_tiny_pipeline_experiments_compare_then_no_op_then_partial_rerun(project
 
     # both experiments carry their metrics; DVC compares them
     shown = json.loads(sh(["dvc", "exp", "show", "--json"], project).stdout)
-    experiments = {rev.get("name"): rev for entry in shown for exp in (entry.get("experiments") or []) for rev in exp.get("revs", [])}
+    experiments = {
+        rev.get("name"): rev
+        for entry in shown
+        for exp in (entry.get("experiments") or [])
+        for rev in exp.get("revs", [])
+    }
     for name in ("first", "second"):
         data = experiments[name]["data"]["metrics"]["metrics/eval.json"]["data"]
         assert data["loss"]["math"]["final"] > 0, name
@@ -110,8 +133,13 @@ def test_tiny_pipeline_experiments_compare_then_no_op_then_partial_rerun(project
 
     if CHROMIUM:
         probe = project / "dvc_plots" / "probe.html"
-        probe.write_text(html.replace("</body>", "<script>addEventListener('load', () => document.body.setAttribute('data-widths', "
-                                      "[...document.images].map(i => i.naturalWidth).join(',')))</script></body>"))
+        probe.write_text(
+            html.replace(
+                "</body>",
+                "<script>addEventListener('load', () => document.body.setAttribute('data-widths', "
+                "[...document.images].map(i => i.naturalWidth).join(',')))</script></body>",
+            )
+        )
         dom = browse(probe.as_uri(), tmp_path / "profile", "--dump-dom")
         widths = re.search(r'data-widths="([^"]*)"', dom)
         assert widths and all(int(w) > 200 for w in widths.group(1).split(",")), dom[-2000:]
@@ -142,8 +170,15 @@ def test_sigterm_to_reproduce_stops_every_child_and_a_rerun_resumes(project: Pat
     import psutil
 
     env = dict(os.environ, PATH=f"{BIN}:{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1")
-    process = subprocess.Popen([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b", "--repro"], cwd=project, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b", "--repro"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     seen = ""
     deadline = time.monotonic() + 300
     assert process.stdout is not None
@@ -154,7 +189,7 @@ def test_sigterm_to_reproduce_stops_every_child_and_a_rerun_resumes(project: Pat
     assert children, seen
     process.send_signal(signal.SIGTERM)  # to reproduce alone, as a scheduler or `kill` would
     process.communicate(timeout=120)
-    gone, alive = psutil.wait_procs(children, timeout=30)
+    _gone, alive = psutil.wait_procs(children, timeout=30)
     assert not alive, [p.cmdline() for p in alive]
     assert process.returncode != 0
     sh([str(BIN / "midtrain"), "reproduce", "olmo-2-1124-7b", "--repro"], project)

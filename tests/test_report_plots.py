@@ -8,21 +8,32 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from midtrain import report  # noqa: E402
+from midtrain import report
 
 PLAN = {
-    "recipe": "olmo-2-1124-7b", "scale": "tiny", "objectives": ["math", "general"],
+    "recipe": "olmo-2-1124-7b",
+    "scale": "tiny",
+    "objectives": ["math", "general"],
     "layout": {"data": "tiny", "run": "olmo-2-1124-7b"},
     "base": {"mix": {"prose.train": 0.8, "code.train": 0.15, "math.train": 0.05}},
-    "stages": [{"name": "anneal", "runs": ["anneal-0", "anneal-1", "anneal-2"],
-                "streams": {"prose.train": 0.6, "qa.train": 0.19, "math.train": 0.21}}],
+    "stages": [
+        {
+            "name": "anneal",
+            "runs": ["anneal-0", "anneal-1", "anneal-2"],
+            "streams": {"prose.train": 0.6, "qa.train": 0.19, "math.train": 0.21},
+        }
+    ],
     "merges": [{"name": "soup", "method": "uniform", "inputs": ["anneal-0", "anneal-1", "anneal-2"]}],
 }
 METRICS = {
-    "loss": {"math": {"base": 1.3, "final": 1.0}, "prose": {"base": 4.0, "final": 4.3}, "code": {"base": 4.4, "final": 4.41}},
+    "loss": {
+        "math": {"base": 1.3, "final": 1.0},
+        "prose": {"base": 4.0, "final": 4.3},
+        "code": {"base": 4.4, "final": 4.41},
+    },
     "position_loss": {"in_context": {"base": 3.0, "final": 2.9}, "beyond": {"base": 3.3, "final": 3.0}},
     "retrieval": {"128": {"base": 0.0, "final": 0.0}, "512": {"base": 0.0, "final": 0.0}},
     "config": {"position": {"base_context": 128}},
@@ -30,7 +41,10 @@ METRICS = {
 
 
 def _log(directory: Path, steps: int, start: float) -> None:
-    for name, values in (("loss", [start - 0.01 * i for i in range(steps)]), ("lr", [1e-3 * (1 - i / steps) for i in range(steps)])):
+    for name, values in (
+        ("loss", [start - 0.01 * i for i in range(steps)]),
+        ("lr", [1e-3 * (1 - i / steps) for i in range(steps)]),
+    ):
         path = directory / "dvclive/plots/metrics/train" / f"{name}.tsv"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("step\t" + name + "\n" + "".join(f"{i}\t{v}\n" for i, v in enumerate(values)))

@@ -92,7 +92,7 @@ def test_binary_file(tmp_path: Path) -> None:
 
 
 def test_non_utf8_file(tmp_path: Path) -> None:
-    p = problem(tmp_path, "a: 1\nb: caf".encode() + b"\xe9\n")
+    p = problem(tmp_path, b"a: 1\nb: caf" + b"\xe9\n")
     assert "UTF-8" in p.message and p.line == 2 and "0xe9" in (p.found or "")
 
 

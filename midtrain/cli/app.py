@@ -7,7 +7,8 @@ module's `register(app)`. A command module imports `guarded` from here, never fr
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import typer
 
@@ -38,7 +39,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """Published LLM mid-training recipes as validated data."""
 
@@ -53,7 +56,9 @@ def guarded(func: F) -> F:
         except MidtrainError as exc:
             typer.echo(f"error: {exc.render()}", err=True)
             raise typer.Exit(2) from None
-        except OSError as exc:  # EACCES, EROFS, ENOSPC, EEXIST, EISDIR, ENOTDIR, ENAMETOOLONG, ...: the path and what to do
+        except (
+            OSError
+        ) as exc:  # EACCES, EROFS, ENOSPC, EEXIST, EISDIR, ENOTDIR, ENAMETOOLONG, ...: the path and what to do
             from midtrain.io import os_error
 
             typer.echo(f"error: {os_error(exc).render()}", err=True)

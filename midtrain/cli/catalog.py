@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,7 +12,7 @@ HELP = "Publish the catalogue: docs/catalog.md and a static HTML site."
 
 
 @guarded
-def markdown(out: Optional[Path] = typer.Option(None, "--out", help="Write here (default: print).")) -> None:
+def markdown(out: Path | None = typer.Option(None, "--out", help="Write here (default: print).")) -> None:
     """The catalogue as Markdown (docs/catalog.md is generated with this).
 
     [bold]Examples[/bold]

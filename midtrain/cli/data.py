@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -17,14 +17,22 @@ HELP = "Build and look at the token data a recipe trains on: corpora, tokenizer,
 @guarded
 def prepare(
     out: Path = typer.Option(Path("data"), "--out", "-o", help="Output directory."),
-    scale: str = typer.Option("tiny", "--scale", help="tiny (built-in corpora, trained BPE) or small/full (the recipe's sources)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Recipe whose sources to prepare (needed above tiny)."),
+    scale: str = typer.Option(
+        "tiny", "--scale", help="tiny (built-in corpora, trained BPE) or small/full (the recipe's sources)."
+    ),
+    recipe: str | None = typer.Option(
+        None, "--recipe", "-r", help="Recipe whose sources to prepare (needed above tiny)."
+    ),
     seed: int = typer.Option(0, help="Seed of the built-in generators."),
-    vocab_size: Optional[int] = typer.Option(None, help="BPE vocabulary at tiny scale (default: the scale profile's)."),
+    vocab_size: int | None = typer.Option(None, help="BPE vocabulary at tiny scale (default: the scale profile's)."),
     ngram: int = typer.Option(13, help="n of the decontamination n-grams."),
-    threshold: float = typer.Option(0.5, help="Share of an evaluation item's n-grams that marks a document contaminated."),
+    threshold: float = typer.Option(
+        0.5, help="Share of an evaluation item's n-grams that marks a document contaminated."
+    ),
     flag_only: bool = typer.Option(False, "--flag-only", help="Report contaminated documents but keep them."),
-    eval_file: Optional[list[Path]] = typer.Option(None, "--eval-file", help="Extra evaluation set (jsonl with 'text') to decontaminate against."),
+    eval_file: list[Path] | None = typer.Option(
+        None, "--eval-file", help="Extra evaluation set (jsonl with 'text') to decontaminate against."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Prepare token shards (resumable: finished pieces whose inputs did not change are kept).
@@ -50,8 +58,14 @@ def prepare(
 
         profile = catalog.registry.scales["tiny"]
         options = PrepareOptions(
-            out=out, vocab_size=vocab_size or profile.vocab_size or 2048, seed=seed, ngram=ngram, threshold=threshold,
-            action="flag" if flag_only else "drop", extra_eval=list(eval_file or []), progress=not quiet,
+            out=out,
+            vocab_size=vocab_size or profile.vocab_size or 2048,
+            seed=seed,
+            ngram=ngram,
+            threshold=threshold,
+            action="flag" if flag_only else "drop",
+            extra_eval=list(eval_file or []),
+            progress=not quiet,
         )
         manifest = prepare_tiny(options)
     else:
@@ -61,7 +75,7 @@ def prepare(
     typer.echo(f"prepared {len(streams)} streams, {total:,} tokens in {out / 'shards'}")
 
 
-def _prepare_sources(catalog: Any, out: Path, scale: str, recipe: Optional[str], quiet: bool) -> dict[str, Any]:
+def _prepare_sources(catalog: Any, out: Path, scale: str, recipe: str | None, quiet: bool) -> dict[str, Any]:
     """Above tiny: the recipe's own sources, tokenized with its base model's tokenizer."""
     if recipe is None:
         raise MidtrainError.single(f"--recipe is needed at scale {scale!r}: its sources and tokenizer are prepared")
@@ -72,14 +86,20 @@ def _prepare_sources(catalog: Any, out: Path, scale: str, recipe: Optional[str],
     model = catalog.registry.models[chosen.base.model]
     if not model.hub_id:
         raise MidtrainError.single(f"base model {chosen.base.model!r} has no hub id for its tokenizer")
-    return prepare_sources(out, {n: catalog.registry.sources[n] for n in names}, model.hub_id, model.revision,
-                           base=catalog.root, progress=not quiet)
+    return prepare_sources(
+        out,
+        {n: catalog.registry.sources[n] for n in names},
+        model.hub_id,
+        model.revision,
+        base=catalog.root,
+        progress=not quiet,
+    )
 
 
 @guarded
 def inspect(
     directory: Path = typer.Argument(..., help="A directory made by `midtrain data prepare`."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", "-r", help="Also sample each stage's mixture of this recipe."),
+    recipe: str | None = typer.Option(None, "--recipe", "-r", help="Also sample each stage's mixture of this recipe."),
     sequences: int = typer.Option(10_000, help="Sequences to draw when measuring realised shares."),
     sequence_length: int = typer.Option(128, "--seq-len", help="Window length for sampling."),
     samples: int = typer.Option(3, help="Decoded samples per stage."),
@@ -125,18 +145,32 @@ def _print_inspection(directory: Path, info: dict[str, Any]) -> None:
     contamination = info.get("decontamination", {}).get("sources", {})
     for name, stream in info["streams"].items():
         counts = contamination.get(name)
-        table.add_row(name, f"{stream['tokens']:,}", f"{stream['documents']:,}", stream["dtype"],
-                      f"{counts['contaminated']:,} of {counts['documents']:,}" if counts else "-")
+        table.add_row(
+            name,
+            f"{stream['tokens']:,}",
+            f"{stream['documents']:,}",
+            stream["dtype"],
+            f"{counts['contaminated']:,} of {counts['documents']:,}" if counts else "-",
+        )
     out.print(table)
     for stage_name, stage in info.get("stages", {}).items():
-        shares = Table(box=box.SIMPLE_HEAD, header_style="bold", title=f"stage {stage_name}: {stage['sequences']:,} sequences")
+        shares = Table(
+            box=box.SIMPLE_HEAD, header_style="bold", title=f"stage {stage_name}: {stage['sequences']:,} sequences"
+        )
         for column in ("stream", "target", "realised", "epochs"):
             shares.add_column(column, justify="left" if column == "stream" else "right")
         for name, target in stage["target_shares"].items():
-            shares.add_row(name, f"{target:.2%}", f"{stage['realised_shares'].get(name, 0):.2%}", f"{stage['epochs'].get(name, 0):.3f}")
+            shares.add_row(
+                name,
+                f"{target:.2%}",
+                f"{stage['realised_shares'].get(name, 0):.2%}",
+                f"{stage['epochs'].get(name, 0):.3f}",
+            )
         out.print(shares)
         for sample in stage["samples"]:
-            out.print(f"[dim]{sample['stream']} #{sample['window']}:[/dim] {escape(repr(sample['text']))}")  # data, not markup
+            out.print(
+                f"[dim]{sample['stream']} #{sample['window']}:[/dim] {escape(repr(sample['text']))}"
+            )  # data, not markup
 
 
 def register(app: typer.Typer) -> None:

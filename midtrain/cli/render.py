@@ -20,9 +20,17 @@ MARKS = {"stated": "●", "derived": "◐", "assumed": "○", None: "·"}
 
 STATUS_STYLE = {"stated": "green", "derived": "yellow", "assumed": "magenta", None: "red"}
 CATEGORY_STYLE = {
-    "web": "blue", "general": "blue", "academic": "cyan", "encyclopedic": "cyan", "math": "green",
-    "code": "yellow", "reasoning": "magenta", "qa": "bright_magenta", "instruction": "bright_cyan",
-    "long-context": "red", "multilingual": "bright_blue",
+    "web": "blue",
+    "general": "blue",
+    "academic": "cyan",
+    "encyclopedic": "cyan",
+    "math": "green",
+    "code": "yellow",
+    "reasoning": "magenta",
+    "qa": "bright_magenta",
+    "instruction": "bright_cyan",
+    "long-context": "red",
+    "multilingual": "bright_blue",
 }
 BAR_WIDTH = 28
 
@@ -65,8 +73,16 @@ def legend() -> Text:
 def catalogue_table(rows: list[dict[str, Any]], width: int = 120) -> Table:
     """The catalogue; on narrow terminals the organisation (< 100 columns) and objectives (< 120) are left out."""
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    columns = [("id", "left"), ("model", "left"), ("org", "left"), ("year", "right"), ("stages", "right"),
-               ("mid tokens", "right"), ("context", "right"), ("objectives", "left")]
+    columns = [
+        ("id", "left"),
+        ("model", "left"),
+        ("org", "left"),
+        ("year", "right"),
+        ("stages", "right"),
+        ("mid tokens", "right"),
+        ("context", "right"),
+        ("objectives", "left"),
+    ]
     if width < 120:
         columns.pop()
     if width < 100:
@@ -91,7 +107,7 @@ def catalogue_table(rows: list[dict[str, Any]], width: int = 120) -> Table:
 
 
 def short_org(name: str) -> str:
-    """"Allen Institute for AI (Ai2)" -> "Ai2"; other names lose any parenthetical and are cut at 16."""
+    """ "Allen Institute for AI (Ai2)" -> "Ai2"; other names lose any parenthetical and are cut at 16."""
     if "(" in name and name.endswith(")"):
         inside = name[name.rindex("(") + 1 : -1]
         if len(inside.split()) == 1:
@@ -120,14 +136,19 @@ def mixture_chart(recipe: Recipe, stage_index: int, registry: Any, mark: Marker,
         source = registry.sources.get(component.source) if registry else None
         category = source.category.value if source else "?"
         filled = share * bar_width
-        bar = Text("█" * int(filled) + ("▌" if filled - int(filled) >= 0.5 else ""), style=CATEGORY_STYLE.get(category, "white"))
+        bar = Text(
+            "█" * int(filled) + ("▌" if filled - int(filled) >= 0.5 else ""),
+            style=CATEGORY_STYLE.get(category, "white"),
+        )
         path = f"stages[{stage.name}].mixture.components[{component.source}]"
         cells = [
             component.source,
             bar,
             mark(f"{share:6.1%}", f"{path}.share" if component.share is not None else f"{path}.tokens"),
             fmt_tokens(share * tokens) if tokens else "?",
-            mark(f"{component.max_epochs:g}", f"{path}.max_epochs") if component.max_epochs is not None else Text("-", style="dim"),
+            mark(f"{component.max_epochs:g}", f"{path}.max_epochs")
+            if component.max_epochs is not None
+            else Text("-", style="dim"),
             category,
         ]
         table.add_row(*cells[: 5 if narrow else 6])
@@ -153,7 +174,12 @@ def show(recipe: Recipe, registry: Any, width: int = 120) -> Group:
     parts: list[Any] = [_identity_panel(recipe, mark), _base_panel(recipe, registry, mark)]
     for index, fact in enumerate(stage_facts(recipe, registry)):
         parts.append(_stage_panel(recipe, index, fact, registry, mark, width))
-    for panel in (_merges_panel(recipe), _results_panel(recipe), _inference_panel(recipe, mark), _contradictions_panel(recipe)):
+    for panel in (
+        _merges_panel(recipe),
+        _results_panel(recipe),
+        _inference_panel(recipe, mark),
+        _contradictions_panel(recipe),
+    ):
         if panel is not None:
             parts.append(panel)
     if recipe.notes:
@@ -171,10 +197,23 @@ def _identity_panel(recipe: Recipe, mark: Marker) -> Panel:
         head.append(f" · released {recipe.release_date.isoformat()}")
     identity = _kv(
         [
-            ("model", Text(f"{recipe.architecture_class()} ({recipe.family.value}), ").append_text(mark(human_count(recipe.parameters), "parameters"))
-             .append_text(Text(" parameters" + (f", {human_count(recipe.active_parameters)} active" if recipe.active_parameters else "")))),
+            (
+                "model",
+                Text(f"{recipe.architecture_class()} ({recipe.family.value}), ")
+                .append_text(mark(human_count(recipe.parameters), "parameters"))
+                .append_text(
+                    Text(
+                        " parameters"
+                        + (f", {human_count(recipe.active_parameters)} active" if recipe.active_parameters else "")
+                    )
+                ),
+            ),
             ("architecture", recipe.architecture),
-            ("paper", f"{recipe.source.title} ({recipe.source.year})" + (f" · arXiv:{recipe.source.arxiv}" if recipe.source.arxiv else "")),
+            (
+                "paper",
+                f"{recipe.source.title} ({recipe.source.year})"
+                + (f" · arXiv:{recipe.source.arxiv}" if recipe.source.arxiv else ""),
+            ),
             ("url", recipe.source.url),
             ("objectives", ", ".join(o.value for o in recipe.objectives)),
             ("techniques", ", ".join(t.value for t in recipe.techniques)),
@@ -190,7 +229,12 @@ def _base_panel(recipe: Recipe, registry: Any, mark: Marker) -> Panel:
     model_entry = registry.models.get(base.model) if registry else None
     hub = base.revision or ""
     base_rows = [
-        ("model", f"{base.model}" + (f" ← {model_entry.hub_id}" if model_entry and model_entry.hub_id else "") + (f"@{hub}" if hub else "")),
+        (
+            "model",
+            f"{base.model}"
+            + (f" ← {model_entry.hub_id}" if model_entry and model_entry.hub_id else "")
+            + (f"@{hub}" if hub else ""),
+        ),
         ("checkpoint", base.checkpoint),
         ("tokens seen", mark(fmt_tokens(base.tokens_seen), "base.tokens_seen") if base.tokens_seen else None),
         ("context", mark(f"{base.context_length:,}", "base.context_length")),
@@ -204,9 +248,16 @@ def _base_panel(recipe: Recipe, registry: Any, mark: Marker) -> Panel:
     base_rows.append(
         (
             "optimizer",
-            Text(f"{opt.type} ").append_text(mark(f"β={opt.betas[0]:g},{opt.betas[1]:g} ε={opt.eps:g} wd={opt.weight_decay:g}", "optimizer"))
+            Text(f"{opt.type} ")
+            .append_text(
+                mark(f"β={opt.betas[0]:g},{opt.betas[1]:g} ε={opt.eps:g} wd={opt.weight_decay:g}", "optimizer")
+            )
             .append(f" clip={opt.grad_clip}" + (f" no decay on {', '.join(opt.no_decay)}" if opt.no_decay else ""))
-            .append_text(Text(" µP width ratio ").append_text(mark(f"{opt.mup_width_ratio:g}", "optimizer.mup_width_ratio")) if opt.mup_width_ratio else Text("")),
+            .append_text(
+                Text(" µP width ratio ").append_text(mark(f"{opt.mup_width_ratio:g}", "optimizer.mup_width_ratio"))
+                if opt.mup_width_ratio
+                else Text("")
+            ),
         )
     )
     return Panel(_kv(base_rows), title="[bold]base[/bold]", title_align="left", box=box.ROUNDED)
@@ -224,7 +275,9 @@ def _stage_budget(stage: Any, fact: dict[str, Any], p: str, mark: Marker) -> Tex
     elif fact["steps"]:
         budget.append(f" ≈ {fact['steps']:,} steps")
     if stage.runs.count > 1:
-        budget.append(" × ").append_text(mark(str(stage.runs.count), f"{p}.runs.count")).append(f" runs ({stage.runs.vary})")
+        budget.append(" × ").append_text(mark(str(stage.runs.count), f"{p}.runs.count")).append(
+            f" runs ({stage.runs.vary})"
+        )
     return budget
 
 
@@ -252,13 +305,26 @@ def _stage_rows(recipe: Recipe, index: int, fact: dict[str, Any], mark: Marker) 
         ("context", mark(f"{stage.sequence_length:,}", f"{p}.sequence_length")),
         ("batch", _stage_batch(stage, p, mark)),
         ("schedule", lr_row),
-        ("RoPE", mark(stage.rope.describe(_previous_theta(recipe, index)), f"{p}.rope") if stage.rope else Text("unchanged", style="dim")),
+        (
+            "RoPE",
+            mark(stage.rope.describe(_previous_theta(recipe, index)), f"{p}.rope")
+            if stage.rope
+            else Text("unchanged", style="dim"),
+        ),
         ("z-loss", mark(f"{stage.z_loss:g}", f"{p}.z_loss") if stage.z_loss is not None else None),
-        ("other losses", Text(", ").join(mark(f"{k} {v:g}", f"{p}.aux_losses.{k}") for k, v in stage.aux_losses.items()) if stage.aux_losses else None),
+        (
+            "other losses",
+            Text(", ").join(mark(f"{k} {v:g}", f"{p}.aux_losses.{k}") for k, v in stage.aux_losses.items())
+            if stage.aux_losses
+            else None,
+        ),
         ("FIM rate", mark(f"{stage.fim_rate:g}", f"{p}.fim_rate") if stage.fim_rate is not None else None),
         ("advance when", stage.advance_when),
         ("starts from", stage.init),
-        ("share of mid-training", f"{fact['share_start']:.0%} → {fact['share_end']:.0%}" if fact["share_start"] is not None else None),
+        (
+            "share of mid-training",
+            f"{fact['share_start']:.0%} → {fact['share_end']:.0%}" if fact["share_start"] is not None else None,
+        ),
     ]
 
 
@@ -271,8 +337,15 @@ def _stage_panel(recipe: Recipe, index: int, fact: dict[str, Any], registry: Any
     body.append(mixture_chart(recipe, index, registry, mark, width))
     for component in stage.mixture.components:
         if component.length_buckets:
-            spread = ", ".join(f"{b.share:.0%} at {b.min_tokens:,}-{b.max_tokens:,} tokens" for b in component.length_buckets)
-            body.append(mark(f"{component.source} lengths: {spread}", f"stages[{stage.name}].mixture.components[{component.source}].length_buckets"))
+            spread = ", ".join(
+                f"{b.share:.0%} at {b.min_tokens:,}-{b.max_tokens:,} tokens" for b in component.length_buckets
+            )
+            body.append(
+                mark(
+                    f"{component.source} lengths: {spread}",
+                    f"stages[{stage.name}].mixture.components[{component.source}].length_buckets",
+                )
+            )
     if stage.mixture.note:
         body.append(Text(stage.mixture.note, style="dim"))
     title = f"[bold]stage {index + 1}: {stage.name}[/bold] [dim]({stage.kind.value})[/dim]"
@@ -289,10 +362,17 @@ def _merges_panel(recipe: Recipe) -> Panel | None:
     table.add_column("description", style="dim")
     for merge in recipe.merges:
         inputs = ", ".join(
-            f"{i.stage}" + (f"#{i.run}" if i.run is not None else " (all runs)") + (f" ×{i.weight:g}" if i.weight else "")
+            f"{i.stage}"
+            + (f"#{i.run}" if i.run is not None else " (all runs)")
+            + (f" ×{i.weight:g}" if i.weight else "")
             for i in merge.inputs
         )
-        method = merge.method + (f", {merge.checkpoints} checkpoints" if merge.checkpoints else "") + (f" every {merge.interval_steps} steps" if merge.interval_steps else "") + (f", decay {merge.ema_decay}" if merge.ema_decay else "")
+        method = (
+            merge.method
+            + (f", {merge.checkpoints} checkpoints" if merge.checkpoints else "")
+            + (f" every {merge.interval_steps} steps" if merge.interval_steps else "")
+            + (f", decay {merge.ema_decay}" if merge.ema_decay else "")
+        )
         table.add_row(merge.name, method, inputs, merge.description or "")
     return Panel(table, title="[bold]merges[/bold]", title_align="left", box=box.ROUNDED)
 
@@ -367,7 +447,12 @@ def provenance_table(recipe: Recipe, paths: dict[str, Any]) -> Table:
             where = " — ".join(x for x in (entry.cite, entry.note) if x)
             if entry.bound != "exact":
                 where = f"({entry.bound}) {where}"
-        table.add_row(path, f"{value:g}" if isinstance(value, float) else str(value), Text(f"{MARKS[status]} {status or 'untagged'}", style=STATUS_STYLE[status]), where)
+        table.add_row(
+            path,
+            f"{value:g}" if isinstance(value, float) else str(value),
+            Text(f"{MARKS[status]} {status or 'untagged'}", style=STATUS_STYLE[status]),
+            where,
+        )
     return table
 
 
@@ -402,7 +487,14 @@ def diff_view(result: dict[str, Any]) -> Group:
     for stage in result["stages"]:
         title = f"stage {stage['index'] + 1}: {stage['a'] or '∅'} → {stage['b'] or '∅'}"
         if "only_in" in stage:
-            parts.append(Panel(Text(f"only in {result[stage['only_in']]}", style="yellow"), title=title, title_align="left", box=box.ROUNDED))
+            parts.append(
+                Panel(
+                    Text(f"only in {result[stage['only_in']]}", style="yellow"),
+                    title=title,
+                    title_align="left",
+                    box=box.ROUNDED,
+                )
+            )
             continue
         table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
         table.add_column(style="dim")

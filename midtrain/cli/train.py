@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,12 +14,16 @@ from midtrain.errors import MidtrainError
 @guarded
 def train(
     spec: Path = typer.Argument(..., help="A run specification (JSON) written by `midtrain plan --write`."),
-    nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Processes (GPUs) on this node; >1 launches torchrun."),
+    nproc_per_node: int = typer.Option(
+        1, "--nproc-per-node", help="Processes (GPUs) on this node; >1 launches torchrun."
+    ),
     nnodes: int = typer.Option(1, "--nnodes", help="Nodes taking part (multi-node: run the same command on each)."),
     node_rank: int = typer.Option(0, "--node-rank", help="This node's index, 0 .. nnodes-1."),
     master_addr: str = typer.Option("127.0.0.1", "--master-addr", help="Address of node 0."),
     master_port: int = typer.Option(29500, "--master-port", help="A free port on node 0."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads per process (default: cores / processes)."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="torch threads per process (default: cores / processes)."
+    ),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start from scratch even if checkpoints exist."),
 ) -> None:
     """Train one run of one stage. Rerunning the same command resumes from the newest good checkpoint.
@@ -62,7 +65,9 @@ def train(
 def merge(
     out: Path = typer.Argument(..., help="Directory for the merged model."),
     inputs: list[Path] = typer.Argument(..., help="Two or more model directories (HF format)."),
-    weights: Optional[str] = typer.Option(None, "--weights", help="Comma-separated weights summing to 1 (default: uniform)."),
+    weights: str | None = typer.Option(
+        None, "--weights", help="Comma-separated weights summing to 1 (default: uniform)."
+    ),
 ) -> None:
     """Average saved models tensor by tensor.
 

@@ -32,11 +32,17 @@ def recipe_for(request: PlanRequest, catalog: Any, where: Path | None = None) ->
         raise MidtrainError(problems) from None
     missing = sorted({c.source for s in recipe.stages for c in s.mixture.components} - set(catalog.registry.sources))
     if missing:
-        raise MidtrainError.single(f"after overrides: unknown data source {missing[0]!r} (option --set)",
-                                   expected="a source in registry/sources.yaml", found=", ".join(missing))
+        raise MidtrainError.single(
+            f"after overrides: unknown data source {missing[0]!r} (option --set)",
+            expected="a source in registry/sources.yaml",
+            found=", ".join(missing),
+        )
     if recipe.base.model not in catalog.registry.models:
-        raise MidtrainError.single(f"after overrides: unknown base model {recipe.base.model!r} (option --set base.model=...)",
-                                   expected=", ".join(sorted(catalog.registry.models)), found=recipe.base.model)
+        raise MidtrainError.single(
+            f"after overrides: unknown base model {recipe.base.model!r} (option --set base.model=...)",
+            expected=", ".join(sorted(catalog.registry.models)),
+            found=recipe.base.model,
+        )
     return recipe
 
 
@@ -58,6 +64,11 @@ def pin_base(request: PlanRequest, root: Path) -> PlanRequest:
         return request
     asked = request.base.requested_revision or request.base.revision
     resolved = resolve_base(request.base.model, asked, root)
-    base = request.base.model_copy(update={"revision": resolved.revision, "requested_revision": asked,
-                                           "fingerprint": None if resolved.is_hub else resolved.fingerprint})
+    base = request.base.model_copy(
+        update={
+            "revision": resolved.revision,
+            "requested_revision": asked,
+            "fingerprint": None if resolved.is_hub else resolved.fingerprint,
+        }
+    )
     return request.model_copy(update={"base": base})

@@ -40,8 +40,12 @@ class ResolvedBase:
     def context(self) -> int:
         value = self.config.get("max_position_embeddings") or self.config.get("n_positions")
         if not isinstance(value, int) or value <= 0:
-            raise MidtrainError.single("the base's config.json has no max_position_embeddings", file=self.config_path,
-                                       expected="a positive integer", found=repr(value))
+            raise MidtrainError.single(
+                "the base's config.json has no max_position_embeddings",
+                file=self.config_path,
+                expected="a positive integer",
+                found=repr(value),
+            )
         return value
 
     @property
@@ -88,14 +92,24 @@ def check_config(config: dict[str, Any], where: Path) -> None:
     if not isinstance(model_type, str) or not model_type:
         raise MidtrainError.single("config.json has no model_type", file=where, expected="e.g. llama, qwen3, olmo2")
     if model_type not in CONFIG_MAPPING_NAMES:
-        code = " It asks to run the folder's own Python code (auto_map), which midtrain never does." if config.get("auto_map") else ""
+        code = (
+            " It asks to run the folder's own Python code (auto_map), which midtrain never does."
+            if config.get("auto_map")
+            else ""
+        )
         raise MidtrainError.single(
             f"model_type {model_type!r} is not a transformers architecture.{code} Convert the model to a transformers "
-            "architecture, or upgrade transformers if this one is newer", file=where, found=model_type)
+            "architecture, or upgrade transformers if this one is newer",
+            file=where,
+            found=model_type,
+        )
     if not _is_causal_lm(config):
         raise MidtrainError.single(
-            "not a causal language model; mid-training continues next-token prediction", file=where,
-            expected="a *ForCausalLM architecture", found=", ".join(map(str, config.get("architectures") or [model_type])))
+            "not a causal language model; mid-training continues next-token prediction",
+            file=where,
+            expected="a *ForCausalLM architecture",
+            found=", ".join(map(str, config.get("architectures") or [model_type])),
+        )
 
 
 def directory_fingerprint(directory: Path) -> str:
@@ -121,13 +135,16 @@ def _read_config(path: Path) -> dict[str, Any]:
     return data
 
 
-def resolve_base(ref: str, revision: str | None = None, root: Path | None = None, cache_only: bool = False) -> ResolvedBase:
+def resolve_base(
+    ref: str, revision: str | None = None, root: Path | None = None, cache_only: bool = False
+) -> ResolvedBase:
     """A local directory (if `ref` is one) or a hub id resolved through the Hugging Face cache."""
     local = (root or Path.cwd()) / ref if not Path(ref).is_absolute() else Path(ref)
     if local.is_dir():
         if revision:
-            raise MidtrainError.single("--revision applies to hub ids; a local directory has no revisions",
-                                       file=local, found=revision)
+            raise MidtrainError.single(
+                "--revision applies to hub ids; a local directory has no revisions", file=local, found=revision
+            )
         config_path = local / "config.json"
         if not config_path.is_file():
             raise MidtrainError.single(f"not a model directory: no config.json (option {OPTION})", file=local)
@@ -135,12 +152,17 @@ def resolve_base(ref: str, revision: str | None = None, root: Path | None = None
         check_config(config, config_path)
         return ResolvedBase(ref, None, False, config, directory_fingerprint(local))
     if not HUB_ID.match(ref):
-        raise MidtrainError.single(f"{OPTION}: neither a model directory nor a hub id", expected="ORG/NAME or a directory with config.json",
-                                   found=ref)
+        raise MidtrainError.single(
+            f"{OPTION}: neither a model directory nor a hub id",
+            expected="ORG/NAME or a directory with config.json",
+            found=ref,
+        )
     config_path = _hub_file(ref, revision, "config.json", cache_only)
     commit = config_path.parent.name
     if not COMMIT.match(commit):
-        raise MidtrainError.single("unexpected Hugging Face cache layout (snapshot folder is not a commit)", file=config_path)
+        raise MidtrainError.single(
+            "unexpected Hugging Face cache layout (snapshot folder is not a commit)", file=config_path
+        )
     config = _read_config(config_path)
     check_config(config, config_path)
     return ResolvedBase(ref, commit, True, config, f"{ref}@{commit}")
@@ -149,20 +171,31 @@ def resolve_base(ref: str, revision: str | None = None, root: Path | None = None
 def _hub_file(repo: str, revision: str | None, filename: str, cache_only: bool = False) -> Path:
     """One file of a hub model through huggingface_hub (cache first; downloads unless offline)."""
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     shown = f"{repo}@{revision or 'main'}"
-    how = (f"make it available with `huggingface-cli download {repo}" + (f" --revision {revision}" if revision else "")
-           + "` on a connected machine (then copy the cache and point HF_HUB_CACHE at it), or pass a local directory to --base")
+    how = (
+        f"make it available with `huggingface-cli download {repo}"
+        + (f" --revision {revision}" if revision else "")
+        + "` on a connected machine (then copy the cache and point HF_HUB_CACHE at it), or pass a local directory to --base"
+    )
     try:
         return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=cache_only))
     except RevisionNotFoundError:
-        raise MidtrainError.single(f"revision {revision!r} of {repo} not found (option --revision)", found=str(revision)) from None
+        raise MidtrainError.single(
+            f"revision {revision!r} of {repo} not found (option --revision)", found=str(revision)
+        ) from None
     except RepositoryNotFoundError:
         raise MidtrainError.single(f"model {repo} not found on the hub (option {OPTION})", found=repo) from None
     except LocalEntryNotFoundError:  # (a subclass of EntryNotFoundError: first)
-        raise MidtrainError.single(f"{shown} is not in the Hugging Face cache and the hub cannot be reached (offline); {how}") from None
+        raise MidtrainError.single(
+            f"{shown} is not in the Hugging Face cache and the hub cannot be reached (offline); {how}"
+        ) from None
     except EntryNotFoundError:
         raise MidtrainError.single(f"{shown} has no {filename}: not a transformers model (option {OPTION})") from None
     except OSError as exc:  # network errors, permission problems in the cache

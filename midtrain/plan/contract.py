@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -32,7 +32,9 @@ class Layout(Strict):
     """Every path of a reproduction, relative to the project root. dvc.yaml uses the same names
     through `${layout.data}` and `${layout.run}` (params.yaml); a test checks that they agree."""
 
-    data: str = Field(pattern=KEY.pattern, description="Data key: data/<data>/ (shared by plans with the same data and tokenizer).")
+    data: str = Field(
+        pattern=KEY.pattern, description="Data key: data/<data>/ (shared by plans with the same data and tokenizer)."
+    )
     run: str = Field(pattern=KEY.pattern, description="Run key: runs/<run>/ (one per recipe and base).")
 
     @property
@@ -123,7 +125,7 @@ class SourceData(Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
-DataSpec = Annotated[Union[BuiltinData, StandInData, SourceData], Field(discriminator="kind")]
+DataSpec = Annotated[BuiltinData | StandInData | SourceData, Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------- base
@@ -145,7 +147,7 @@ class PretrainedBase(Strict):
     out: str = Field(description="Directory where the base stage records what it resolved.")
 
 
-BaseSpec = Annotated[Union[PretrainBase, PretrainedBase], Field(discriminator="kind")]
+BaseSpec = Annotated[PretrainBase | PretrainedBase, Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------- mid-training
@@ -170,7 +172,9 @@ class MidSpec(Strict):
     runs: dict[str, RunSpec]
     merges: dict[str, MergeSpec]
     final: str
-    base_fingerprint: str | None = Field(None, description="Identity of a pretrained base (runs starting from it are keyed on it).")
+    base_fingerprint: str | None = Field(
+        None, description="Identity of a pretrained base (runs starting from it are keyed on it)."
+    )
 
 
 # ---------------------------------------------------------------- evaluation
@@ -187,7 +191,9 @@ class LmEvalSpec(Strict):
     limit: int | None = Field(None, gt=0)
     batch_size: int = Field(8, gt=0)
     num_fewshot: int | None = Field(None, ge=0)
-    local: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Shipped local tasks: name -> their settings.")
+    local: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Shipped local tasks: name -> their settings."
+    )
 
 
 class PositionEval(Strict):
@@ -230,7 +236,7 @@ class BenchmarkEval(Strict):
     lm_eval: LmEvalSpec
 
 
-EvalSpec = Annotated[Union[StandInEval, BenchmarkEval], Field(discriminator="kind")]
+EvalSpec = Annotated[StandInEval | BenchmarkEval, Field(discriminator="kind")]
 
 
 # ---------------------------------------------------------------- the printed plan
@@ -281,7 +287,9 @@ class BaseSummary(Strict):
 class PlanSummary(Strict):
     recipe: str
     scale: str
-    objectives: list[str] = Field(default_factory=list, description="The recipe's target capabilities (what the report calls intended).")
+    objectives: list[str] = Field(
+        default_factory=list, description="The recipe's target capabilities (what the report calls intended)."
+    )
     layout: Layout
     model: dict[str, Any]
     base: BaseSummary
@@ -321,7 +329,13 @@ class Plan(BaseModel):
 
 # ---------------------------------------------------------------- reading and writing
 
-PLAN_FILES: dict[str, Any] = {"plan": PlanSummary, "data": DataSpec, "base": BaseSpec, "midtrain": MidSpec, "eval": EvalSpec}
+PLAN_FILES: dict[str, Any] = {
+    "plan": PlanSummary,
+    "data": DataSpec,
+    "base": BaseSpec,
+    "midtrain": MidSpec,
+    "eval": EvalSpec,
+}
 T = TypeVar("T")
 
 
@@ -329,7 +343,13 @@ def write_plan(plan: Plan, directory: Path) -> dict[str, Path]:
     """One file per consumer, so a DVC stage that depends on one of them reruns only when it changes."""
     from midtrain.io import write_json
 
-    parts: dict[str, Any] = {"plan": plan.summary, "data": plan.data, "base": plan.base, "midtrain": plan.mid, "eval": plan.evaluation}
+    parts: dict[str, Any] = {
+        "plan": plan.summary,
+        "data": plan.data,
+        "base": plan.base,
+        "midtrain": plan.mid,
+        "eval": plan.evaluation,
+    }
     written: dict[str, Path] = {}
     for name, model in parts.items():
         data = model.model_dump(mode="json")
@@ -346,7 +366,9 @@ def read_plan_file(directory: Path, name: str) -> Any:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise MidtrainError.single("plan file not found; run the plan stage first (`dvc repro plan`)", file=path) from None
+        raise MidtrainError.single(
+            "plan file not found; run the plan stage first (`dvc repro plan`)", file=path
+        ) from None
     except json.JSONDecodeError as exc:
         raise MidtrainError.single(f"plan file is not valid JSON: {exc.msg}", file=path, line=exc.lineno) from None
     return _validate(PLAN_FILES[name], data, path)

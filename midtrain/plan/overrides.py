@@ -36,7 +36,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
                     node[part] = value
                 else:
                     if part not in node:
-                        raise MidtrainError.single(f"override path {key!r}: no field {part!r}", found=", ".join(map(str, node)))
+                        raise MidtrainError.single(
+                            f"override path {key!r}: no field {part!r}", found=", ".join(map(str, node))
+                        )
                     node = node[part]
             else:
                 raise MidtrainError.single(f"override path {key!r} goes below a value at {part!r}")

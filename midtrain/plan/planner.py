@@ -11,16 +11,35 @@ Both `midtrain plan` and the pipeline's `plan` stage call `plan_request`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from midtrain.errors import MidtrainError
 from midtrain.plan import rules
 from midtrain.plan.bases import ResolvedBase, resolve_base
-from midtrain.plan.contract import (BaseSummary, BenchmarkEval, BuiltinData, Layout, LmEvalSpec, MergePlan, MergeSpec,
-                                    MidSpec, ModelUnderTest, OrderItem, Plan, PlanSummary, PositionEval, PretrainBase,
-                                    PretrainedBase, SourceData, StagePlan, StandInData, StandInEval)
+from midtrain.plan.contract import (
+    BaseSummary,
+    BenchmarkEval,
+    BuiltinData,
+    Layout,
+    LmEvalSpec,
+    MergePlan,
+    MergeSpec,
+    MidSpec,
+    ModelUnderTest,
+    OrderItem,
+    Plan,
+    PlanSummary,
+    PositionEval,
+    PretrainBase,
+    PretrainedBase,
+    SourceData,
+    StagePlan,
+    StandInData,
+    StandInEval,
+)
 from midtrain.plan.request import OwnBase, PlanRequest
 from midtrain.schema.base import FAMILY_ARCHITECTURES
 from midtrain.schema.recipe import Recipe
@@ -33,9 +52,16 @@ DEFAULT_TOKENS_PER_STEP = 4 * 1024 * 1024  # a recipe that states no batch (note
 DEFAULT_MICRO_TOKENS = 8192
 TINY_BASE_MIX = {"prose.train": 0.80, "code.train": 0.15, "math.train": 0.05}
 DOMAINS = {"prose": "prose.heldout", "code": "code.heldout", "math": "math.heldout", "qa": "qa.heldout"}
-OBJECTIVE_TASKS = {"math": ["gsm8k"], "reasoning": ["gsm8k"], "code": ["humaneval"], "long-context": ["ruler"],
-                   "general": ["hellaswag", "arc_easy"], "knowledge": ["mmlu"], "instruction": ["ifeval"],
-                   "multilingual": ["xnli"]}
+OBJECTIVE_TASKS = {
+    "math": ["gsm8k"],
+    "reasoning": ["gsm8k"],
+    "code": ["humaneval"],
+    "long-context": ["ruler"],
+    "general": ["hellaswag", "arc_easy"],
+    "knowledge": ["mmlu"],
+    "instruction": ["ifeval"],
+    "multilingual": ["xnli"],
+}
 LOCAL_MATH, LOCAL_RETRIEVAL = "midtrain_math", "midtrain_retrieval"
 
 
@@ -71,12 +97,22 @@ class Target:
 # ---------------------------------------------------------------- entry points
 
 
-def plan_request(request: PlanRequest, recipe: Recipe, registry: Registry, catalog: Any = None,
-                 root: Path | None = None, resolve: bool = True) -> Plan:
+def plan_request(
+    request: PlanRequest,
+    recipe: Recipe,
+    registry: Registry,
+    catalog: Any = None,
+    root: Path | None = None,
+    resolve: bool = True,
+) -> Plan:
     """Plan a validated request. `resolve=False` lets `midtrain plan --scale full` print a plan from
     registry facts when the published base is not available here (noted)."""
     if request.scale not in registry.scales:
-        raise MidtrainError.single(f"unknown scale {request.scale!r} (option --scale)", expected=", ".join(registry.scales), found=request.scale)
+        raise MidtrainError.single(
+            f"unknown scale {request.scale!r} (option --scale)",
+            expected=", ".join(registry.scales),
+            found=request.scale,
+        )
     profile = registry.scales[request.scale]
     if request.base is None and profile.model == "stand-in":
         return _plan(recipe, registry, _stand_in_target(recipe, registry, request, profile), request)
@@ -108,7 +144,9 @@ def _stand_in_target(recipe: Recipe, registry: Registry, request: PlanRequest, p
     dims = profile.dims or entry.tiny
     family = FAMILY_ARCHITECTURES[recipe.family][1]
     if family != recipe.family.value:
-        notes.append(f"family {recipe.family.value} ({recipe.architecture_class()}) runs as a {family} stand-in at this scale")
+        notes.append(
+            f"family {recipe.family.value} ({recipe.architecture_class()}) runs as a {family} stand-in at this scale"
+        )
     base_context, length_factor, note = rules.context_mapping(recipe, profile.base_context or 128, profile.max_context)
     notes += [note] if note else []
     theta = recipe.base.rope_theta or entry.rope_theta
@@ -117,18 +155,38 @@ def _stand_in_target(recipe: Recipe, registry: Registry, request: PlanRequest, p
     lr_factor = peak / rules.recipe_reference_lr(recipe)
     base_end, _ = rules.base_end_lr(recipe, peak, lr_factor)
     if not recipe.base.peak_lr:
-        notes.append("the base's peak LR is not in the recipe: its LRs are scaled as if the base peaked at "
-                     + ("10× the LR where it left off" if recipe.base.lr_at_end else "the recipe's largest LR"))
+        notes.append(
+            "the base's peak LR is not in the recipe: its LRs are scaled as if the base peaked at "
+            + ("10× the LR where it left off" if recipe.base.lr_at_end else "the recipe's largest LR")
+        )
     layout = Layout(data=request.scale, run=recipe.id)
-    init = NewModel(family=family, dims=dims.model_dump(), vocab_size=vocab, rope_theta=theta, max_position_embeddings=base_context)
+    init = NewModel(
+        family=family, dims=dims.model_dump(), vocab_size=vocab, rope_theta=theta, max_position_embeddings=base_context
+    )
     return Target(
-        kind="stand-in", family=family, base_context=base_context, length_factor=length_factor, theta=theta, theta_factor=1.0,
-        vocab_size=vocab, peak_lr=peak, lr_factor=lr_factor, base_end=base_end,
-        budget=profile.mid_training_tokens or 5e5, min_steps=profile.min_steps, max_runs=profile.max_runs,
-        micro_tokens=profile.micro_batch_tokens or profile.tokens_per_step, tokens_per_step=profile.tokens_per_step or 2048,
-        precision=profile.precision if profile.precision in ("fp32", "bf16") else "fp32", strategy="auto",
-        activation_checkpointing=False, checkpoints_per_run=4,
-        stream_of=lambda source: f"{registry.sources[source].builtin.value}.train", layout=layout, init_base=init, notes=notes,
+        kind="stand-in",
+        family=family,
+        base_context=base_context,
+        length_factor=length_factor,
+        theta=theta,
+        theta_factor=1.0,
+        vocab_size=vocab,
+        peak_lr=peak,
+        lr_factor=lr_factor,
+        base_end=base_end,
+        budget=profile.mid_training_tokens or 5e5,
+        min_steps=profile.min_steps,
+        max_runs=profile.max_runs,
+        micro_tokens=profile.micro_batch_tokens or profile.tokens_per_step,
+        tokens_per_step=profile.tokens_per_step or 2048,
+        precision=profile.precision if profile.precision in ("fp32", "bf16") else "fp32",
+        strategy="auto",
+        activation_checkpointing=False,
+        checkpoints_per_run=4,
+        stream_of=lambda source: f"{registry.sources[source].builtin.value}.train",
+        layout=layout,
+        init_base=init,
+        notes=notes,
     )
 
 
@@ -137,7 +195,7 @@ def _registered_peak_lr(ref: str, recipe: Recipe, registry: Registry, catalog: A
     names = [name for name, entry in registry.models.items() if entry.hub_id == ref]
     if recipe.base.model in names and recipe.base.peak_lr:
         return recipe.base.peak_lr
-    for other in (catalog.recipes.values() if catalog is not None and hasattr(catalog, "recipes") else []):
+    for other in catalog.recipes.values() if catalog is not None and hasattr(catalog, "recipes") else []:
         if other.base.model in names and other.base.peak_lr:
             return float(other.base.peak_lr)
     return None
@@ -145,21 +203,36 @@ def _registered_peak_lr(ref: str, recipe: Recipe, registry: Registry, catalog: A
 
 def _unresolved(ref: str, registry: Registry, recipe: Recipe) -> ResolvedBase:
     entry = registry.models[recipe.base.model]
-    config = {"model_type": recipe.family.value, "max_position_embeddings": entry.context_length,
-              "rope_theta": entry.rope_theta, "vocab_size": entry.vocab_size}
+    config = {
+        "model_type": recipe.family.value,
+        "max_position_embeddings": entry.context_length,
+        "rope_theta": entry.rope_theta,
+        "vocab_size": entry.vocab_size,
+    }
     return ResolvedBase(ref, entry.revision, True, config, f"{ref}@{entry.revision or 'unresolved'}")
 
 
-def _pretrained_target(recipe: Recipe, registry: Registry, request: PlanRequest, own: OwnBase, catalog: Any,
-                       root: Path | None, resolve: bool) -> Target:
+def _pretrained_target(
+    recipe: Recipe,
+    registry: Registry,
+    request: PlanRequest,
+    own: OwnBase,
+    catalog: Any,
+    root: Path | None,
+    resolve: bool,
+) -> Target:
     notes: list[str] = []
     entry = registry.models[recipe.base.model]
     ref = own.model or entry.hub_id
     if not ref and not resolve:
         ref = recipe.base.model
-        notes.append(f"base model {ref} has no public hub id: pass your own with --base, or point registry/models at a copy")
+        notes.append(
+            f"base model {ref} has no public hub id: pass your own with --base, or point registry/models at a copy"
+        )
     if not ref:
-        raise MidtrainError.single(f"the recipe's base {recipe.base.model} has no public hub id; pass your own with --base HUB_ID|DIR")
+        raise MidtrainError.single(
+            f"the recipe's base {recipe.base.model} has no public hub id; pass your own with --base HUB_ID|DIR"
+        )
     revision = own.revision or (None if own.model else (recipe.base.revision or entry.revision))
     try:
         base = resolve_base(ref, revision, root, cache_only=not resolve and not own.model)
@@ -167,19 +240,26 @@ def _pretrained_target(recipe: Recipe, registry: Registry, request: PlanRequest,
         if resolve or own.model:
             raise
         base = _unresolved(ref, registry, recipe)
-        notes.append(f"{ref} is not available here, so this plan uses the registry's facts about it; `midtrain reproduce` resolves it")
+        notes.append(
+            f"{ref} is not available here, so this plan uses the registry's facts about it; `midtrain reproduce` resolves it"
+        )
     if own.requested_revision and base.revision and own.requested_revision != base.revision:
         notes.append(f"revision {own.requested_revision} of {ref} resolved to commit {base.revision}")
     uses_rope = any(stage.rope is not None for stage in recipe.stages)
     if uses_rope and not base.has_rope:
         raise MidtrainError.single(
             f"recipe {recipe.id} changes RoPE, but {ref} ({base.model_type}) has no rotary position embeddings (option --base)",
-            expected="a base with rope_theta / rope_parameters in its config", found=base.model_type)
+            expected="a base with rope_theta / rope_parameters in its config",
+            found=base.model_type,
+        )
     config_context = base.context
     base_context = own.context or config_context
     if own.context and own.context > config_context:
-        raise MidtrainError.single(f"--context {own.context} is longer than the base's own context", expected=f"≤ {config_context}",
-                                   found=str(own.context))
+        raise MidtrainError.single(
+            f"--context {own.context} is longer than the base's own context",
+            expected=f"≤ {config_context}",
+            found=str(own.context),
+        )
     if own.context and own.context < config_context:
         notes.append(f"planning from a {own.context}-token context (--context), not the base's {config_context}")
     ratio = recipe.final_context() / recipe.base.context_length
@@ -187,7 +267,9 @@ def _pretrained_target(recipe: Recipe, registry: Registry, request: PlanRequest,
         raise MidtrainError.single(
             f"the base already handles {base_context:,} tokens, as long as or longer than the recipe's target context "
             f"{recipe.final_context():,}; pass a shorter --context to plan the {ratio:g}× extension from it",
-            expected=f"< {recipe.final_context():,}", found=f"{base_context:,}")
+            expected=f"< {recipe.final_context():,}",
+            found=f"{base_context:,}",
+        )
     length_factor = base_context / recipe.base.context_length
     recipe_theta = recipe.base.rope_theta or entry.rope_theta
     peak = own.peak_lr or _registered_peak_lr(ref, recipe, registry, catalog)
@@ -196,7 +278,8 @@ def _pretrained_target(recipe: Recipe, registry: Registry, request: PlanRequest,
     if peak is None:
         raise MidtrainError.single(
             f"the peak LR of {ref}'s pre-training is unknown; pass --base-peak-lr (recipe LRs keep their ratio to it)",
-            expected="e.g. --base-peak-lr 3e-4")
+            expected="e.g. --base-peak-lr 3e-4",
+        )
     lr_factor = peak / rules.recipe_reference_lr(recipe)
     if not own.model and (recipe.base.peak_lr or not own.peak_lr):
         lr_factor = 1.0  # the published base: LRs as published
@@ -207,28 +290,54 @@ def _pretrained_target(recipe: Recipe, registry: Registry, request: PlanRequest,
     if budget <= 0:
         raise MidtrainError.single(f"recipe {recipe.id} states no token budget; pass --tokens")
     if own.tokens and own.tokens < recipe_tokens:
-        notes.append(f"{budget:,.0f} mid-training tokens per run instead of the recipe's {recipe_tokens:,.0f} (--tokens)")
+        notes.append(
+            f"{budget:,.0f} mid-training tokens per run instead of the recipe's {recipe_tokens:,.0f} (--tokens)"
+        )
     slug = base.slug()
     if own.stand_in_data:
         layout = Layout(data=f"standin-{slug}", run=f"{recipe.id}--{slug}")
         stream_of: Callable[[str], str] = lambda source: f"{registry.sources[source].builtin.value}.train"  # noqa: E731
-        notes.append("data: each source's built-in stand-in corpus, tokenized with the base's tokenizer (--stand-in-data)")
+        notes.append(
+            "data: each source's built-in stand-in corpus, tokenized with the base's tokenizer (--stand-in-data)"
+        )
     else:
         layout = Layout(data=f"{recipe.id}--{slug}", run=f"{recipe.id}--{slug}")
         stream_of = lambda source: f"{source}.train"  # noqa: E731
         for name in sorted({c.source for s in recipe.stages for c in s.mixture.components}):
             absolute = [f for f in registry.sources[name].files or [] if Path(f).is_absolute()]
             if absolute:
-                notes.append(f"source {name} reads absolute paths outside the project, as its registry entry asks: {', '.join(absolute)}")
+                notes.append(
+                    f"source {name} reads absolute paths outside the project, as its registry entry asks: {', '.join(absolute)}"
+                )
     return Target(
-        kind="pretrained", family=base.model_type, base_context=base_context, length_factor=length_factor, theta=base.rope_theta,
-        theta_factor=base.rope_theta / recipe_theta, vocab_size=base.vocab_size, peak_lr=peak, lr_factor=lr_factor,
-        base_end=base_end, budget=budget, min_steps=own.min_steps, max_runs=None,
-        micro_tokens=own.micro_batch_tokens or (None if not own.model else DEFAULT_MICRO_TOKENS), tokens_per_step=None,
-        precision="bf16", strategy="fsdp", activation_checkpointing=not own.model, checkpoints_per_run=4 if own.model else 20,
-        stream_of=stream_of, layout=layout, init_base=Pretrained(path=ref, revision=base.revision),
-        notes=notes + [f"base {ref}" + ((f"@{base.revision}" if base.revision else "") if base.is_hub else " (local directory)")
-                       + f": {base.model_type}, context {config_context:,}, RoPE θ {base.rope_theta:,.0f}, vocabulary {base.vocab_size:,}"],
+        kind="pretrained",
+        family=base.model_type,
+        base_context=base_context,
+        length_factor=length_factor,
+        theta=base.rope_theta,
+        theta_factor=base.rope_theta / recipe_theta,
+        vocab_size=base.vocab_size,
+        peak_lr=peak,
+        lr_factor=lr_factor,
+        base_end=base_end,
+        budget=budget,
+        min_steps=own.min_steps,
+        max_runs=None,
+        micro_tokens=own.micro_batch_tokens or (None if not own.model else DEFAULT_MICRO_TOKENS),
+        tokens_per_step=None,
+        precision="bf16",
+        strategy="fsdp",
+        activation_checkpointing=not own.model,
+        checkpoints_per_run=4 if own.model else 20,
+        stream_of=stream_of,
+        layout=layout,
+        init_base=Pretrained(path=ref, revision=base.revision),
+        notes=[
+            *notes,
+            f"base {ref}"
+            + ((f"@{base.revision}" if base.revision else "") if base.is_hub else " (local directory)")
+            + f": {base.model_type}, context {config_context:,}, RoPE θ {base.rope_theta:,.0f}, vocabulary {base.vocab_size:,}",
+        ],
     )
 
 
@@ -255,20 +364,28 @@ def _plan(recipe: Recipe, registry: Registry, target: Target, request: PlanReque
         else:
             recipe_tps = stage.tokens_per_step() or DEFAULT_TOKENS_PER_STEP
             if not stage.tokens_per_step():
-                notes.append(f"stage {stage.name}: no batch stated; assuming {DEFAULT_TOKENS_PER_STEP:,} tokens per step")
+                notes.append(
+                    f"stage {stage.name}: no batch stated; assuming {DEFAULT_TOKENS_PER_STEP:,} tokens per step"
+                )
             if stage_tokens < target.min_steps * seq:
                 raise MidtrainError.single(
                     f"stage {stage.name} gets {stage_tokens:,.0f} tokens, fewer than {target.min_steps} steps of one "
-                    f"{seq}-token sequence (option --tokens)", expected=f"--tokens ≥ {math.ceil(target.min_steps * seq / share):,}",
-                    found=f"{target.budget:,.0f}")
+                    f"{seq}-token sequence (option --tokens)",
+                    expected=f"--tokens ≥ {math.ceil(target.min_steps * seq / share):,}",
+                    found=f"{target.budget:,.0f}",
+                )
             tokens_per_step = rules.tokens_per_step_for_budget(recipe_tps, stage_tokens, seq, target.min_steps)
             if tokens_per_step < recipe_tps:
-                notes.append(f"stage {stage.name}: {tokens_per_step:,.0f} tokens per step instead of {recipe_tps:,.0f} so that the "
-                             f"budget gives at least {target.min_steps} steps")
+                notes.append(
+                    f"stage {stage.name}: {tokens_per_step:,.0f} tokens per step instead of {recipe_tps:,.0f} so that the "
+                    f"budget gives at least {target.min_steps} steps"
+                )
         global_batch, micro = rules.fit_batch(tokens_per_step, seq, target.micro_tokens or seq)
         steps = rules.steps_for(stage_tokens, global_batch, seq)
         if steps < target.min_steps:
-            notes.append(f"stage {stage.name}: {steps} steps raised to the minimum of {target.min_steps} ({share:.2%} of the recipe's tokens)")
+            notes.append(
+                f"stage {stage.name}: {steps} steps raised to the minimum of {target.min_steps} ({share:.2%} of the recipe's tokens)"
+            )
             steps = target.min_steps
         recipe_steps = stage.total_steps() or steps
         token_ratio = steps * global_batch * seq / max(stage.total_tokens() or 1.0, 1.0)
@@ -284,32 +401,68 @@ def _plan(recipe: Recipe, registry: Registry, target: Target, request: PlanReque
         init = {"base": "base", "previous": previous}.get(stage.init, produced.get(stage.init, stage.init))
         names = [stage.name] if count == 1 else [f"{stage.name}-{i}" for i in range(count)]
         seeds = stage.runs.seeds or list(range(count))
-        polyak = next((m for m in recipe.merges if m.method == "polyak" and any(i.stage == stage.name for i in m.inputs)), None)
-        ema = next((m for m in recipe.merges if m.method == "ema" and any(i.stage == stage.name for i in m.inputs)), None)
+        polyak = next(
+            (m for m in recipe.merges if m.method == "polyak" and any(i.stage == stage.name for i in m.inputs)), None
+        )
+        ema = next(
+            (m for m in recipe.merges if m.method == "ema" and any(i.stage == stage.name for i in m.inputs)), None
+        )
         for index, name in enumerate(names):
-            runs[name] = RunSpec.model_validate({
-                "name": f"{recipe.id}/{name}", "out": layout.run_dir(name), "init": {"path": "pending"},
-                "tokenizer": layout.tokenizer_dir, "data": layout.data_dir, "streams": streams, "sequence_length": seq,
-                "global_batch": global_batch, "micro_batch": micro, "steps": steps, "schedule": schedule,
-                "optimizer": _trainable_optimizer(stage.optimizer or recipe.optimizer, notes),
-                "seed": request.seed + index, "data_seed": request.seed * 1000 + seeds[index], "precision": target.precision,
-                "checkpoint_every": max(steps // target.checkpoints_per_run, 1), "rope": rope, "max_position_embeddings": max_context,
-                "z_loss": stage.z_loss, "base_lr": target.base_end if stage.schedule.type == "from_base" else None,
-                "polyak": {"checkpoints": min(polyak.checkpoints or 3, steps)} if polyak else None,
-                "ema_decay": ema.ema_decay if ema else None, "strategy": target.strategy,
-                "activation_checkpointing": target.activation_checkpointing, "max_epochs": {}, "on_repeat": "warn",
-            })
+            runs[name] = RunSpec.model_validate(
+                {
+                    "name": f"{recipe.id}/{name}",
+                    "out": layout.run_dir(name),
+                    "init": {"path": "pending"},
+                    "tokenizer": layout.tokenizer_dir,
+                    "data": layout.data_dir,
+                    "streams": streams,
+                    "sequence_length": seq,
+                    "global_batch": global_batch,
+                    "micro_batch": micro,
+                    "steps": steps,
+                    "schedule": schedule,
+                    "optimizer": _trainable_optimizer(stage.optimizer or recipe.optimizer, notes),
+                    "seed": request.seed + index,
+                    "data_seed": request.seed * 1000 + seeds[index],
+                    "precision": target.precision,
+                    "checkpoint_every": max(steps // target.checkpoints_per_run, 1),
+                    "rope": rope,
+                    "max_position_embeddings": max_context,
+                    "z_loss": stage.z_loss,
+                    "base_lr": target.base_end if stage.schedule.type == "from_base" else None,
+                    "polyak": {"checkpoints": min(polyak.checkpoints or 3, steps)} if polyak else None,
+                    "ema_decay": ema.ema_decay if ema else None,
+                    "strategy": target.strategy,
+                    "activation_checkpointing": target.activation_checkpointing,
+                    "max_epochs": {},
+                    "on_repeat": "warn",
+                }
+            )
             run_stage[name] = (stage.name, index)
         total_flops += 6 * seq * global_batch * steps * len(names)
         model = runs[names[0]].schedule
         lr_start = rules.finite_or_none(_lr_after_warmup(model, steps, target.base_end))
         lr_end = rules.finite_or_none(model.lr_at(steps - 1, steps, target.base_end))
-        stages.append(StagePlan(
-            name=stage.name, kind=stage.kind.value, runs=names, tokens_per_run=steps * global_batch * seq, steps=steps,
-            sequence_length=seq, global_batch=global_batch, micro_batch=micro, lr_start=lr_start, lr_end=lr_end,
-            schedule=model.describe(), rope=_describe_rope(rope, theta), rope_theta=theta,
-            mixture=mixture, streams=streams, init=init,
-        ))
+        stages.append(
+            StagePlan(
+                name=stage.name,
+                kind=stage.kind.value,
+                runs=names,
+                tokens_per_run=steps * global_batch * seq,
+                steps=steps,
+                sequence_length=seq,
+                global_batch=global_batch,
+                micro_batch=micro,
+                lr_start=lr_start,
+                lr_end=lr_end,
+                schedule=model.describe(),
+                rope=_describe_rope(rope, theta),
+                rope_theta=theta,
+                mixture=mixture,
+                streams=streams,
+                init=init,
+            )
+        )
         produced[stage.name] = names[0]
         previous = _resolve_merges(recipe, stage.name, run_stage, merges, produced)
     final = recipe.final or (previous if recipe.stages else "base")
@@ -342,8 +495,9 @@ def _mixture(stage: Any, target: Target) -> tuple[dict[str, dict[str, Any]], dic
     return mixture, streams
 
 
-def _resolve_merges(recipe: Recipe, stage: str, run_stage: dict[str, tuple[str, int]], merges: list[MergePlan],
-                    produced: dict[str, str]) -> str:
+def _resolve_merges(
+    recipe: Recipe, stage: str, run_stage: dict[str, tuple[str, int]], merges: list[MergePlan], produced: dict[str, str]
+) -> str:
     """Plan the merges whose inputs are complete once `stage` has run (in recipe order); returns what
     "previous" means for the next stage: the stage's first run, or the merge that consumed it."""
     previous = produced[stage]
@@ -366,7 +520,11 @@ def _plan_merge(merge: Any, run_stage: dict[str, tuple[str, int]], merges: list[
     inputs: list[str] = []
     weights: list[float] = []
     for item in merge.inputs:
-        chosen = [name for name, (stage, index) in run_stage.items() if stage == item.stage and (item.run is None or index == item.run)]
+        chosen = [
+            name
+            for name, (stage, index) in run_stage.items()
+            if stage == item.stage and (item.run is None or index == item.run)
+        ]
         if not chosen and item.stage in {m.name for m in merges}:
             chosen = [item.stage]
         inputs.extend(chosen)
@@ -406,9 +564,19 @@ def _order(stages: list[StagePlan], merges: list[MergePlan]) -> list[OrderItem]:
     return order
 
 
-def _assemble(recipe: Recipe, registry: Registry, target: Target, request: PlanRequest, stages: list[StagePlan],
-              runs: dict[str, RunSpec], merges: list[MergePlan], final: str, notes: list[str], flops: float,
-              max_context: int) -> Plan:
+def _assemble(
+    recipe: Recipe,
+    registry: Registry,
+    target: Target,
+    request: PlanRequest,
+    stages: list[StagePlan],
+    runs: dict[str, RunSpec],
+    merges: list[MergePlan],
+    final: str,
+    notes: list[str],
+    flops: float,
+    max_context: int,
+) -> Plan:
     layout = target.layout
     profile = registry.scales.get(request.scale)
     base_spec: Any
@@ -416,42 +584,91 @@ def _assemble(recipe: Recipe, registry: Registry, target: Target, request: PlanR
         base_ref = ModelUnderTest(path=layout.base_model)
         base_run = _base_run(recipe, target, request, profile)
         base_spec = PretrainBase(spec=base_run)
-        summary_base = BaseSummary(kind="pretrain", model=f"{target.family} stand-in", context=target.base_context,
-                                   rope_theta=target.theta, vocab_size=target.vocab_size, peak_lr=target.peak_lr, lr_end=target.base_end,
-                                   steps=base_run.steps, tokens=base_run.steps * base_run.global_batch * base_run.sequence_length,
-                                   mix=TINY_BASE_MIX, note="a stand-in base pretrained on a general-heavy built-in mix, ending at the "
-                                   "LR where the recipe's base left off")
+        summary_base = BaseSummary(
+            kind="pretrain",
+            model=f"{target.family} stand-in",
+            context=target.base_context,
+            rope_theta=target.theta,
+            vocab_size=target.vocab_size,
+            peak_lr=target.peak_lr,
+            lr_end=target.base_end,
+            steps=base_run.steps,
+            tokens=base_run.steps * base_run.global_batch * base_run.sequence_length,
+            mix=TINY_BASE_MIX,
+            note="a stand-in base pretrained on a general-heavy built-in mix, ending at the "
+            "LR where the recipe's base left off",
+        )
         fingerprint = None
     else:
         ref = target.init_base
         base_ref = ModelUnderTest(path=ref.path, revision=ref.revision)
-        fingerprint = f"{ref.path}@{ref.revision}" if ref.revision else (request.base.fingerprint if request.base else None) or ref.path
+        fingerprint = (
+            f"{ref.path}@{ref.revision}"
+            if ref.revision
+            else (request.base.fingerprint if request.base else None) or ref.path
+        )
         base_spec = PretrainedBase(model=ref, fingerprint=fingerprint, out=layout.base_dir)
-        summary_base = BaseSummary(kind="pretrained", model=ref.path, revision=ref.revision, context=target.base_context,
-                                   rope_theta=target.theta, vocab_size=target.vocab_size, peak_lr=target.peak_lr, lr_end=target.base_end)
+        summary_base = BaseSummary(
+            kind="pretrained",
+            model=ref.path,
+            revision=ref.revision,
+            context=target.base_context,
+            rope_theta=target.theta,
+            vocab_size=target.vocab_size,
+            peak_lr=target.peak_lr,
+            lr_end=target.base_end,
+        )
     for name, spec in runs.items():
         stage = next(s for s in stages if name in s.runs)
         init = base_ref if stage.init == "base" else _model_dir(stage.init, layout, merges, base_ref)
         runs[name] = spec.model_copy(update={"init": Pretrained(path=init.path, revision=init.revision)})
-    merge_specs = {m.name: MergeSpec(method=m.method, inputs=[_model_dir(i, layout, merges, base_ref).path for i in m.inputs],  # type: ignore[arg-type]
-                                     weights=m.weights, out=_model_dir(m.name, layout, merges, base_ref).path, source_of=m.source_of)
-                   for m in merges}
+    merge_specs = {
+        m.name: MergeSpec(
+            method=m.method,
+            inputs=[_model_dir(i, layout, merges, base_ref).path for i in m.inputs],  # type: ignore[arg-type]
+            weights=m.weights,
+            out=_model_dir(m.name, layout, merges, base_ref).path,
+            source_of=m.source_of,
+        )
+        for m in merges
+    }
     final_ref = _model_dir(final, layout, merges, base_ref)
-    mid = MidSpec(recipe=recipe.id, order=_order(stages, merges), runs=runs, merges=merge_specs, final=final_ref.path,
-                  base_fingerprint=fingerprint)
+    mid = MidSpec(
+        recipe=recipe.id,
+        order=_order(stages, merges),
+        runs=runs,
+        merges=merge_specs,
+        final=final_ref.path,
+        base_fingerprint=fingerprint,
+    )
     data = _data_spec(recipe, target, request)
     evaluation = _eval_spec(recipe, target, request, profile, base_ref, final_ref, max_context, notes)
-    model = {"family": target.family, "published_family": recipe.family.value, "base_context": target.base_context,
-             "max_context": max_context, "rope_theta": target.theta, "vocab_size": target.vocab_size}
+    model = {
+        "family": target.family,
+        "published_family": recipe.family.value,
+        "base_context": target.base_context,
+        "max_context": max_context,
+        "rope_theta": target.theta,
+        "vocab_size": target.vocab_size,
+    }
     if isinstance(target.init_base, NewModel):
         model["dims"] = target.init_base.dims.model_dump()
     else:
         model.update(path=target.init_base.path, revision=target.init_base.revision)
-    summary = PlanSummary(recipe=recipe.id, scale=request.scale if request.base is None else "own-base", layout=layout, model=model,
-                          objectives=[o.value for o in recipe.objectives],
-                          base=summary_base, stages=stages, merges=merges, final=final, notes=notes,
-                          evaluation={"kind": evaluation.kind, "lm_eval": evaluation.lm_eval.tasks if evaluation.lm_eval else []},
-                          compute=_compute(recipe, registry, target, request, stages) if target.kind == "pretrained" else None)
+    summary = PlanSummary(
+        recipe=recipe.id,
+        scale=request.scale if request.base is None else "own-base",
+        layout=layout,
+        model=model,
+        objectives=[o.value for o in recipe.objectives],
+        base=summary_base,
+        stages=stages,
+        merges=merges,
+        final=final,
+        notes=notes,
+        evaluation={"kind": evaluation.kind, "lm_eval": evaluation.lm_eval.tasks if evaluation.lm_eval else []},
+        compute=_compute(recipe, registry, target, request, stages) if target.kind == "pretrained" else None,
+    )
     return Plan(summary=summary, data=data, base=base_spec, mid=mid, evaluation=evaluation)
 
 
@@ -459,14 +676,33 @@ def _base_run(recipe: Recipe, target: Target, request: PlanRequest, profile: Sca
     tokens_per_step = int(target.tokens_per_step or 2048)
     steps = max(int(((profile.base_tokens if profile else None) or 1.5e6) // tokens_per_step), target.min_steps)
     global_batch, micro = rules.fit_batch(tokens_per_step, target.base_context, target.micro_tokens)
-    return RunSpec.model_validate({
-        "name": f"{recipe.id}/base", "out": target.layout.base_dir, "init": target.init_base.model_dump(mode="json"),
-        "tokenizer": target.layout.tokenizer_dir, "data": target.layout.data_dir, "streams": TINY_BASE_MIX,
-        "sequence_length": target.base_context, "global_batch": global_batch, "micro_batch": micro, "steps": steps,
-        "schedule": {"type": "cosine", "peak_lr": target.peak_lr, "min_lr": target.base_end, "warmup_fraction": 0.02},
-        "optimizer": _trainable_optimizer(recipe.optimizer, target.notes), "seed": request.seed, "data_seed": request.seed,
-        "precision": target.precision, "checkpoint_every": max(steps // 4, 1), "max_epochs": {}, "on_repeat": "warn",
-    })
+    return RunSpec.model_validate(
+        {
+            "name": f"{recipe.id}/base",
+            "out": target.layout.base_dir,
+            "init": target.init_base.model_dump(mode="json"),
+            "tokenizer": target.layout.tokenizer_dir,
+            "data": target.layout.data_dir,
+            "streams": TINY_BASE_MIX,
+            "sequence_length": target.base_context,
+            "global_batch": global_batch,
+            "micro_batch": micro,
+            "steps": steps,
+            "schedule": {
+                "type": "cosine",
+                "peak_lr": target.peak_lr,
+                "min_lr": target.base_end,
+                "warmup_fraction": 0.02,
+            },
+            "optimizer": _trainable_optimizer(recipe.optimizer, target.notes),
+            "seed": request.seed,
+            "data_seed": request.seed,
+            "precision": target.precision,
+            "checkpoint_every": max(steps // 4, 1),
+            "max_epochs": {},
+            "on_repeat": "warn",
+        }
+    )
 
 
 def _data_spec(recipe: Recipe, target: Target, request: PlanRequest) -> Any:
@@ -500,37 +736,75 @@ def default_tasks(recipe: Recipe, stand_in_data: bool) -> list[str] | None:
     return tasks or ["hellaswag", "arc_easy"]
 
 
-def _eval_spec(recipe: Recipe, target: Target, request: PlanRequest, profile: ScaleProfile | None, base: ModelUnderTest,
-               final: ModelUnderTest, max_context: int, notes: list[str]) -> Any:
+def _eval_spec(
+    recipe: Recipe,
+    target: Target,
+    request: PlanRequest,
+    profile: ScaleProfile | None,
+    base: ModelUnderTest,
+    final: ModelUnderTest,
+    max_context: int,
+    notes: list[str],
+) -> Any:
     sequences = (profile.eval_sequences if profile and request.base is None else None) or 64
-    length = min(max(max_context, target.base_context * 4), (profile.max_context if profile and profile.max_context else max_context))
-    position = PositionEval(stream="longdoc.heldout", length=max(length, target.base_context + 1), base_context=target.base_context)
-    common = {"base": base, "final": final, "data": target.layout.data_dir, "domains": DOMAINS, "sequence_length": target.base_context,
-              "sequences": sequences, "position": position}
+    length = min(
+        max(max_context, target.base_context * 4),
+        (profile.max_context if profile and profile.max_context else max_context),
+    )
+    position = PositionEval(
+        stream="longdoc.heldout", length=max(length, target.base_context + 1), base_context=target.base_context
+    )
+    common = {
+        "base": base,
+        "final": final,
+        "data": target.layout.data_dir,
+        "domains": DOMAINS,
+        "sequence_length": target.base_context,
+        "sequences": sequences,
+        "position": position,
+    }
     choice = request.eval
     local = _local_tasks(target, max_context, documents=min(sequences, 40))
     if isinstance(target.init_base, NewModel):
         lm_eval = None
         if choice.tasks:
-            lm_eval = LmEvalSpec(tasks=choice.tasks, include_paths=choice.include, limit=choice.limit,
-                                 local={k: v for k, v in local.items() if k in choice.tasks or LOCAL_RETRIEVAL in choice.tasks})
+            lm_eval = LmEvalSpec(
+                tasks=choice.tasks,
+                include_paths=choice.include,
+                limit=choice.limit,
+                local={k: v for k, v in local.items() if k in choice.tasks or LOCAL_RETRIEVAL in choice.tasks},
+            )
         lengths = sorted({target.base_context, min(target.base_context * 2, length), length})
-        return StandInEval(**common, math_problems=min(100, sequences), math_max_new_tokens=64, retrieval_lengths=lengths,
-                           retrieval_documents=max(4, sequences // 2), lm_eval=lm_eval)
+        return StandInEval(
+            **common,
+            math_problems=min(100, sequences),
+            math_max_new_tokens=64,
+            retrieval_lengths=lengths,
+            retrieval_documents=max(4, sequences // 2),
+            lm_eval=lm_eval,
+        )
     stand_in = bool(request.base and request.base.stand_in_data)
     tasks = choice.tasks or default_tasks(recipe, stand_in) or list(local)
     if LOCAL_RETRIEVAL in tasks:
         tasks = [t for t in tasks if t != LOCAL_RETRIEVAL] + [t for t in local if t.startswith(LOCAL_RETRIEVAL)]
-    lm_eval = LmEvalSpec(tasks=tasks, include_paths=choice.include, limit=choice.limit,
-                         local={name: settings for name, settings in local.items() if name in tasks})
+    lm_eval = LmEvalSpec(
+        tasks=tasks,
+        include_paths=choice.include,
+        limit=choice.limit,
+        local={name: settings for name, settings in local.items() if name in tasks},
+    )
     external = [t for t in tasks if t not in lm_eval.local]
     if external:
-        notes.append(f"decontamination covers the built-in held-out sets and the shipped local tasks; {', '.join(external)} "
-                            "are not indexed (to index them, prepare the data with `midtrain data prepare --eval-file TEST.jsonl`)")
+        notes.append(
+            f"decontamination covers the built-in held-out sets and the shipped local tasks; {', '.join(external)} "
+            "are not indexed (to index them, prepare the data with `midtrain data prepare --eval-file TEST.jsonl`)"
+        )
     return BenchmarkEval(**common, lm_eval=lm_eval)
 
 
-def _compute(recipe: Recipe, registry: Registry, target: Target, request: PlanRequest, stages: list[StagePlan]) -> dict[str, Any] | None:
+def _compute(
+    recipe: Recipe, registry: Registry, target: Target, request: PlanRequest, stages: list[StagePlan]
+) -> dict[str, Any] | None:
     entry = registry.models[recipe.base.model]
     own = request.base and request.base.model and request.base.model != entry.hub_id
     if own:
@@ -539,11 +813,19 @@ def _compute(recipe: Recipe, registry: Registry, target: Target, request: PlanRe
     total = 0.0
     for stage in stages:
         tokens = stage.tokens_per_run * len(stage.runs)
-        attention = 6 * entry.layers * entry.hidden_size * stage.sequence_length * tokens if entry.layers and entry.hidden_size else 0.0
+        attention = (
+            6 * entry.layers * entry.hidden_size * stage.sequence_length * tokens
+            if entry.layers and entry.hidden_size
+            else 0.0
+        )
         total += 6 * active * tokens + attention
     hours = total / (H100_BF16_FLOPS * ASSUMED_MFU) / 3600
     return {
-        "flops": total, "formula": "6·N_active·D per run" + (" + 6·L·d·S·D attention" if entry.layers else " (attention term needs layers/hidden_size in the registry)"),
-        "active_parameters": active, "mfu_assumed": ASSUMED_MFU, "gpu_hours": {"H100": hours, "H200": hours},
+        "flops": total,
+        "formula": "6·N_active·D per run"
+        + (" + 6·L·d·S·D attention" if entry.layers else " (attention term needs layers/hidden_size in the registry)"),
+        "active_parameters": active,
+        "mfu_assumed": ASSUMED_MFU,
+        "gpu_hours": {"H100": hours, "H200": hours},
         "note": "H100 and H200 share the same bf16 dense peak (989 TFLOP/s); the H200's larger, faster memory helps long contexts, not this estimate",
     }

@@ -16,14 +16,26 @@ PARAMS = "params.yaml"
 class OwnBase(Strict):
     """Mid-train this base instead of a stand-in: `--base`, `--revision`, `--base-peak-lr`, `--tokens`, `--context`."""
 
-    model: str | None = Field(None, max_length=512, description="Hub id or directory; None: the recipe's published base (full scale).")
-    revision: str | None = Field(None, max_length=256, description="Commit the hub id resolved to (pinned by `midtrain reproduce`).")
-    requested_revision: str | None = Field(None, max_length=256, description="The revision the user asked for (branch, tag or commit).")
-    fingerprint: str | None = Field(None, max_length=256, description="Digest of a local base directory, so DVC reruns when it changes.")
+    model: str | None = Field(
+        None, max_length=512, description="Hub id or directory; None: the recipe's published base (full scale)."
+    )
+    revision: str | None = Field(
+        None, max_length=256, description="Commit the hub id resolved to (pinned by `midtrain reproduce`)."
+    )
+    requested_revision: str | None = Field(
+        None, max_length=256, description="The revision the user asked for (branch, tag or commit)."
+    )
+    fingerprint: str | None = Field(
+        None, max_length=256, description="Digest of a local base directory, so DVC reruns when it changes."
+    )
     peak_lr: float | None = Field(None, gt=0, le=1, description="Peak LR of the base's own pre-training.")
     tokens: Count | None = Field(None, description="Mid-training tokens per run, over all stages.")
-    context: int | None = Field(None, gt=0, le=16 * 1024 * 1024, description="Base context to plan from (default: its config).")
-    stand_in_data: bool = Field(False, description="Use each source's built-in stand-in corpus, tokenized with the base's tokenizer.")
+    context: int | None = Field(
+        None, gt=0, le=16 * 1024 * 1024, description="Base context to plan from (default: its config)."
+    )
+    stand_in_data: bool = Field(
+        False, description="Use each source's built-in stand-in corpus, tokenized with the base's tokenizer."
+    )
     min_steps: int = Field(20, ge=1, le=10_000_000, description="No stage runs fewer optimizer steps.")
     micro_batch_tokens: int | None = Field(None, gt=0, le=1 << 30, description="Tokens per forward pass and process.")
 
@@ -63,7 +75,9 @@ def read_params(root: Path) -> PlanRequest:
     try:
         return PlanRequest.model_validate(data)
     except ValidationError as exc:
-        raise MidtrainError(problems_from_validation(exc, path, lines if isinstance(lines, LineMap) else LineMap())) from None
+        raise MidtrainError(
+            problems_from_validation(exc, path, lines if isinstance(lines, LineMap) else LineMap())
+        ) from None
 
 
 def write_params(root: Path, request: PlanRequest) -> Path:
@@ -73,8 +87,10 @@ def write_params(root: Path, request: PlanRequest) -> Path:
     data: dict[str, Any] = request.model_dump(mode="json", exclude_defaults=False)
     if data["base"] is not None:
         data["base"] = {k: v for k, v in data["base"].items() if v is not None}
-    text = ("# Which recipe the pipeline reproduces, on which base (see dvc.yaml). Written by `midtrain reproduce`;\n"
-            "# `layout` names the data/ and runs/ folders that dvc.yaml uses. Edit with care, or rerun `midtrain reproduce`.\n")
+    text = (
+        "# Which recipe the pipeline reproduces, on which base (see dvc.yaml). Written by `midtrain reproduce`;\n"
+        "# `layout` names the data/ and runs/ folders that dvc.yaml uses. Edit with care, or rerun `midtrain reproduce`.\n"
+    )
     text += dump_yaml(data)
     path = root / PARAMS
     write_text(path, text)

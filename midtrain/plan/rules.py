@@ -8,6 +8,7 @@ tests/plan/test_rules.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -29,10 +30,10 @@ def recipe_reference_lr(recipe: Recipe) -> float:
     candidates = [0.0]
     for stage in recipe.stages:
         steps = stage.total_steps() or 1000
-        try:
-            candidates.append(max(stage.schedule.lr_at(s, steps, recipe.base.lr_at_end) for s in range(0, steps, max(1, steps // 50))))
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):
+            candidates.append(
+                max(stage.schedule.lr_at(s, steps, recipe.base.lr_at_end) for s in range(0, steps, max(1, steps // 50)))
+            )
     top = max(candidates)
     if top <= 0:
         raise MidtrainError.single(f"recipe {recipe.id} states no LR at all; it cannot be scaled")
@@ -62,7 +63,8 @@ def context_mapping(recipe: Recipe, base_context: int, max_context: int | None) 
                 f"recipe {recipe.id} extends the context {ratio:g}× ({recipe.base.context_length:,} → {recipe.final_context():,}); "
                 f"the longest context here is {max_context} tokens, so the base would get {shrunk} tokens "
                 f"(< {MIN_BASE_CONTEXT}). Use a larger scale or a longer --context",
-                expected=f"extension ratio ≤ {max_context // MIN_BASE_CONTEXT}", found=f"{ratio:g}",
+                expected=f"extension ratio ≤ {max_context // MIN_BASE_CONTEXT}",
+                found=f"{ratio:g}",
             )
         note = f"base context {shrunk} instead of {base_context} so that the {ratio:g}× extension fits in {max_context} tokens"
         base_context = shrunk
@@ -70,7 +72,7 @@ def context_mapping(recipe: Recipe, base_context: int, max_context: int | None) 
 
 
 def sequence_length(recipe_length: int, length_factor: float) -> int:
-    return max(int(round(recipe_length * length_factor)), MIN_SEQUENCE)
+    return max(round(recipe_length * length_factor), MIN_SEQUENCE)
 
 
 def stage_token_shares(recipe: Recipe) -> list[float]:
@@ -92,10 +94,12 @@ def fit_batch(tokens_per_step: float, sequence: int, micro_tokens: float | None)
 
 
 def steps_for(tokens: float, global_batch: int, sequence: int) -> int:
-    return int(round(tokens / (global_batch * sequence)))
+    return round(tokens / (global_batch * sequence))
 
 
-def tokens_per_step_for_budget(recipe_tokens_per_step: float, stage_tokens: float, sequence: int, min_steps: int) -> float:
+def tokens_per_step_for_budget(
+    recipe_tokens_per_step: float, stage_tokens: float, sequence: int, min_steps: int
+) -> float:
     """Own base: keep the recipe's batch when the budget allows `min_steps` steps; otherwise shrink
     it so that it does (never below one sequence)."""
     return max(min(recipe_tokens_per_step, stage_tokens / min_steps), float(sequence))
@@ -110,11 +114,17 @@ def scale_lr_fields(data: dict[str, Any], lr_factor: float) -> dict[str, Any]:
     return data
 
 
-def scale_schedule(schedule: Any, lr_factor: float, recipe_steps: int, token_ratio: float, tokens_per_step: float) -> dict[str, Any]:
+def scale_schedule(
+    schedule: Any, lr_factor: float, recipe_steps: int, token_ratio: float, tokens_per_step: float
+) -> dict[str, Any]:
     """The schedule with LRs × lr_factor and step counts turned into fractions of the stage."""
     data = scale_lr_fields(schedule.model_dump(mode="json", exclude_none=True), lr_factor)
     steps = max(recipe_steps, 1)
-    for key, fraction in (("warmup_steps", "warmup_fraction"), ("decay_steps", "decay_fraction"), ("half_life_steps", "half_life_fraction")):
+    for key, fraction in (
+        ("warmup_steps", "warmup_fraction"),
+        ("decay_steps", "decay_fraction"),
+        ("half_life_steps", "half_life_fraction"),
+    ):
         if key in data:
             data[fraction] = min(data.pop(key) / steps, 1.0)
     if data.get("type") == "power":
@@ -136,7 +146,9 @@ def scale_rope(rope: Any, length_factor: float, theta_factor: float) -> dict[str
         data["theta"] = float(data["theta"] * theta_factor)
     scaling = data.get("scaling")
     if scaling and "original_max_position_embeddings" in scaling:
-        scaling["original_max_position_embeddings"] = max(int(round(scaling["original_max_position_embeddings"] * length_factor)), MIN_SEQUENCE)
+        scaling["original_max_position_embeddings"] = max(
+            round(scaling["original_max_position_embeddings"] * length_factor), MIN_SEQUENCE
+        )
     return data
 
 

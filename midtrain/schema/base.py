@@ -52,7 +52,7 @@ def _finite_positive(value: float) -> float:
 CountText = Annotated[str, Field(pattern=r"^\s*[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?\s*[KMBGTkmbgt]?\s*$")]
 Count = Annotated[
     float,
-    BeforeValidator(parse_count, json_schema_input_type=Union[Annotated[float, Field(gt=0)], CountText]),
+    BeforeValidator(parse_count, json_schema_input_type=Union[Annotated[float, Field(gt=0)], CountText]),  # noqa: UP007 (a runtime value)
     Field(gt=0, le=MAX_TOKENS),
 ]
 """A positive count (tokens, parameters); written as a number or with a K/M/B/T suffix."""

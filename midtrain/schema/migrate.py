@@ -6,7 +6,8 @@ newer than this midtrain is refused with a message that says to upgrade midtrain
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from midtrain.schema.base import SCHEMA_VERSION
 

@@ -25,7 +25,9 @@ class Component(Strict):
     share: float | None = Field(None, gt=0, le=1, description="Share of the stage's tokens (0-1].")
     tokens: Count | None = Field(None, description="Tokens of this source in the stage.")
     max_epochs: float | None = Field(None, gt=0, le=1000, description="Most passes over the source allowed.")
-    length_buckets: list[LengthBucket] | None = Field(None, description="How the component's text is spread over document lengths.")
+    length_buckets: list[LengthBucket] | None = Field(
+        None, description="How the component's text is spread over document lengths."
+    )
     note: str | None = None
 
     @model_validator(mode="after")
@@ -43,7 +45,9 @@ class Component(Strict):
 class Mixture(Strict):
     components: list[Component] = Field(min_length=1)
     normalize: bool = Field(False, description="Rescale shares that do not sum to 1 (e.g. rounded table values).")
-    on_repeat: Literal["error", "warn"] = Field("error", description="What to do when a source would exceed max_epochs.")
+    on_repeat: Literal["error", "warn"] = Field(
+        "error", description="What to do when a source would exceed max_epochs."
+    )
     how_chosen: Literal["empirical", "microanneal", "regression", "proxy-models", "heuristic", "unknown"] | None = None
     note: str | None = None
 

@@ -11,10 +11,10 @@ their name where they have one, so they read like the YAML: `stages[anneal].toke
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Literal, Union
+from collections.abc import Iterator
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BeforeValidator, Field, model_validator
-from typing_extensions import Annotated
 
 from midtrain.schema.base import Strict
 
@@ -28,7 +28,9 @@ def _short_form(value: Any) -> Any:
         status, sep, rest = value.partition(":")
         status = status.strip()
         if not sep or status not in STATUSES:
-            raise ValueError(f"expected 'stated: <citation>', 'derived: <arithmetic>' or 'assumed: <why>', found {value!r}")
+            raise ValueError(
+                f"expected 'stated: <citation>', 'derived: <arithmetic>' or 'assumed: <why>', found {value!r}"
+            )
         rest = rest.strip()
         return {"status": status, "cite": rest} if status == "stated" else {"status": status, "note": rest}
     return value
@@ -54,7 +56,7 @@ class Entry(Strict):
 
 
 ShortEntry = Annotated[str, Field(pattern=r"^(stated|derived|assumed):")]
-ProvenanceEntry = Annotated[Entry, BeforeValidator(_short_form, json_schema_input_type=Union[ShortEntry, Entry])]
+ProvenanceEntry = Annotated[Entry, BeforeValidator(_short_form, json_schema_input_type=Union[ShortEntry, Entry])]  # noqa: UP007 (a runtime value)
 
 
 class Contradiction(Strict):

@@ -50,9 +50,13 @@ class Base(Strict):
     tokens_seen: Count | None = Field(None, description="Pre-training tokens behind the starting checkpoint.")
     context_length: int = Field(gt=0, le=16 * 1024 * 1024)
     rope_theta: float | None = Field(None, gt=0)
-    inherits_optimizer_state: bool | None = Field(None, description="True: continue the optimizer/LR state (mid-training).")
+    inherits_optimizer_state: bool | None = Field(
+        None, description="True: continue the optimizer/LR state (mid-training)."
+    )
     peak_lr: LearningRate | None = Field(None, description="Peak LR of the pre-training schedule.")
-    lr_at_end: LearningRate | None = Field(None, description="LR where pre-training left off; what `from_base` starts at.")
+    lr_at_end: LearningRate | None = Field(
+        None, description="LR where pre-training left off; what `from_base` starts at."
+    )
     schedule_before: str | None = Field(None, description="The pre-training schedule, in words.")
 
 
@@ -164,15 +168,23 @@ class Recipe(Strict):
             if stage.name in names:
                 problems.append((("stages", index, "name"), f"stage name {stage.name!r} is used twice"))
             if stage.init not in ("base", "previous") and stage.init not in names and stage.init not in merge_names:
-                problems.append((("stages", index, "init"), f"{stage.init!r} is not an earlier stage, a merge, 'base' or 'previous'"))
+                problems.append(
+                    (
+                        ("stages", index, "init"),
+                        f"{stage.init!r} is not an earlier stage, a merge, 'base' or 'previous'",
+                    )
+                )
             if stage.schedule.type == "from_base" and self.base.lr_at_end is None:
                 problems.append((("stages", index, "schedule"), "a from_base schedule needs base.lr_at_end"))
             if stage.rope is not None:
                 capacity = stage.rope.capacity(self.base.context_length)
                 if capacity is not None and stage.sequence_length > capacity:
                     problems.append(
-                        (("stages", index, "rope"), f"sequence_length {stage.sequence_length:,} exceeds what the "
-                         f"scaling covers ({capacity:,} = base context × factor)")
+                        (
+                            ("stages", index, "rope"),
+                            f"sequence_length {stage.sequence_length:,} exceeds what the "
+                            f"scaling covers ({capacity:,} = base context × factor)",
+                        )
                     )
             names.add(stage.name)
         known = set(names)
@@ -181,18 +193,29 @@ class Recipe(Strict):
                 problems.append((("merges", index, "name"), f"name {merge.name!r} is already used by a stage or merge"))
             for j, item in enumerate(merge.inputs):
                 if item.stage not in known:
-                    problems.append((("merges", index, "inputs", j, "stage"), f"{item.stage!r} is not a stage or earlier merge"))
+                    problems.append(
+                        (("merges", index, "inputs", j, "stage"), f"{item.stage!r} is not a stage or earlier merge")
+                    )
                     continue
                 stage = stages_by_name.get(item.stage)
                 if stage is not None and item.run is not None and item.run >= stage.runs.count:
-                    problems.append((("merges", index, "inputs", j, "run"), f"run {item.run} but {item.stage!r} has {stage.runs.count} runs"))
+                    problems.append(
+                        (
+                            ("merges", index, "inputs", j, "run"),
+                            f"run {item.run} but {item.stage!r} has {stage.runs.count} runs",
+                        )
+                    )
             known.add(merge.name)
         if self.final is not None and self.final not in known:
             problems.append((("final",), f"{self.final!r} is not a stage or merge"))
-        aliases = path_aliases(self.model_dump(mode="json", exclude={"provenance", "contradictions"}, exclude_none=True))
+        aliases = path_aliases(
+            self.model_dump(mode="json", exclude={"provenance", "contradictions"}, exclude_none=True)
+        )
         for path in self.provenance:
             if path not in aliases:
-                problems.append((("provenance", path), f"{path!r} is not a field of this recipe (check the stage/source names)"))
+                problems.append(
+                    (("provenance", path), f"{path!r} is not a field of this recipe (check the stage/source names)")
+                )
         for index, item in enumerate(self.contradictions):
             for path in item.about:
                 if path not in aliases:
@@ -226,5 +249,7 @@ class Recipe(Strict):
         return max(stage.sequence_length for stage in self.stages)
 
     def canonical_provenance(self) -> dict[str, Entry]:
-        aliases = path_aliases(self.model_dump(mode="json", exclude={"provenance", "contradictions"}, exclude_none=True))
+        aliases = path_aliases(
+            self.model_dump(mode="json", exclude={"provenance", "contradictions"}, exclude_none=True)
+        )
         return {aliases.get(path, path): entry for path, entry in self.provenance.items()}

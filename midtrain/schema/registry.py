@@ -61,7 +61,9 @@ class BaseModelEntry(Strict):
     rope_theta: float = Field(gt=0)
     license: str | None = None
     layers: int | None = Field(None, gt=0, description="Published depth (for the attention term of compute estimates).")
-    hidden_size: int | None = Field(None, gt=0, description="Published width (for the attention term of compute estimates).")
+    hidden_size: int | None = Field(
+        None, gt=0, description="Published width (for the attention term of compute estimates)."
+    )
     active_parameters: Count | None = Field(None, description="Parameters active per token (MoE).")
     tiny: TinyDims = Field(description="Dimensions of the tiny stand-in built at tiny scale.")
 
@@ -71,7 +73,9 @@ class ScaleProfile(Strict):
 
     description: str
     hardware: str
-    model: str = Field(description="'stand-in' (a small model of the recipe's family) or 'published' (from_pretrained).")
+    model: str = Field(
+        description="'stand-in' (a small model of the recipe's family) or 'published' (from_pretrained)."
+    )
     dims: TinyDims | None = Field(None, description="Stand-in dimensions; default: the base model's `tiny` entry.")
     vocab_size: int | None = Field(None, gt=0, description="Tokenizer vocabulary trained at this scale (tiny).")
     base_context: int | None = Field(None, gt=0, description="Context of the tiny base; stages keep their ratio to it.")
@@ -81,7 +85,9 @@ class ScaleProfile(Strict):
     mid_training_tokens: Count | None = Field(None, description="Total tokens across all mid-training stages.")
     max_runs: int | None = Field(None, ge=1)
     min_steps: int = Field(1, ge=1, description="No stage runs fewer steps than this (its share of tokens is raised).")
-    peak_lr: float | None = Field(None, gt=0, description="Peak LR of the stand-in base; recipe LRs keep their ratio to the base's peak.")
+    peak_lr: float | None = Field(
+        None, gt=0, description="Peak LR of the stand-in base; recipe LRs keep their ratio to the base's peak."
+    )
     micro_batch_tokens: int | None = Field(None, gt=0, description="Tokens per forward pass and process.")
     eval_sequences: int | None = Field(None, gt=0, description="Held-out sequences per domain for evaluation.")
     precision: str = "fp32"

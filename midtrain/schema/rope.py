@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -35,7 +35,9 @@ class Yarn(Strict):
     original_max_position_embeddings: int = Field(gt=0)
     beta_fast: float = Field(32.0, gt=0)
     beta_slow: float = Field(1.0, gt=0)
-    attention_factor: float | None = Field(None, gt=0, description="Softmax temperature scale; default 0.1·ln(factor)+1.")
+    attention_factor: float | None = Field(
+        None, gt=0, description="Softmax temperature scale; default 0.1·ln(factor)+1."
+    )
     mscale: float | None = Field(None, gt=0)
     mscale_all_dim: float | None = Field(None, ge=0)
 
@@ -55,7 +57,7 @@ class Llama3Scaling(Strict):
     high_freq_factor: float = Field(4.0, gt=0)
 
 
-Scaling = Annotated[Union[LinearScaling, DynamicNTK, Yarn, Llama3Scaling], Field(discriminator="type")]
+Scaling = Annotated[LinearScaling | DynamicNTK | Yarn | Llama3Scaling, Field(discriminator="type")]
 
 
 class Rope(Strict):
@@ -63,7 +65,9 @@ class Rope(Strict):
 
     theta: float | None = Field(None, gt=0, le=1e12, description="RoPE base; changing it is ABF (Xiong et al. 2023).")
     scaling: Scaling | None = None
-    applies_to: str | None = Field(None, description="Where RoPE scaling acts if not everywhere (e.g. MLA's decoupled key).")
+    applies_to: str | None = Field(
+        None, description="Where RoPE scaling acts if not everywhere (e.g. MLA's decoupled key)."
+    )
 
     def method(self, previous_theta: float | None = None) -> str:
         parts = []
@@ -80,7 +84,7 @@ class Rope(Strict):
         original = getattr(self.scaling, "original_max_position_embeddings", None) or base_context
         if original is None:
             return None
-        return int(round(original * self.scaling.factor))
+        return round(original * self.scaling.factor)
 
     def to_hf(self, theta: float) -> dict[str, Any]:
         """`transformers` rope parameters (`rope_parameters` in v5, `rope_scaling` before)."""

@@ -8,7 +8,7 @@ integer steps 0..total_steps and never touches global state, so resume and plott
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -123,7 +123,9 @@ class Cosine(_Warmup):
 class _Decay(Strict):
     decay: DecayShape = "linear"
     half_life_steps: float | None = Field(None, gt=0, description="Exponential decay: steps per halving.")
-    half_life_fraction: Fraction | None = Field(None, description="Exponential decay: half-life as a share of the stage.")
+    half_life_fraction: Fraction | None = Field(
+        None, description="Exponential decay: half-life as a share of the stage."
+    )
 
     def half_life_for(self, total_steps: int) -> float | None:
         if self.half_life_steps is not None:
@@ -183,7 +185,9 @@ class WSD(_Warmup, _Decay):
 
     def describe(self) -> str:
         share = f"{self.decay_fraction:.0%}" if self.decay_fraction is not None else f"{self.decay_steps} steps"
-        return f"{self.warmup_text()}WSD peak {self.peak_lr:.3g}, decay {share} ({self.decay_text()}) → {self.min_lr:.3g}"
+        return (
+            f"{self.warmup_text()}WSD peak {self.peak_lr:.3g}, decay {share} ({self.decay_text()}) → {self.min_lr:.3g}"
+        )
 
 
 class Power(_Warmup, _Decay):
@@ -220,7 +224,9 @@ class Power(_Warmup, _Decay):
         if step < start or start >= total_steps:
             return self.power_lr(step)
         top = self.power_lr(start)
-        factor = decay_factor(self.decay, (step - start) / max(total_steps - start, 1), self.half_life_for(total_steps), step - start)
+        factor = decay_factor(
+            self.decay, (step - start) / max(total_steps - start, 1), self.half_life_for(total_steps), step - start
+        )
         return self.min_lr + (top - self.min_lr) * factor
 
     def describe(self) -> str:
@@ -299,7 +305,7 @@ class FromBase(_Warmup, _Decay):
 
 
 Schedule = Annotated[
-    Union[Constant, Linear, Cosine, WSD, Power, StepWise, FromBase],
+    Constant | Linear | Cosine | WSD | Power | StepWise | FromBase,
     Field(discriminator="type"),
 ]
 SCHEDULE_TYPES = ("constant", "linear", "cosine", "wsd", "power", "step", "from_base")
@@ -310,7 +316,9 @@ def lr_after_warmup(schedule: Schedule, total_steps: int, base_lr: float | None 
     return schedule.lr_at(schedule.warmup_for(total_steps), max(total_steps, 1), base_lr)
 
 
-def lr_curve(schedule: Schedule, total_steps: int, base_lr: float | None = None, points: int | None = None) -> list[tuple[int, float]]:
+def lr_curve(
+    schedule: Schedule, total_steps: int, base_lr: float | None = None, points: int | None = None
+) -> list[tuple[int, float]]:
     """(step, lr) pairs for printing or plotting; `points` subsamples evenly."""
     if total_steps <= 0:
         return []

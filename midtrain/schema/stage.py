@@ -25,7 +25,9 @@ class Optimizer(Strict):
     )
     grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this value.")
     mup_width_ratio: float | None = Field(
-        None, gt=0, description="µP: the LR of hidden weight matrices is divided by this width ratio (d_model / d_base)."
+        None,
+        gt=0,
+        description="µP: the LR of hidden weight matrices is divided by this width ratio (d_model / d_base).",
     )
 
     @model_validator(mode="after")
@@ -82,8 +84,12 @@ class Stage(Strict):
         default_factory=dict,
         description="Other loss weights or rates in force, by name (e.g. moe_balance_alpha, mtp_weight, router_bias_update_speed).",
     )
-    fim_rate: float | None = Field(None, ge=0, le=1, description="Share of documents rearranged for fill-in-the-middle.")
-    advance_when: str | None = Field(None, description="A criterion that ends the stage instead of a fixed budget (Llama 3 §3.4.2).")
+    fim_rate: float | None = Field(
+        None, ge=0, le=1, description="Share of documents rearranged for fill-in-the-middle."
+    )
+    advance_when: str | None = Field(
+        None, description="A criterion that ends the stage instead of a fixed budget (Llama 3 §3.4.2)."
+    )
 
     @model_validator(mode="after")
     def _budget(self):  # type: ignore[no-untyped-def]
@@ -94,21 +100,29 @@ class Stage(Strict):
             implied = self.batch.sequences * self.sequence_length
             if abs(implied - self.batch.tokens) / self.batch.tokens > 0.02:
                 problems.append(
-                    (("batch", "tokens"), f"batch of {self.batch.sequences} sequences × {self.sequence_length} = {implied:,} tokens "
-                     f"disagrees with batch.tokens {self.batch.tokens:,.0f}")
+                    (
+                        ("batch", "tokens"),
+                        f"batch of {self.batch.sequences} sequences × {self.sequence_length} = {implied:,} tokens "
+                        f"disagrees with batch.tokens {self.batch.tokens:,.0f}",
+                    )
                 )
         per_step = self.tokens_per_step()
         if self.tokens is not None and self.steps is not None and per_step:
             implied = self.steps * per_step
             if abs(implied - self.tokens) / self.tokens > 0.02:
                 problems.append(
-                    (("steps",), f"{self.steps:,} steps × {per_step:,.0f} tokens/step = {implied:.4g} tokens "
-                     f"disagrees with tokens {self.tokens:.4g}")
+                    (
+                        ("steps",),
+                        f"{self.steps:,} steps × {per_step:,.0f} tokens/step = {implied:.4g} tokens "
+                        f"disagrees with tokens {self.tokens:.4g}",
+                    )
                 )
         budget = self.total_tokens()
         mixture_tokens = self.mixture.total_tokens()
         if mixture_tokens is not None and budget is not None and abs(mixture_tokens - budget) / budget > 0.02:
-            problems.append((("mixture",), f"mixture tokens add up to {mixture_tokens:.4g} but the stage budget is {budget:.4g}"))
+            problems.append(
+                (("mixture",), f"mixture tokens add up to {mixture_tokens:.4g} but the stage budget is {budget:.4g}")
+            )
         if budget is not None and mixture_tokens is None:
             shares = self.mixture.shares()
             for index, component in enumerate(self.mixture.components):
@@ -116,16 +130,21 @@ class Stage(Strict):
                     expected = shares[component.source] * budget
                     if abs(component.tokens - expected) / expected > 0.02:
                         problems.append(
-                            (("mixture", "components", index, "tokens"),
-                             f"{component.source}: {component.tokens:.4g} tokens disagrees with its share of the "
-                             f"budget ({shares[component.source]:.4g} × {budget:.4g} = {expected:.4g})")
+                            (
+                                ("mixture", "components", index, "tokens"),
+                                f"{component.source}: {component.tokens:.4g} tokens disagrees with its share of the "
+                                f"budget ({shares[component.source]:.4g} × {budget:.4g} = {expected:.4g})",
+                            )
                         )
         if self.rope is not None:
             capacity = self.rope.capacity(None)
             if capacity is not None and self.sequence_length > capacity:
                 problems.append(
-                    (("sequence_length",), f"sequence_length {self.sequence_length:,} exceeds what the RoPE scaling covers "
-                     f"({capacity:,} = original × factor)")
+                    (
+                        ("sequence_length",),
+                        f"sequence_length {self.sequence_length:,} exceeds what the RoPE scaling covers "
+                        f"({capacity:,} = original × factor)",
+                    )
                 )
         if problems:
             raise LocatedErrors(problems)

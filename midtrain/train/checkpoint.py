@@ -47,8 +47,14 @@ def _is_int(value: object) -> bool:
 
 
 def _is_plain_name(name: object) -> bool:
-    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
-            and "\x00" not in name and not Path(name).is_absolute())
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and "/" not in name
+        and "\\" not in name
+        and "\x00" not in name
+        and not Path(name).is_absolute()
+    )
 
 
 def _first_line(exc: BaseException) -> str:
@@ -74,8 +80,15 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def save(directory: Path, step: int, model_state: dict[str, Any], optimizer_state: dict[str, Any],
-         state: dict[str, Any], averages: dict[str, Any] | None = None, keep_last: int = 2) -> Path:
+def save(
+    directory: Path,
+    step: int,
+    model_state: dict[str, Any],
+    optimizer_state: dict[str, Any],
+    state: dict[str, Any],
+    averages: dict[str, Any] | None = None,
+    keep_last: int = 2,
+) -> Path:
     import torch
     from safetensors.torch import save_file
 
@@ -161,8 +174,13 @@ def verify(path: Path) -> str | None:
         return f"holds files the manifest does not list: {', '.join(map(short, unlisted[:5]))}"
     for name in sorted(files):
         info = files[name]
-        if not (isinstance(info, dict) and _is_int(info.get("bytes")) and info["bytes"] >= 0
-                and isinstance(info.get("sha256"), str) and _SHA256.match(info["sha256"])):
+        if not (
+            isinstance(info, dict)
+            and _is_int(info.get("bytes"))
+            and info["bytes"] >= 0
+            and isinstance(info.get("sha256"), str)
+            and _SHA256.match(info["sha256"])
+        ):
             return f"manifest is corrupt (its entry for {name} needs integer bytes and a sha256)"
         file = path / name
         if file.is_symlink() or (file.exists() and not file.is_file()):
@@ -202,7 +220,9 @@ def read_state(path: Path) -> dict[str, Any]:
         raise MidtrainError.single(f"checkpoint state is not readable JSON: {_first_line(exc)}", file=file) from None
 
     def bad(field: str, expected: str, found: object) -> MidtrainError:
-        return MidtrainError.single(f"checkpoint state: field {field} is not valid", file=file, expected=expected, found=short(found))
+        return MidtrainError.single(
+            f"checkpoint state: field {field} is not valid", file=file, expected=expected, found=short(found)
+        )
 
     if not isinstance(state, dict):
         raise bad("(the whole file)", "a JSON object", state)
@@ -228,14 +248,19 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def _bytes_list(value: object, size: int | None = None) -> bool:
-    return (isinstance(value, list) and (size is None or len(value) == size)
-            and all(_is_int(item) and 0 <= item <= 255 for item in value))
+    return (
+        isinstance(value, list)
+        and (size is None or len(value) == size)
+        and all(_is_int(item) and 0 <= item <= 255 for item in value)
+    )
 
 
 def _check_tensors(tensors: object, file: Path) -> dict[str, Any]:
     import torch
 
-    if not isinstance(tensors, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()):
+    if not isinstance(tensors, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in tensors.items()
+    ):
         raise MidtrainError.single("checkpoint file does not hold named tensors", file=file)
     return tensors
 
@@ -247,13 +272,19 @@ def _check_optimizer(state: object, file: Path) -> dict[str, Any]:
     def bad(what: str) -> MidtrainError:
         return MidtrainError.single(f"optimizer state is not valid: {what}", file=file)
 
-    if not isinstance(state, dict) or not isinstance(state.get("state"), dict) or not isinstance(state.get("param_groups"), list):
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("state"), dict)
+        or not isinstance(state.get("param_groups"), list)
+    ):
         raise bad("expected a mapping with 'state' and 'param_groups'")
     for group in state["param_groups"]:
         if not isinstance(group, dict) or not isinstance(group.get("params"), list):
             raise bad("every parameter group needs a 'params' list")
     for key, value in state["state"].items():
-        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, (torch.Tensor, int, float)) for k, v in value.items()):
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, (torch.Tensor, int, float)) for k, v in value.items()
+        ):
             raise bad(f"the state of {short(key)} is not a mapping of names to tensors")
     return state
 

@@ -17,7 +17,6 @@ from midtrain.schema.rope import Rope
 from midtrain.schema.schedule import Schedule
 from midtrain.schema.stage import Optimizer
 
-
 # Bounds that keep a run specification from asking for absurd sizes: each is far beyond any real
 # run, and past it numpy / torch would allocate without bound, overflow int32 indices or hang.
 # The mixture sampler (midtrain/data/mixture.py) checks the same size limits itself.
@@ -70,7 +69,9 @@ class Pretrained(Strict):
 
 
 class Polyak(Strict):
-    checkpoints: int = Field(ge=2, description="How many snapshots, evenly spaced to the end of the stage, are averaged.")
+    checkpoints: int = Field(
+        ge=2, description="How many snapshots, evenly spaced to the end of the stage, are averaged."
+    )
 
 
 class RunSpec(Strict):
@@ -103,7 +104,9 @@ class RunSpec(Strict):
     polyak: Polyak | None = None
     max_epochs: dict[StreamName, Share] = Field(default_factory=dict)
     on_repeat: Literal["error", "warn"] = "error"
-    threads: int | None = Field(None, ge=1, le=MAX_THREADS, description="torch threads per process; default cores / processes.")
+    threads: int | None = Field(
+        None, ge=1, le=MAX_THREADS, description="torch threads per process; default cores / processes."
+    )
 
     @model_validator(mode="after")
     def _check(self):  # type: ignore[no-untyped-def]
@@ -130,7 +133,7 @@ class RunSpec(Strict):
         return self
 
     @classmethod
-    def load(cls, path: Path) -> "RunSpec":
+    def load(cls, path: Path) -> RunSpec:
         import json
 
         from pydantic import ValidationError
@@ -143,7 +146,9 @@ class RunSpec(Strict):
         except FileNotFoundError:
             raise MidtrainError.single("run specification not found", file=Path(path)) from None
         except json.JSONDecodeError as exc:
-            raise MidtrainError.single(f"run specification is not valid JSON: {exc.msg}", file=Path(path), line=exc.lineno) from None
+            raise MidtrainError.single(
+                f"run specification is not valid JSON: {exc.msg}", file=Path(path), line=exc.lineno
+            ) from None
         try:
             return cls.model_validate(data)
         except ValidationError as exc:

@@ -83,7 +83,11 @@ def wrap(model: Any, strategy: str, dist: Dist, precision: str) -> Any:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(dist.device.type, (dist.world,))
-    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if precision == "bf16" else MixedPrecisionPolicy()
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if precision == "bf16"
+        else MixedPrecisionPolicy()
+    )
     layers = getattr(getattr(model, "model", None), "layers", None)
     for layer in layers or []:
         fully_shard(layer, mesh=mesh, mp_policy=policy)
@@ -101,14 +105,28 @@ def all_reduce_sum(value: float, dist: Dist) -> float:
     return float(tensor.item())
 
 
-def launch(argv: list[str], nproc_per_node: int, nnodes: int = 1, node_rank: int = 0,
-           master_addr: str = "127.0.0.1", master_port: int = 29500, threads: int | None = None) -> int:
+def launch(
+    argv: list[str],
+    nproc_per_node: int,
+    nnodes: int = 1,
+    node_rank: int = 0,
+    master_addr: str = "127.0.0.1",
+    master_port: int = 29500,
+    threads: int | None = None,
+) -> int:
     """Run `python -m midtrain.train.entry ARGV` under torchrun; returns its exit status."""
     command = [
-        sys.executable, "-m", "torch.distributed.run",
-        f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", f"--node-rank={node_rank}",
-        f"--master-addr={master_addr}", f"--master-port={master_port}",
-        "-m", "midtrain.train.entry", *argv,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc_per_node}",
+        f"--nnodes={nnodes}",
+        f"--node-rank={node_rank}",
+        f"--master-addr={master_addr}",
+        f"--master-port={master_port}",
+        "-m",
+        "midtrain.train.entry",
+        *argv,
     ]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(threads or threads_per_process(None, nproc_per_node)))

@@ -16,9 +16,10 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from midtrain.data.mixture import gather
 from midtrain.errors import MidtrainError
@@ -53,7 +54,9 @@ def _loss_fn(logits: Any, targets: Any, z_loss: float | None) -> tuple[Any, Any]
 
 
 class Trainer:
-    def __init__(self, spec: RunSpec, dist: Dist | None = None, progress: bool = True, callbacks: Iterable[Callback] = ()):
+    def __init__(
+        self, spec: RunSpec, dist: Dist | None = None, progress: bool = True, callbacks: Iterable[Callback] = ()
+    ):
         import torch
 
         self.spec = spec
@@ -120,14 +123,26 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Model, optimizer, RNG and the callbacks' state (tensor files, or JSON in state.json)."""
         model_state, optimizer_state = self._state_dicts()  # collective under FSDP: every rank calls it
-        state = {"tokens_seen": self.tokens_seen, "rng": ckpt.rng_state(), "run": self.spec.name, "parameters": self.parameters}
+        state = {
+            "tokens_seen": self.tokens_seen,
+            "rng": ckpt.rng_state(),
+            "run": self.spec.name,
+            "parameters": self.parameters,
+        }
         saved = [(callback, callback.on_checkpoint_save(self)) for callback in self.callbacks]
         if self.dist.main:
             files = {c.checkpoint_file: value for c, value in saved if c.checkpoint_file is not None and value}
             values = {c.name: value for c, value in saved if c.checkpoint_file is None and value is not None}
             state.update({"callbacks": values} if values else {})
-            ckpt.save(self.checkpoint_dir, self.step, model_state, optimizer_state, state, files.get(ckpt.AVERAGES),
-                      self.spec.keep_last)
+            ckpt.save(
+                self.checkpoint_dir,
+                self.step,
+                model_state,
+                optimizer_state,
+                state,
+                files.get(ckpt.AVERAGES),
+                self.spec.keep_last,
+            )
         self.barrier()
 
     def resume(self) -> bool:
@@ -152,7 +167,9 @@ class Trainer:
         lr = self.lr(step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        windows = torch.from_numpy(gather(self.shards, self.sampler.batch(step, dist.rank, dist.world), spec.sequence_length))
+        windows = torch.from_numpy(
+            gather(self.shards, self.sampler.batch(step, dist.rank, dist.world), spec.sequence_length)
+        )
         windows = windows.to(dist.device, non_blocking=True)
         targets_global = spec.global_batch * spec.sequence_length
         micro = [windows[i : i + spec.micro_batch] for i in range(0, windows.shape[0], spec.micro_batch)]
@@ -211,9 +228,15 @@ class Trainer:
 
         model_state, _ = self._state_dicts()
         summary = {
-            "run": self.spec.name, "steps": self.step, "tokens_seen": self.tokens_seen, "parameters": self.parameters,
-            "final_loss": last.loss if last else None, "tokens_per_s": 0.0, "resumed": resumed,  # tokens_per_s: callbacks/throughput.py
-            "strategy": self.strategy, "world_size": self.dist.world,
+            "run": self.spec.name,
+            "steps": self.step,
+            "tokens_seen": self.tokens_seen,
+            "parameters": self.parameters,
+            "final_loss": last.loss if last else None,
+            "tokens_per_s": 0.0,
+            "resumed": resumed,  # tokens_per_s: callbacks/throughput.py
+            "strategy": self.strategy,
+            "world_size": self.dist.world,
         }
         if self.dist.main:
             inner = getattr(self.model, "module", self.model)
@@ -228,7 +251,9 @@ class Trainer:
         return summary
 
 
-def train(spec: RunSpec, resume: bool = True, progress: bool = True, callbacks: Iterable[Callback] = ()) -> dict[str, Any]:
+def train(
+    spec: RunSpec, resume: bool = True, progress: bool = True, callbacks: Iterable[Callback] = ()
+) -> dict[str, Any]:
     """Train one run; the entry point of `midtrain train` and of each torchrun rank."""
     trainer = Trainer(spec, progress=progress, callbacks=callbacks)
     return trainer.fit(resume=resume)

@@ -38,15 +38,21 @@ def merge_models(inputs: list[Path], out: Path, weights: list[float] | None = No
     if len(weights) != len(inputs):
         raise MidtrainError.single("one weight per input is needed", expected=str(len(inputs)), found=str(len(weights)))
     if any(w < 0 for w in weights) or abs(sum(weights) - 1.0) > 1e-6:
-        raise MidtrainError.single("weights must be non-negative and sum to 1", found=", ".join(f"{w:g}" for w in weights))
+        raise MidtrainError.single(
+            "weights must be non-negative and sum to 1", found=", ".join(f"{w:g}" for w in weights)
+        )
     layouts = [[f.name for f in _weight_files(i)] for i in inputs]
     for path, layout in zip(inputs[1:], layouts[1:]):
         if layout != layouts[0]:
-            raise MidtrainError.single("models are saved in different file layouts", file=path, expected=str(layouts[0]), found=str(layout))
+            raise MidtrainError.single(
+                "models are saved in different file layouts", file=path, expected=str(layouts[0]), found=str(layout)
+            )
     configs = [json.loads((i / "config.json").read_text()) for i in inputs if (i / "config.json").exists()]
     shapes = {c.get("hidden_size"): 1 for c in configs}
     if len(shapes) > 1:
-        raise MidtrainError.single("models have different architectures (hidden sizes differ)", found=str(sorted(shapes)))
+        raise MidtrainError.single(
+            "models have different architectures (hidden sizes differ)", found=str(sorted(shapes))
+        )
     tensors_written = 0
     remove_stale_temporaries(out.parent)
     with atomic_dir(out) as tmp:
@@ -66,7 +72,10 @@ def merge_models(inputs: list[Path], out: Path, weights: list[float] | None = No
                 for weight, path, handle in zip(weights[1:], inputs[1:], handles[1:]):
                     tensor = handle.get_tensor(key)
                     if tensor.shape != first.shape:
-                        raise MidtrainError.single(f"tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(first.shape)}", file=path / filename)
+                        raise MidtrainError.single(
+                            f"tensor {key} has shape {tuple(tensor.shape)}, expected {tuple(first.shape)}",
+                            file=path / filename,
+                        )
                     total += tensor.to(torch.float64) * (1.0 if uniform else weight)
                 if uniform:
                     total /= len(inputs)
@@ -75,7 +84,11 @@ def merge_models(inputs: list[Path], out: Path, weights: list[float] | None = No
             save_file(merged, str(tmp / filename), metadata=metadata)
             del merged
         for item in inputs[0].iterdir():
-            if item.is_file() and not item.name.endswith(".safetensors") and item.name != "model.safetensors.index.json":
+            if (
+                item.is_file()
+                and not item.name.endswith(".safetensors")
+                and item.name != "model.safetensors.index.json"
+            ):
                 shutil.copy2(item, tmp / item.name)
         index = inputs[0] / "model.safetensors.index.json"
         if index.exists():

@@ -27,7 +27,9 @@ def new_config(spec: NewModel) -> Any:
         rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
         # a stand-in's special ids come from its own tokenizer when it is saved, never the published
         # model's (OLMo 2's EOS 100257 would lie outside a 2K vocabulary)
-        bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
         **spec.dims.model_dump(),
     )
     if family == "qwen3":
@@ -100,8 +102,9 @@ def load_model(spec: RunSpec, init_override: Path | None = None) -> Any:
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     config = model_config(spec.model_copy(update={"init": init}))
     try:
-        return AutoModelForCausalLM.from_pretrained(init.path, revision=init.revision, config=config, dtype=torch.float32,
-                                                    trust_remote_code=False)
+        return AutoModelForCausalLM.from_pretrained(
+            init.path, revision=init.revision, config=config, dtype=torch.float32, trust_remote_code=False
+        )
     except (OSError, ValueError, RuntimeError) as exc:
         raise MidtrainError.single(f"cannot load model weights from {init.path!r}: {exc}") from None
 
@@ -111,7 +114,9 @@ def check_vocab(model: Any, tokenizer_vocab: int, tokenizer_path: Path) -> None:
     if tokenizer_vocab > model_vocab:
         raise MidtrainError.single(
             "tokenizer and model vocabularies do not match: token ids would index past the embedding table",
-            file=tokenizer_path, expected=f"at most {model_vocab} tokens (the model's embedding rows)", found=f"{tokenizer_vocab} tokens",
+            file=tokenizer_path,
+            expected=f"at most {model_vocab} tokens (the model's embedding rows)",
+            found=f"{tokenizer_vocab} tokens",
         )
 
 
@@ -126,7 +131,9 @@ def unsharded_copy(spec: RunSpec, tensors: dict[str, Any]) -> Any:
     missing, unexpected = model.load_state_dict(dict(tensors), strict=False)
     tied = getattr(model.config, "tie_word_embeddings", False)
     if unexpected or [m for m in missing if not (tied and "lm_head" in m)]:
-        raise RuntimeError(f"averaged weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise RuntimeError(
+            f"averaged weights do not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     return model
 
 
@@ -146,7 +153,9 @@ def check_fits(config: Any, parameters: int, spec: RunSpec, device: Any, world: 
     import psutil
     import torch
 
-    need = estimate_memory_bytes(parameters, spec, config.hidden_size, config.num_hidden_layers, config.vocab_size, world)
+    need = estimate_memory_bytes(
+        parameters, spec, config.hidden_size, config.num_hidden_layers, config.vocab_size, world
+    )
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         where = f"GPU {device}"
@@ -157,7 +166,8 @@ def check_fits(config: Any, parameters: int, spec: RunSpec, device: Any, world: 
         raise MidtrainError.single(
             f"this configuration needs about {need / 2**30:.1f} GiB but {where} has {free / 2**30:.1f} GiB free; "
             "lower micro_batch or sequence_length, enable activation_checkpointing, or use FSDP over more devices",
-            expected=f"< {free / 2**30:.1f} GiB", found=f"≈ {need / 2**30:.1f} GiB",
+            expected=f"< {free / 2**30:.1f} GiB",
+            found=f"≈ {need / 2**30:.1f} GiB",
         )
 
 

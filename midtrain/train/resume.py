@@ -57,7 +57,7 @@ def _attempt(trainer: Trainer, path: Path) -> tuple[str | None, bool]:
     if problem is None:
         try:
             loaded = read_checkpoint(trainer, path)
-        except Exception as exc:  # noqa: BLE001 - any defect of the files: fall back
+        except Exception as exc:
             problem = problem_text(exc, path)
     problem = agree(problem, trainer.dist)
     if problem is not None:
@@ -65,7 +65,7 @@ def _attempt(trainer: Trainer, path: Path) -> tuple[str | None, bool]:
     assert loaded is not None
     try:
         apply_checkpoint(trainer, loaded)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         problem = problem_text(exc, path)
     return agree(problem, trainer.dist), True
 
@@ -76,21 +76,27 @@ def read_checkpoint(trainer: Trainer, path: Path) -> Loaded:
     files = {ckpt.AVERAGES: averages} if averages is not None else {}
     if state["step"] > trainer.spec.steps:
         raise MidtrainError.single(
-            "checkpoint is beyond the end of this run", file=path,
-            expected=f"at most {trainer.spec.steps} steps", found=f"step {state['step']}",
+            "checkpoint is beyond the end of this run",
+            file=path,
+            expected=f"at most {trainer.spec.steps} steps",
+            found=f"step {state['step']}",
         )
     if state.get("parameters") not in (None, trainer.parameters):
         raise MidtrainError.single(
-            "checkpoint does not match this model", file=path,
-            expected=f"{trainer.parameters:,} parameters", found=f"{state['parameters']:,}",
+            "checkpoint does not match this model",
+            file=path,
+            expected=f"{trainer.parameters:,} parameters",
+            found=f"{state['parameters']:,}",
         )
     inner = getattr(trainer.model, "module", trainer.model)
     expected = {name: tuple(t.shape) for name, t in inner.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in model_state.items()}
     if found != expected:
         raise MidtrainError.single(
-            "checkpoint does not match this model", file=path / "model.safetensors",
-            expected=shape_summary(expected, found), found=shape_summary(found, expected),
+            "checkpoint does not match this model",
+            file=path / "model.safetensors",
+            expected=shape_summary(expected, found),
+            found=shape_summary(found, expected),
         )
     check_optimizer_state(trainer, optimizer_state, path / "optimizer.pt")
     _check_callback_states(trainer, state, files, path)
@@ -107,7 +113,8 @@ def check_optimizer_state(trainer: Trainer, optimizer_state: dict[str, Any], fil
     saved = [group["params"] for group in optimizer_state["param_groups"]]
     if saved != groups:
         raise MidtrainError.single(
-            "optimizer state does not match this model's parameter groups", file=file,
+            "optimizer state does not match this model's parameter groups",
+            file=file,
             expected=f"{len(groups)} groups of {[len(g) for g in groups]} parameters",
             found=f"{len(saved)} groups of {[len(g) if isinstance(g, list) else g for g in saved]} parameters",
         )
@@ -117,8 +124,10 @@ def check_optimizer_state(trainer: Trainer, optimizer_state: dict[str, Any], fil
         for key, value in entry.items():
             if getattr(value, "ndim", 0) and tuple(value.shape) != shapes[name]:
                 raise MidtrainError.single(
-                    f"optimizer state {name}.{key} has the wrong shape", file=file,
-                    expected=str(shapes[name]), found=str(tuple(value.shape)),
+                    f"optimizer state {name}.{key} has the wrong shape",
+                    file=file,
+                    expected=str(shapes[name]),
+                    found=str(tuple(value.shape)),
                 )
 
 
@@ -144,8 +153,13 @@ def apply_checkpoint(trainer: Trainer, loaded: Loaded) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
     model_state, optimizer_state, state, files = loaded
-    set_state_dict(trainer.model, trainer.optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state,
-                   options=StateDictOptions(full_state_dict=True))
+    set_state_dict(
+        trainer.model,
+        trainer.optimizer,
+        model_state_dict=model_state,
+        optim_state_dict=optimizer_state,
+        options=StateDictOptions(full_state_dict=True),
+    )
     for callback in trainer.callbacks:
         callback.on_checkpoint_load(trainer, callback_state(callback, state, files))
     ckpt.set_rng_state(state["rng"])
@@ -161,7 +175,9 @@ def reset_to_initial(trainer: Trainer, rng: dict[str, Any]) -> None:
     from midtrain.train.model import load_model
     from midtrain.train.optim import build_optimizer
 
-    set_model_state_dict(trainer.model, load_model(trainer.spec).state_dict(), options=StateDictOptions(full_state_dict=True))
+    set_model_state_dict(
+        trainer.model, load_model(trainer.spec).state_dict(), options=StateDictOptions(full_state_dict=True)
+    )
     trainer.optimizer = build_optimizer(trainer.model, trainer.spec.optimizer, lr=trainer.lr(0))
     for callback in trainer.callbacks:
         callback.on_checkpoint_load(trainer, None)
@@ -193,7 +209,8 @@ def same_on_every_rank(names: list[str], dist: Dist, directory: Path) -> None:
     torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MAX)
     if values[0] != -values[1] or values[2] != -values[3]:
         raise MidtrainError.single(
-            "the ranks see different checkpoints; the output directory must be shared by every process", file=directory,
+            "the ranks see different checkpoints; the output directory must be shared by every process",
+            file=directory,
         )
 
 

@@ -54,11 +54,17 @@ def open_data(spec: RunSpec) -> tuple[MixtureSampler, dict[str, Any], dict[str, 
     if missing:
         raise MidtrainError.single(
             f"the run mixes streams that {shard_dir} does not have: {', '.join(missing)}",
-            expected=", ".join(sorted(streams)), found=", ".join(missing),
+            expected=", ".join(sorted(streams)),
+            found=", ".join(missing),
         )
     sampler = MixtureSampler(
-        {n: streams[n]["tokens"] for n in spec.streams}, spec.streams, spec.sequence_length, spec.global_batch,
-        seed=spec.data_seed, max_epochs=spec.max_epochs, on_repeat=spec.on_repeat,
+        {n: streams[n]["tokens"] for n in spec.streams},
+        spec.streams,
+        spec.sequence_length,
+        spec.global_batch,
+        seed=spec.data_seed,
+        max_epochs=spec.max_epochs,
+        on_repeat=spec.on_repeat,
     )
     shards = {n: open_shard(shard_dir, streams[n]) for n in spec.streams}
     return sampler, shards, manifest

@@ -59,7 +59,15 @@ def test_list_rejects_unknown_filter_values() -> None:
 
 def test_show_renders_provenance_marks() -> None:
     out = run("show", OLMO).stdout
-    for fragment in ("stage 1: anneal", "dolmino-math", "20.8%●", "from the base's LR, linear → 0", "soup", "GSM8K", "provenance:"):
+    for fragment in (
+        "stage 1: anneal",
+        "dolmino-math",
+        "20.8%●",
+        "from the base's LR, linear → 0",
+        "soup",
+        "GSM8K",
+        "provenance:",
+    ):
         assert fragment in out, fragment
 
 
@@ -95,7 +103,11 @@ def test_cp_validate_diff_compare(tmp_path: Path) -> None:
     assert "copied" in run("cp", OLMO, str(dest)).stdout
     text = dest.read_text()
     assert "id: olmo-more-math" in text
-    dest.write_text(text.replace("share: 0.472,", "share: 0.372,").replace("share: 0.208,", "share: 0.308,").replace("tokens: 50B", "tokens: 100B"))
+    dest.write_text(
+        text.replace("share: 0.472,", "share: 0.372,")
+        .replace("share: 0.208,", "share: 0.308,")
+        .replace("tokens: 50B", "tokens: 100B")
+    )
     assert "1 recipe(s) valid" in run("validate", str(dest)).stdout
     assert "exists" in run("cp", OLMO, str(dest), code=2).output
 
@@ -103,7 +115,9 @@ def test_cp_validate_diff_compare(tmp_path: Path) -> None:
     stage = diff["stages"][0]
     assert {c["field"] for c in stage["changes"]} >= {"tokens"}
     deltas = {m["key"]: m["delta"] for m in stage["mixture"]}
-    assert deltas["dolmino-math"] == pytest.approx(0.1, abs=1e-3) and deltas["dolmino-dclm"] == pytest.approx(-0.1, abs=1e-3)
+    assert deltas["dolmino-math"] == pytest.approx(0.1, abs=1e-3) and deltas["dolmino-dclm"] == pytest.approx(
+        -0.1, abs=1e-3
+    )
     assert "dolmino-math" in run("diff", OLMO, str(dest)).stdout
 
     compared = run_json("compare", OLMO, str(dest), "--fields", "mid_tokens,base.peak_lr,stages[anneal].tokens")
@@ -115,7 +129,11 @@ def test_cp_validate_diff_compare(tmp_path: Path) -> None:
 
 def test_validate_reports_every_problem_and_exits_1(tmp_path: Path, olmo_text: str) -> None:
     bad = tmp_path / "broken.yaml"
-    bad.write_text(olmo_text.replace("id: olmo-2-1124-7b", "id: broken").replace("tokens: 50B", "tokens: lots").replace("title:", "titel:"))
+    bad.write_text(
+        olmo_text.replace("id: olmo-2-1124-7b", "id: broken")
+        .replace("tokens: 50B", "tokens: lots")
+        .replace("title:", "titel:")
+    )
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     result = run("validate", str(bad), str(empty), code=1)
@@ -172,12 +190,26 @@ def test_browsing_path_imports_nothing_heavy() -> None:
     code = "import sys; sys.argv=['midtrain', 'show', 'olmo-2-1124-7b']; from midtrain.cli import main; main()"
     for argv in ("list", "show"):
         proc = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", code.replace("'show', 'olmo-2-1124-7b'", f"'{argv}'" + (", 'olmo-2-1124-7b'" if argv == "show" else ""))],
-            capture_output=True, text=True,
+            [
+                sys.executable,
+                "-X",
+                "importtime",
+                "-c",
+                code.replace(
+                    "'show', 'olmo-2-1124-7b'", f"'{argv}'" + (", 'olmo-2-1124-7b'" if argv == "show" else "")
+                ),
+            ],
+            capture_output=True,
+            text=True,
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
         modules = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
-        assert not modules & {"torch", "transformers", "datasets", "dvc"}, modules & {"torch", "transformers", "datasets", "dvc"}
+        assert not modules & {"torch", "transformers", "datasets", "dvc"}, modules & {
+            "torch",
+            "transformers",
+            "datasets",
+            "dvc",
+        }
 
 
 def test_console_script_error_is_not_a_traceback(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ def command_paths(command: click.Command = ROOT, path: tuple[str, ...] = ()) -> 
     yield path
     if isinstance(command, click.Group):
         for name in sorted(command.commands):
-            yield from command_paths(command.commands[name], path + (name,))
+            yield from command_paths(command.commands[name], (*path, name))
 
 
 def rendered_help(path: tuple[str, ...]) -> str:
@@ -104,8 +104,20 @@ PATH_IDS = [" ".join(path) or "midtrain" for path in PATHS]
 
 
 def test_every_command_is_walked() -> None:
-    assert {"midtrain", "list", "show", "plan", "reproduce", "stage", "stage plan", "data", "data inspect", "catalog build",
-            "train", "compare-runs"} <= set(PATH_IDS)
+    assert {
+        "midtrain",
+        "list",
+        "show",
+        "plan",
+        "reproduce",
+        "stage",
+        "stage plan",
+        "data",
+        "data inspect",
+        "catalog build",
+        "train",
+        "compare-runs",
+    } <= set(PATH_IDS)
 
 
 @pytest.mark.parametrize("path", PATHS, ids=PATH_IDS)
@@ -118,7 +130,9 @@ def test_help_examples_parse(path: tuple[str, ...]) -> None:
             try:
                 ctx = parse(words)
             except click.ClickException as exc:
-                pytest.fail(f"`midtrain {' '.join(path)} --help` shows an example that does not parse:\n  {line}\n  {exc.format_message()}")
+                pytest.fail(
+                    f"`midtrain {' '.join(path)} --help` shows an example that does not parse:\n  {line}\n  {exc.format_message()}"
+                )
             assert ctx.command.name, line
 
 
@@ -128,13 +142,25 @@ def test_help_shows_examples_as_written(path: tuple[str, ...]) -> None:
     `components`, but it is then another command. Every example the docstring writes is shown as written."""
     shown = example_lines(rendered_help(path))
     for line in written_examples(path):
-        assert line in shown, f"`midtrain {' '.join(path)} --help` does not show the example as written (escape `[` as `\\\\[`):\n  {line}\n  shown: {shown}"
+        assert line in shown, (
+            f"`midtrain {' '.join(path)} --help` does not show the example as written (escape `[` as `\\\\[`):\n  {line}\n  shown: {shown}"
+        )
 
 
 def test_examples_are_found() -> None:
     """The extraction itself works: the commands that document examples show them."""
     documented = {" ".join(path) for path in PATHS if example_lines(rendered_help(path))}
-    assert {"list", "show", "plan", "reproduce", "schema", "cp", "data inspect", "catalog markdown", "train"} <= documented
+    assert {
+        "list",
+        "show",
+        "plan",
+        "reproduce",
+        "schema",
+        "cp",
+        "data inspect",
+        "catalog markdown",
+        "train",
+    } <= documented
 
 
 def test_plan_example_keeps_its_brackets() -> None:
@@ -158,8 +184,11 @@ def test_a_broken_example_fails() -> None:
         with pytest.raises(click.ClickException):
             for words in midtrain_commands(line):
                 parse(words)
-    for line in ("midtrain list --json | jq '.[].id'", "midtrain schema > recipe.schema.json",
-                 "midtrain validate my-recipes/ && midtrain diff olmo-2-1124-7b my.yaml"):
+    for line in (
+        "midtrain list --json | jq '.[].id'",
+        "midtrain schema > recipe.schema.json",
+        "midtrain validate my-recipes/ && midtrain diff olmo-2-1124-7b my.yaml",
+    ):
         assert midtrain_commands(line)
         for words in midtrain_commands(line):
             parse(words)

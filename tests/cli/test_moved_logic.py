@@ -65,7 +65,11 @@ def test_schema_kinds_and_files() -> None:
     from midtrain.schema.export import SCHEMA_KINDS, check_kind, json_schema, schema_filename, schema_text
 
     assert [schema_filename(k) for k in SCHEMA_KINDS] == [
-        "recipe.schema.json", "registry-sources.schema.json", "registry-models.schema.json", "registry-scales.schema.json"]
+        "recipe.schema.json",
+        "registry-sources.schema.json",
+        "registry-models.schema.json",
+        "registry-scales.schema.json",
+    ]
     with pytest.raises(MidtrainError, match="unknown schema 'widgets'"):
         check_kind("widgets")
     with pytest.raises(MidtrainError):
@@ -74,7 +78,9 @@ def test_schema_kinds_and_files() -> None:
     assert sources["$schema"].endswith("2020-12/schema") and sources["title"] == "midtrain registry: sources"
     stored = find_root() / "docs" / "schema"
     for kind in SCHEMA_KINDS:
-        assert json.loads((stored / schema_filename(kind)).read_text()) == json.loads(schema_text(kind)), "run `midtrain schema --out docs/schema`"
+        assert json.loads((stored / schema_filename(kind)).read_text()) == json.loads(schema_text(kind)), (
+            "run `midtrain schema --out docs/schema`"
+        )
 
 
 def test_schema_help_lists_every_kind() -> None:
@@ -82,7 +88,7 @@ def test_schema_help_lists_every_kind() -> None:
     from midtrain.cli.browse.schema import KIND_HELP
     from midtrain.schema.export import SCHEMA_KINDS
 
-    assert KIND_HELP == f"Which schema: {', '.join(SCHEMA_KINDS)}."
+    assert f"Which schema: {', '.join(SCHEMA_KINDS)}." == KIND_HELP
 
 
 # ---------------------------------------------------------------- midtrain.upgrade

@@ -39,7 +39,13 @@ def test_dvc_yaml_paths_are_the_layout_paths() -> None:
     assert _names(stages["evaluate"]["metrics"]) == [layout.metrics]
     assert _names(stages["evaluate"]["outs"]) == [layout.position_curve]
     assert _names(stages["report"]["outs"]) == [layout.report_dir]
-    for stage, plan_file in (("data", "data"), ("base", "base"), ("midtrain", "midtrain"), ("evaluate", "eval"), ("report", "plan")):
+    for stage, plan_file in (
+        ("data", "data"),
+        ("base", "base"),
+        ("midtrain", "midtrain"),
+        ("evaluate", "eval"),
+        ("report", "plan"),
+    ):
         assert layout.plan_file(plan_file) in stages[stage]["deps"], stage
     assert {layout.base_dir, layout.data_dir} <= set(stages["midtrain"]["deps"])
     assert set(stages["plan"]["params"]) == {"recipe", "scale", "seed", "overrides", "base", "eval", "layout"}
@@ -87,7 +93,11 @@ def test_printed_stage_plan_agrees_with_the_run_specs(recipe_id: str) -> None:
             for name in stage.runs:
                 spec = plan.mid.runs[name]
                 assert (spec.steps, spec.sequence_length, spec.global_batch, spec.micro_batch) == (
-                    stage.steps, stage.sequence_length, stage.global_batch, stage.micro_batch)
+                    stage.steps,
+                    stage.sequence_length,
+                    stage.global_batch,
+                    stage.micro_batch,
+                )
                 assert spec.streams == stage.streams
                 if spec.rope is not None:
                     assert _rope_text(spec) == stage.rope, (recipe_id, scale, stage.name)
@@ -99,7 +109,10 @@ def test_printed_stage_plan_agrees_with_the_run_specs(recipe_id: str) -> None:
         assert plan.summary.model["max_context"] >= max(s.sequence_length for s in plan.summary.stages)
         base = plan.base.spec if hasattr(plan.base, "spec") else None
         if base is not None:
-            assert base.sequence_length == plan.summary.model["base_context"] and base.init.vocab_size == plan.summary.model["vocab_size"]
+            assert (
+                base.sequence_length == plan.summary.model["base_context"]
+                and base.init.vocab_size == plan.summary.model["vocab_size"]
+            )
 
 
 def _rope_text(spec) -> str:  # type: ignore[no-untyped-def]

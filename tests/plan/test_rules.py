@@ -86,8 +86,15 @@ def test_rope_theta_keeps_its_ratio_to_the_base_theta_and_lengths_move() -> None
     assert scaled["theta"] == pytest.approx(1_000_000)
     scaled = rules.scale_rope(rope, 64 / 4096, 500_000 / 10_000)  # a base whose own θ is 500K
     assert scaled["theta"] == pytest.approx(50_000_000)
-    yarn = next((s.rope for r in CATALOG.all() for s in r.stages if s.rope and s.rope.scaling
-                 and getattr(s.rope.scaling, "original_max_position_embeddings", None)), None)
+    yarn = next(
+        (
+            s.rope
+            for r in CATALOG.all()
+            for s in r.stages
+            if s.rope and s.rope.scaling and getattr(s.rope.scaling, "original_max_position_embeddings", None)
+        ),
+        None,
+    )
     assert yarn is not None
     scaled = rules.scale_rope(yarn, 0.5, 1.0)
     original = yarn.scaling.original_max_position_embeddings

@@ -41,21 +41,63 @@ CASES = [
     ("tokens: 50B", "tokens: fifty", "number such as 50e9", "stages[0].tokens", "tokens: fifty"),
     ("tokens: 50B", "tokens: -5", "greater than 0", "stages[0].tokens", "tokens: -5"),
     ("tokens: 50B", "tokens: 1e20", "less than or equal", "stages[0].tokens", "tokens: 1e20"),
-    ("sequence_length: 4096", "sequence_length: 4096\n    colour: blue", "unknown field", "stages[0].colour", "colour: blue"),
+    (
+        "sequence_length: 4096",
+        "sequence_length: 4096\n    colour: blue",
+        "unknown field",
+        "stages[0].colour",
+        "colour: blue",
+    ),
     ("title: OLMo 2 7B", "titel: OLMo 2 7B", "unknown field", "titel", "titel:"),
     ("    kind: anneal\n", "", "required field is missing", "stages[0].kind", "- name: anneal"),
     ("normalize: true", "normalize: false", "shares must sum to 1", "stages[0].mixture", "mixture:"),
-    ("source: dolmino-math,", "source: dolmino-maths,", "unknown data source 'dolmino-maths' (did you mean dolmino-math", "stages[0].mixture.components[5].source", "dolmino-maths"),
+    (
+        "source: dolmino-math,",
+        "source: dolmino-maths,",
+        "unknown data source 'dolmino-maths' (did you mean dolmino-math",
+        "stages[0].mixture.components[5].source",
+        "dolmino-maths",
+    ),
     ("model: olmo-2-1124-7b", "model: olmo-3-7b", "unknown base model", "base.model", "model: olmo-3-7b"),
     ("kind: anneal\n", "kind: annealing\n", "not an allowed value", "stages[0].kind", "kind: annealing"),
     ("type: from_base", "type: zigzag", "not an allowed value", "stages[0].schedule", "type: zigzag"),
     ("seeds: [42, 42069, 666]", "seeds: [42, 42069]", "2 seeds listed for 3 runs", "stages[0].runs", "runs:"),
-    ("batch: {sequences: 1024, tokens: 4194304}", "batch: {sequences: 1024, tokens: 2000000}", "disagrees with batch.tokens", "stages[0].batch.tokens", "batch:"),
+    (
+        "batch: {sequences: 1024, tokens: 4194304}",
+        "batch: {sequences: 1024, tokens: 2000000}",
+        "disagrees with batch.tokens",
+        "stages[0].batch.tokens",
+        "batch:",
+    ),
     ("  lr_at_end: 6.1499e-5\n", "", "from_base schedule needs base.lr_at_end", "stages[0].schedule", "schedule:"),
-    ("  base.peak_lr: \"stated: Table 3\"", "  base.peek_lr: \"stated: Table 3\"", "is not a field of this recipe", "provenance", "base.peek_lr"),
-    ("  base.peak_lr: \"stated: Table 3\"", "  base.peak_lr: \"stated\"", "expected 'stated: <citation>'", "provenance.base.peak_lr", "base.peak_lr"),
-    ("  base.peak_lr: \"stated: Table 3\"", "  base.peak_lr: {status: stated}", "needs `cite`", "provenance.base.peak_lr", "base.peak_lr"),
-    ("      - {stage: anneal}", "      - {stage: anneel}", "'anneel' is not a stage", "merges[0].inputs[0].stage", "stage: anneel"),
+    (
+        '  base.peak_lr: "stated: Table 3"',
+        '  base.peek_lr: "stated: Table 3"',
+        "is not a field of this recipe",
+        "provenance",
+        "base.peek_lr",
+    ),
+    (
+        '  base.peak_lr: "stated: Table 3"',
+        '  base.peak_lr: "stated"',
+        "expected 'stated: <citation>'",
+        "provenance.base.peak_lr",
+        "base.peak_lr",
+    ),
+    (
+        '  base.peak_lr: "stated: Table 3"',
+        "  base.peak_lr: {status: stated}",
+        "needs `cite`",
+        "provenance.base.peak_lr",
+        "base.peak_lr",
+    ),
+    (
+        "      - {stage: anneal}",
+        "      - {stage: anneel}",
+        "'anneel' is not a stage",
+        "merges[0].inputs[0].stage",
+        "stage: anneel",
+    ),
     ("id: olmo-2-1124-7b", "id: olmo-2-7b", "must match its file name", "id", "id: olmo-2-7b"),
     ("betas: [0.9, 0.95]", "betas: [0.9, 1.5]", "betas must lie in", "optimizer", "optimizer:"),
     ("schema_version: 1", "schema_version: 7", "newer than this midtrain", "schema_version", "schema_version"),
@@ -77,7 +119,11 @@ def test_invalid_recipe(repo: Path, olmo_text: str, old: str, new: str, message:
 
 
 def test_all_problems_reported_at_once(repo: Path, olmo_text: str) -> None:
-    text = olmo_text.replace("tokens: 50B", "tokens: lots").replace("title: OLMo", "titel: OLMo").replace("source: dolmino-wiki,", "source: wikipedia,")
+    text = (
+        olmo_text.replace("tokens: 50B", "tokens: lots")
+        .replace("title: OLMo", "titel: OLMo")
+        .replace("source: dolmino-wiki,", "source: wikipedia,")
+    )
     path = repo / "recipes" / "olmo-2" / "olmo-2-1124-7b.yaml"
     path.write_text(text)
     problems = problems_for(repo, path)
@@ -87,15 +133,31 @@ def test_all_problems_reported_at_once(repo: Path, olmo_text: str) -> None:
 
 def test_rope_scaling_must_cover_sequence_length(repo: Path, olmo_text: str) -> None:
     new = "sequence_length: 65536\n    rope: {theta: 500000, scaling: {type: yarn, factor: 4, original_max_position_embeddings: 4096}}"
-    path = write_variant(repo, olmo_text.replace("batch: {sequences: 1024, tokens: 4194304}", "batch: {sequences: 64}"), "sequence_length: 4096", new)
+    path = write_variant(
+        repo,
+        olmo_text.replace("batch: {sequences: 1024, tokens: 4194304}", "batch: {sequences: 64}"),
+        "sequence_length: 4096",
+        new,
+    )
     problems = problems_for(repo, path)
-    assert any("exceeds what the RoPE scaling covers" in p.message and p.line == line_of(path, "sequence_length: 65536") for p in problems), [p.render() for p in problems]
+    assert any(
+        "exceeds what the RoPE scaling covers" in p.message and p.line == line_of(path, "sequence_length: 65536")
+        for p in problems
+    ), [p.render() for p in problems]
 
 
 def test_mixture_tokens_must_match_budget(repo: Path, olmo_text: str) -> None:
-    path = write_variant(repo, olmo_text, "        - {source: dolmino-dclm, share: 0.472, max_epochs: 0.0323}", "        - {source: dolmino-dclm, share: 0.472, tokens: 1B}")
+    path = write_variant(
+        repo,
+        olmo_text,
+        "        - {source: dolmino-dclm, share: 0.472, max_epochs: 0.0323}",
+        "        - {source: dolmino-dclm, share: 0.472, tokens: 1B}",
+    )
     problems = problems_for(repo, path)
-    assert any("dolmino-dclm: 1e+09 tokens disagrees with its share" in p.message and p.line == line_of(path, "tokens: 1B") for p in problems), [p.render() for p in problems]
+    assert any(
+        "dolmino-dclm: 1e+09 tokens disagrees with its share" in p.message and p.line == line_of(path, "tokens: 1B")
+        for p in problems
+    ), [p.render() for p in problems]
 
 
 def test_duplicate_source_in_mixture(repo: Path, olmo_text: str) -> None:
@@ -106,7 +168,9 @@ def test_duplicate_source_in_mixture(repo: Path, olmo_text: str) -> None:
 
 def test_registry_errors_name_file_and_line(repo: Path) -> None:
     sources = repo / "registry" / "sources.yaml"
-    text = sources.read_text().replace("  category: math\n  format: short-cot", "  category: maths\n  format: short-cot", 1)
+    text = sources.read_text().replace(
+        "  category: math\n  format: short-cot", "  category: maths\n  format: short-cot", 1
+    )
     sources.write_text(text)
     with pytest.raises(MidtrainError) as info:
         load_catalog(repo)
@@ -116,7 +180,9 @@ def test_registry_errors_name_file_and_line(repo: Path) -> None:
 
 
 def test_migration_from_v0(repo: Path, olmo_text: str) -> None:
-    old = olmo_text.replace("schema_version: 1", "schema_version: 0").replace("    schedule: {type: from_base", "    lr_schedule: {type: from_base")
+    old = olmo_text.replace("schema_version: 1", "schema_version: 0").replace(
+        "    schedule: {type: from_base", "    lr_schedule: {type: from_base"
+    )
     path = repo / "recipes" / "olmo-2" / "olmo-2-1124-7b.yaml"
     path.write_text(old)
     recipes, problems = validate_paths([path], repo)

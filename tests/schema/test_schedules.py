@@ -81,8 +81,15 @@ def test_stepwise_reproduces_deepseek_v3_tail() -> None:
 def test_power_scheduler_matches_granite_formula() -> None:
     # Power scheduler Eq. 7 with a=4, b=-0.51, batch 1024: at 10T tokens lr ≈ 9.6e-4 (fact sheet 11).
     tokens_per_step = 1024 * 4096
-    schedule = make(type="power", a=4, b=-0.51, max_lr=0.02, batch_size=1024, tokens_per_step=tokens_per_step,
-                    tokens_before=1e13 - tokens_per_step)
+    schedule = make(
+        type="power",
+        a=4,
+        b=-0.51,
+        max_lr=0.02,
+        batch_size=1024,
+        tokens_per_step=tokens_per_step,
+        tokens_before=1e13 - tokens_per_step,
+    )
     assert schedule.lr_at(0, 10) == pytest.approx(1024 * 4 * (1e13) ** -0.51, rel=1e-9)
     assert schedule.lr_at(0, 10) == pytest.approx(9.6e-4, rel=0.02)
     early = make(type="power", a=4, b=-0.51, max_lr=0.02, batch_size=1024, tokens_per_step=tokens_per_step)
@@ -90,8 +97,18 @@ def test_power_scheduler_matches_granite_formula() -> None:
 
 
 def test_power_exponential_decay_tail() -> None:
-    schedule = make(type="power", a=4, b=-0.51, max_lr=0.02, batch_size=1024, tokens_per_step=4e6, tokens_before=1e12,
-                    decay_fraction=0.5, decay="exponential", half_life_fraction=0.1)
+    schedule = make(
+        type="power",
+        a=4,
+        b=-0.51,
+        max_lr=0.02,
+        batch_size=1024,
+        tokens_per_step=4e6,
+        tokens_before=1e12,
+        decay_fraction=0.5,
+        decay="exponential",
+        half_life_fraction=0.1,
+    )
     top = schedule.power_lr(50)
     assert schedule.lr_at(50, 100) == pytest.approx(top)
     assert schedule.lr_at(60, 100) == pytest.approx(top / 2)

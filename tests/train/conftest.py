@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-DIMS = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128}
+DIMS = {
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 128,
+}
 
 
 def make_spec(prepared: Path, out: Path, **overrides: Any) -> dict[str, Any]:
@@ -53,5 +59,6 @@ def weights(model_dir: Path) -> dict[str, Any]:
 def losses(out: Path) -> list[float]:
     import csv
 
-    rows = list(csv.reader(open(out / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv"), delimiter="\t"))
+    with open(out / "dvclive" / "plots" / "metrics" / "train" / "loss.tsv", encoding="utf-8") as handle:
+        rows = list(csv.reader(handle, delimiter="\t"))
     return [float(r[-1]) for r in rows[1:]]

@@ -94,7 +94,11 @@ def test_custom_callback_sees_every_step(reference) -> None:  # type: ignore[no-
     assert [e[1] for e in events if e[0] == "step_end"] == list(range(1, STEPS + 1))
     assert [e[2] for e in events if e[0] == "step_end"] == pytest.approx(losses(out))
     assert [e[1] for e in events if e[0] == "save"] == [4, 8]  # the periodic checkpoint and the final one
-    assert events[-3:] == [("loop_end", STEPS), ("save", STEPS), ("fit_end", STEPS)]  # the loop, the last checkpoint, the end
+    assert events[-3:] == [
+        ("loop_end", STEPS),
+        ("save", STEPS),
+        ("fit_end", STEPS),
+    ]  # the loop, the last checkpoint, the end
     # the summary callbacks add to is the one written; the JSON state went into state.json
     assert summary["recorded_steps"] == STEPS == json.loads((out / "summary.json").read_text())["recorded_steps"]
     state = json.loads((out / "checkpoints" / "step-0000008" / "state.json").read_text())
@@ -183,8 +187,18 @@ def test_throughput_and_mfu_in_the_summary(prepared: Path, tmp_path: Path) -> No
     assert summary["tokens_per_s"] == pytest.approx(meter.tokens / meter.seconds) and summary["tokens_per_s"] > 0
     assert summary["mfu"] == pytest.approx(6 * trainer.parameters * summary["tokens_per_s"] / 1e12)
     written = json.loads((spec.out / "summary.json").read_text())
-    assert list(written) == ["run", "steps", "tokens_seen", "parameters", "final_loss", "tokens_per_s", "resumed",
-                             "strategy", "world_size", "mfu"]
+    assert list(written) == [
+        "run",
+        "steps",
+        "tokens_seen",
+        "parameters",
+        "final_loss",
+        "tokens_per_s",
+        "resumed",
+        "strategy",
+        "world_size",
+        "mfu",
+    ]
     import torch
 
     assert measure_peak_flops(torch.device("cpu"), size=128, repeats=2) > 0

@@ -138,7 +138,7 @@ def test_state_with_bad_step_or_tokens_falls_back(run) -> None:  # type: ignore[
 
 
 def test_checkpoint_beyond_the_runs_steps_falls_back(run, prepared: Path) -> None:  # type: ignore[no-untyped-def]
-    spec, checkpoints = run
+    spec, _checkpoints = run
     shorter = RunSpec.model_validate(make_spec(prepared, spec.out, steps=5, checkpoint_every=EVERY))
     assert_fell_back(shorter, "beyond the end of this run")
 
@@ -199,7 +199,7 @@ def test_failed_apply_restores_the_initial_state(run, monkeypatch: pytest.Monkey
 
     from midtrain.train.loop import Trainer
 
-    spec, checkpoints = run
+    spec, _checkpoints = run
     fresh = Trainer(spec, progress=False)
     initial = {k: v.clone() for k, v in fresh.model.state_dict().items()}
     initial_rng = torch.get_rng_state()
@@ -225,14 +225,17 @@ def test_failed_apply_restores_the_initial_state(run, monkeypatch: pytest.Monkey
 # ---- verify() on manifests that are not what they claim ----
 
 
-@pytest.mark.parametrize("content, problem", [
-    ("[]", "manifest is corrupt"),
-    ('{"step": 6}', "manifest is corrupt"),
-    ('{"step": 6, "files": ["model.safetensors"]}', "manifest is corrupt"),
-    ('"just a string"', "manifest is corrupt"),
-    ("{not json", "manifest is corrupt"),
-    ("[" * 100_000, "manifest is corrupt"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("[]", "manifest is corrupt"),
+        ('{"step": 6}', "manifest is corrupt"),
+        ('{"step": 6, "files": ["model.safetensors"]}', "manifest is corrupt"),
+        ('"just a string"', "manifest is corrupt"),
+        ("{not json", "manifest is corrupt"),
+        ("[" * 100_000, "manifest is corrupt"),
+    ],
+)
 def test_manifest_that_is_not_an_object_is_corrupt(run, content: str, problem: str) -> None:  # type: ignore[no-untyped-def]
     _, checkpoints = run
     (checkpoints / "step-0000006" / "manifest.json").write_text(content)
@@ -276,7 +279,19 @@ BAD_SPECS = [
     ({"sequence_length": 2**25}, "sequence_length"),
     ({"global_batch": 1_048_576, "micro_batch": 4, "sequence_length": 4096}, "tokens per step"),
     ({"steps": 10**10}, "steps"),
-    ({"schedule": {"type": "power", "a": math.inf, "b": -0.5, "max_lr": 0.01, "batch_size": 8, "tokens_per_step": 512}}, "schedule.a"),
+    (
+        {
+            "schedule": {
+                "type": "power",
+                "a": math.inf,
+                "b": -0.5,
+                "max_lr": 0.01,
+                "batch_size": 8,
+                "tokens_per_step": 512,
+            }
+        },
+        "schedule.a",
+    ),
     ({"optimizer": {"grad_clip": math.inf}}, "optimizer.grad_clip"),
     ({"z_loss": math.nan}, "z_loss"),
     ({"max_epochs": {"prose.train": math.nan}}, "max_epochs"),
@@ -284,7 +299,9 @@ BAD_SPECS = [
 
 
 @pytest.mark.parametrize("overrides, field", BAD_SPECS, ids=[f"{f}-{i}" for i, (_, f) in enumerate(BAD_SPECS)])
-def test_bad_run_spec_values_are_validation_errors(prepared: Path, tmp_path: Path, overrides: dict[str, Any], field: str) -> None:
+def test_bad_run_spec_values_are_validation_errors(
+    prepared: Path, tmp_path: Path, overrides: dict[str, Any], field: str
+) -> None:
     good = make_spec(prepared, tmp_path / "out")
     RunSpec.model_validate(good)  # the baseline is valid: the override alone is what fails
     bad = {**good, **overrides}
@@ -313,21 +330,29 @@ def test_limits_agree_between_spec_and_sampler() -> None:
 STREAMS = {"a": 100_000, "b": 50_000}
 
 
-@pytest.mark.parametrize("changes, found", [
-    ({"global_batch": 10**9}, "1000000000"),
-    ({"global_batch": 0}, "0"),
-    ({"sequence_length": 2**30}, str(2**30)),
-    ({"global_batch": 1_000_000, "sequence_length": 100_000}, str(10**11)),
-    ({"stream_tokens": {"a": 10**18, "b": 50_000}}, "sequences"),
-    ({"stream_tokens": {"a": -5, "b": 50_000}}, "-5"),
-    ({"shares": {"a": math.nan, "b": 0.5}}, "nan"),
-    ({"shares": {"a": 0.0, "b": 0.0}}, "0.0"),
-    ({"seed": -1}, "-1"),
-])
+@pytest.mark.parametrize(
+    "changes, found",
+    [
+        ({"global_batch": 10**9}, "1000000000"),
+        ({"global_batch": 0}, "0"),
+        ({"sequence_length": 2**30}, str(2**30)),
+        ({"global_batch": 1_000_000, "sequence_length": 100_000}, str(10**11)),
+        ({"stream_tokens": {"a": 10**18, "b": 50_000}}, "sequences"),
+        ({"stream_tokens": {"a": -5, "b": 50_000}}, "-5"),
+        ({"shares": {"a": math.nan, "b": 0.5}}, "nan"),
+        ({"shares": {"a": 0.0, "b": 0.0}}, "0.0"),
+        ({"seed": -1}, "-1"),
+    ],
+)
 def test_sampler_rejects_sizes_it_would_choke_on(changes: dict[str, Any], found: str) -> None:
     from midtrain.data.mixture import MixtureSampler
 
-    args: dict[str, Any] = {"stream_tokens": STREAMS, "shares": {"a": 0.5, "b": 0.5}, "sequence_length": 64, "global_batch": 8}
+    args: dict[str, Any] = {
+        "stream_tokens": STREAMS,
+        "shares": {"a": 0.5, "b": 0.5},
+        "sequence_length": 64,
+        "global_batch": 8,
+    }
     MixtureSampler(**args).batch(0)  # the baseline works
     started = time.monotonic()
     with pytest.raises(MidtrainError) as info:
@@ -359,8 +384,14 @@ def test_checkpoints_are_ordered_by_step_and_newer_rejected_ones_do_not_evict_go
     shutil.rmtree(directory)
 
     def save(step: int) -> None:
-        ckpt.save(directory, step, {"w": torch.zeros(2)}, {"state": {}, "param_groups": []},
-                  {"tokens_seen": 0, "rng": ckpt.rng_state()}, keep_last=2)
+        ckpt.save(
+            directory,
+            step,
+            {"w": torch.zeros(2)},
+            {"state": {}, "param_groups": []},
+            {"tokens_seen": 0, "rng": ckpt.rng_state()},
+            keep_last=2,
+        )
 
     save(99)  # a newer checkpoint the run fell back from (say it was rejected)
     for step in (2, 4, 6):

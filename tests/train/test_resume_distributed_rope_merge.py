@@ -37,9 +37,16 @@ def test_resume_after_sigkill_is_bitwise_identical(spec_factory) -> None:  # typ
     checkpoints = out_of(killed) / "checkpoints"
     # Kill at two different moments (mid-step or mid-checkpoint-write, whatever it is doing), then finish.
     for wait_for in (1, 4):
-        proc = subprocess.Popen([sys.executable, "-m", "midtrain", "train", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "midtrain", "train", str(killed)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and len(list(checkpoints.glob("step-*"))) + (1 if wait_for == 4 else 0) < wait_for + (0 if wait_for == 1 else 0):
+        while (
+            time.monotonic() < deadline
+            and len(list(checkpoints.glob("step-*"))) + (1 if wait_for == 4 else 0) < wait_for
+        ):
             if proc.poll() is not None:
                 break
             time.sleep(0.05)
@@ -94,10 +101,44 @@ def test_distributed_two_process_gloo_matches_one_process(spec_factory, strategy
     ("rope", "expected"),
     [
         ({"theta": 100000.0}, {"rope_type": "default", "rope_theta": 100000.0}),
-        ({"theta": 50000.0, "scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 64, "beta_fast": 32, "beta_slow": 1}},
-         {"rope_type": "yarn", "rope_theta": 50000.0, "factor": 4.0, "original_max_position_embeddings": 64, "beta_fast": 32.0, "beta_slow": 1.0}),
-        ({"scaling": {"type": "llama3", "factor": 2, "original_max_position_embeddings": 64, "low_freq_factor": 1, "high_freq_factor": 4}},
-         {"rope_type": "llama3", "factor": 2.0, "original_max_position_embeddings": 64, "low_freq_factor": 1.0, "high_freq_factor": 4.0}),
+        (
+            {
+                "theta": 50000.0,
+                "scaling": {
+                    "type": "yarn",
+                    "factor": 4,
+                    "original_max_position_embeddings": 64,
+                    "beta_fast": 32,
+                    "beta_slow": 1,
+                },
+            },
+            {
+                "rope_type": "yarn",
+                "rope_theta": 50000.0,
+                "factor": 4.0,
+                "original_max_position_embeddings": 64,
+                "beta_fast": 32.0,
+                "beta_slow": 1.0,
+            },
+        ),
+        (
+            {
+                "scaling": {
+                    "type": "llama3",
+                    "factor": 2,
+                    "original_max_position_embeddings": 64,
+                    "low_freq_factor": 1,
+                    "high_freq_factor": 4,
+                }
+            },
+            {
+                "rope_type": "llama3",
+                "factor": 2.0,
+                "original_max_position_embeddings": 64,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+            },
+        ),
     ],
     ids=["abf", "yarn", "llama3"],
 )
@@ -110,8 +151,15 @@ def test_rope_stage_writes_a_config_that_reloads(spec_factory, rope: dict, expec
 
     base = spec_factory("base", steps=3)
     train(RunSpec.load(base), progress=False)
-    extended = spec_factory("extended", steps=3, init={"path": str(out_of(base) / "model")}, rope=rope,
-                            sequence_length=128, micro_batch=2, max_position_embeddings=256)
+    extended = spec_factory(
+        "extended",
+        steps=3,
+        init={"path": str(out_of(base) / "model")},
+        rope=rope,
+        sequence_length=128,
+        micro_batch=2,
+        max_position_embeddings=256,
+    )
     train(RunSpec.load(extended), progress=False)
     saved = out_of(extended) / "model"
     config = AutoConfig.from_pretrained(saved)
@@ -157,11 +205,25 @@ def test_merge_bad_input(spec_factory, tmp_path: Path) -> None:  # type: ignore[
     from midtrain.train.loop import train
 
     a = spec_factory("a", steps=2)
-    b = spec_factory("b", steps=2, init={"family": "llama", "dims": {**DIMS, "intermediate_size": 256}, "vocab_size": 512, "max_position_embeddings": 64})
+    b = spec_factory(
+        "b",
+        steps=2,
+        init={
+            "family": "llama",
+            "dims": {**DIMS, "intermediate_size": 256},
+            "vocab_size": 512,
+            "max_position_embeddings": 64,
+        },
+    )
     train(RunSpec.load(a), progress=False)
     train(RunSpec.load(b), progress=False)
     mismatch = cli("merge", str(tmp_path / "m"), str(out_of(a) / "model"), str(out_of(b) / "model"))
     assert mismatch.returncode == 2 and "shape" in mismatch.stderr and "Traceback" not in mismatch.stderr
     assert not (tmp_path / "m").exists()
-    assert "sum to 1" in cli("merge", str(tmp_path / "w"), str(out_of(a) / "model"), str(out_of(a) / "model"), "--weights", "0.5,0.6").stderr
+    assert (
+        "sum to 1"
+        in cli(
+            "merge", str(tmp_path / "w"), str(out_of(a) / "model"), str(out_of(a) / "model"), "--weights", "0.5,0.6"
+        ).stderr
+    )
     assert "not found" in cli("merge", str(tmp_path / "x"), str(tmp_path / "nope"), str(out_of(a) / "model")).stderr

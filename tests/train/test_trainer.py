@@ -24,7 +24,9 @@ def test_families_train_and_save_loadable_hf_models(spec_factory, family: str) -
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = spec_factory(family, init={"family": family, "dims": DIMS, "vocab_size": 512, "max_position_embeddings": 64}, steps=6)
+    path = spec_factory(
+        family, init={"family": family, "dims": DIMS, "vocab_size": 512, "max_position_embeddings": 64}, steps=6
+    )
     summary = run(path)
     assert summary["steps"] == 6 and summary["final_loss"] < 6.3  # ln(512) = 6.24 at random init
     out = Path(json.loads(path.read_text())["out"]) / "model"
@@ -63,7 +65,9 @@ def test_no_decay_groups(prepared: Path, tmp_path: Path) -> None:
     decayed = {id(p) for p in groups[0]["params"]}
     names = {id(p): n for n, p in model.named_parameters()}
     assert all("norm" not in names[i] and "embed" not in names[i] and "lm_head" not in names[i] for i in decayed)
-    assert groups[1]["weight_decay"] == 0.0 and len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.parameters()))
+    assert groups[1]["weight_decay"] == 0.0 and len(groups[0]["params"]) + len(groups[1]["params"]) == len(
+        list(model.parameters())
+    )
 
 
 def test_z_loss_changes_the_update(spec_factory) -> None:  # type: ignore[no-untyped-def]
@@ -113,7 +117,13 @@ def test_vocab_mismatch(spec_factory) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_config_that_cannot_fit(spec_factory) -> None:  # type: ignore[no-untyped-def]
-    huge = {"hidden_size": 16384, "num_hidden_layers": 64, "num_attention_heads": 64, "num_key_value_heads": 8, "intermediate_size": 53248}
+    huge = {
+        "hidden_size": 16384,
+        "num_hidden_layers": 64,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "intermediate_size": 53248,
+    }
     path = spec_factory(init={"family": "llama", "dims": huge, "vocab_size": 512, "max_position_embeddings": 64})
     with pytest.raises(MidtrainError, match="needs about .* GiB"):
         run(path)
@@ -150,7 +160,9 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(spec_factory, monkeypatch
     def poisoned(logits, targets, z_loss):  # type: ignore[no-untyped-def]
         calls["n"] += 1
         ce, z = real(logits, targets, z_loss)
-        return (ce * torch.tensor(float("nan")) if calls["n"] > 2 * 6 else ce), z  # NaN from step 6 on (2 micro-batches/step)
+        return (
+            ce * torch.tensor(float("nan")) if calls["n"] > 2 * 6 else ce
+        ), z  # NaN from step 6 on (2 micro-batches/step)
 
     monkeypatch.setattr(loop, "_loss_fn", poisoned)
     with pytest.raises(NonFiniteLoss, match="loss became nan at step 6") as info:

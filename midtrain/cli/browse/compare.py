@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -14,7 +14,11 @@ from midtrain.errors import MidtrainError
 @guarded
 def compare(
     ids: list[str] = typer.Argument(..., help="Two or more recipe ids or files.", autocompletion=complete_recipe),
-    fields: Optional[str] = typer.Option(None, "--fields", help="Comma-separated rows to show: names from the default set or dotted paths (e.g. base.peak_lr)."),
+    fields: str | None = typer.Option(
+        None,
+        "--fields",
+        help="Comma-separated rows to show: names from the default set or dotted paths (e.g. base.peak_lr).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Recipes side by side.
@@ -27,7 +31,9 @@ def compare(
     from midtrain.summary import COMPARE_FIELDS, compare_rows
 
     if len(ids) < 2:
-        raise MidtrainError.single("compare needs at least two recipes", expected="two or more ids", found=str(len(ids)))
+        raise MidtrainError.single(
+            "compare needs at least two recipes", expected="two or more ids", found=str(len(ids))
+        )
     pairs = [resolve_recipe(i) for i in ids]
     recipes = [p[0] for p in pairs]
     wanted = [f.strip() for f in fields.split(",")] if fields else list(COMPARE_FIELDS)

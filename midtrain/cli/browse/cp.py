@@ -37,7 +37,12 @@ def cp(
         raise MidtrainError.single("destination must be a directory or a .yaml file", found=str(dest))
     if target.exists() and not force:
         raise MidtrainError.single("destination exists; pass --force to overwrite", file=target)
-    text = copied_text(source.read_text(encoding="utf-8"), recipe.id, target.stem, catalog.root / "docs" / "schema" / "recipe.schema.json")
+    text = copied_text(
+        source.read_text(encoding="utf-8"),
+        recipe.id,
+        target.stem,
+        catalog.root / "docs" / "schema" / "recipe.schema.json",
+    )
     if text is None:
         raise MidtrainError.single("could not find the id line to rewrite", file=source)
     write_text(target, text)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import typer
 
@@ -23,10 +24,14 @@ SORTS: dict[str, Callable[[dict[str, Any]], Any]] = {
 
 @guarded
 def list_(
-    objective: Optional[list[str]] = typer.Option(None, "--objective", "-o", help="Keep recipes targeting this capability (repeatable)."),
-    technique: Optional[list[str]] = typer.Option(None, "--technique", "-t", help="Keep recipes using this technique (repeatable)."),
-    org: Optional[str] = typer.Option(None, "--org", help="Keep recipes whose organisation contains this text."),
-    family: Optional[str] = typer.Option(None, "--family", "-f", help="Keep one model family (llama, qwen3, olmo2, ...)."),
+    objective: list[str] | None = typer.Option(
+        None, "--objective", "-o", help="Keep recipes targeting this capability (repeatable)."
+    ),
+    technique: list[str] | None = typer.Option(
+        None, "--technique", "-t", help="Keep recipes using this technique (repeatable)."
+    ),
+    org: str | None = typer.Option(None, "--org", help="Keep recipes whose organisation contains this text."),
+    family: str | None = typer.Option(None, "--family", "-f", help="Keep one model family (llama, qwen3, olmo2, ...)."),
     sort: str = typer.Option("id", "--sort", "-s", help=f"Sort by one of: {', '.join(SORT_KEYS)}."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
@@ -72,8 +77,13 @@ def _rows() -> list[dict[str, Any]]:
     return rows
 
 
-def _filtered(rows: list[dict[str, Any]], objective: Optional[list[str]], technique: Optional[list[str]], org: Optional[str],
-              family: Optional[str]) -> list[dict[str, Any]]:
+def _filtered(
+    rows: list[dict[str, Any]],
+    objective: list[str] | None,
+    technique: list[str] | None,
+    org: str | None,
+    family: str | None,
+) -> list[dict[str, Any]]:
     if objective:
         rows = [r for r in rows if set(objective) & set(r["objectives"])]
     if technique:
@@ -85,7 +95,7 @@ def _filtered(rows: list[dict[str, Any]], objective: Optional[list[str]], techni
     return rows
 
 
-def _check_vocab(values: Optional[list[str]], kind: str) -> None:
+def _check_vocab(values: list[str] | None, kind: str) -> None:
     if not values:
         return
     from midtrain.schema.base import Capability, Technique

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -18,7 +17,7 @@ KIND_HELP = "Which schema: recipe, sources, models, scales."
 @guarded
 def schema(
     kind: str = typer.Argument("recipe", help=KIND_HELP),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write every schema as JSON files into this directory."),
+    out: Path | None = typer.Option(None, "--out", help="Write every schema as JSON files into this directory."),
 ) -> None:
     """Export the JSON Schema (draft 2020-12) of recipe and registry files, for YAML editors.
 

@@ -26,7 +26,8 @@ def search(
       midtrain search souping math
       midtrain search "linear decay"
     """
-    from midtrain.search import query_words, search as find
+    from midtrain.search import query_words
+    from midtrain.search import search as find
 
     catalog = load_catalog()
     words = query_words(text)

@@ -13,7 +13,9 @@ from midtrain.cli.common import complete_recipe, echo_json, resolve_recipe
 
 @guarded
 def show(
-    recipe_id: str = typer.Argument(..., help="Recipe id (see `midtrain list`) or path to a recipe file.", autocompletion=complete_recipe),
+    recipe_id: str = typer.Argument(
+        ..., help="Recipe id (see `midtrain list`) or path to a recipe file.", autocompletion=complete_recipe
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the validated recipe as JSON."),
     as_yaml: bool = typer.Option(False, "--yaml", help="Print the recipe file as written."),
     provenance: bool = typer.Option(False, "--provenance", "-p", help="List every number with its source."),
@@ -41,7 +43,8 @@ def show(
     if provenance:
         _print_provenance(recipe)
         return
-    from midtrain.cli.render import console, show as render_show
+    from midtrain.cli.render import console
+    from midtrain.cli.render import show as render_show
 
     out = console()
     out.print(render_show(recipe, catalog.registry, out.width))

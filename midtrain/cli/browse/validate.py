@@ -14,7 +14,9 @@ from midtrain.cli.common import echo_json
 @guarded
 def validate(
     paths: list[Path] = typer.Argument(None, help="Recipe files or directories (default: recipes/)."),
-    migrate: bool = typer.Option(False, "--migrate", help="Rewrite files with an older schema_version in the current format."),
+    migrate: bool = typer.Option(
+        False, "--migrate", help="Rewrite files with an older schema_version in the current format."
+    ),
     strict: bool = typer.Option(False, "--strict", help="Also fail when a number has no provenance."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
@@ -37,12 +39,21 @@ def validate(
         from midtrain.upgrade import migrate_files
 
         for done in migrate_files(targets):
-            typer.echo(f"migrated {done.path} from schema_version {done.from_version} to {done.to_version} (comments were not kept)")
+            typer.echo(
+                f"migrated {done.path} from schema_version {done.from_version} to {done.to_version} (comments were not kept)"
+            )
     recipes, problems = validate_paths(targets, root)
     untagged = _untagged(recipes) if strict else {}
     ok = not problems and not untagged
     if as_json:
-        echo_json({"ok": ok, "valid": [r.id for r in recipes], "problems": [_problem_json(p) for p in problems], "untagged": untagged})
+        echo_json(
+            {
+                "ok": ok,
+                "valid": [r.id for r in recipes],
+                "problems": [_problem_json(p) for p in problems],
+                "untagged": untagged,
+            }
+        )
         raise typer.Exit(0 if ok else 1)
     for problem in problems:
         typer.echo(problem.render(), err=True)
@@ -53,7 +64,10 @@ def validate(
         from midtrain.catalog import split_registry_files
 
         registry_files = len(paths) - len(split_registry_files(list(paths), Path.cwd())[0]) if paths else 0
-        typer.echo(f"✓ {len(recipes)} recipe(s) valid" + (f", {registry_files} registry file(s) valid" if registry_files else ""))
+        typer.echo(
+            f"✓ {len(recipes)} recipe(s) valid"
+            + (f", {registry_files} registry file(s) valid" if registry_files else "")
+        )
     else:
         count = len(problems) + sum(len(v) for v in untagged.values())
         typer.echo(f"✗ {count} problem(s); {len(recipes)} recipe(s) valid", err=True)
@@ -73,8 +87,14 @@ def _untagged(recipes: list[Any]) -> dict[str, list[str]]:
 
 
 def _problem_json(problem: Any) -> dict[str, Any]:
-    return {"file": str(problem.file) if problem.file else None, "line": problem.line, "path": problem.path, "message": problem.message,
-            "expected": problem.expected, "found": problem.found}
+    return {
+        "file": str(problem.file) if problem.file else None,
+        "line": problem.line,
+        "path": problem.path,
+        "message": problem.message,
+        "expected": problem.expected,
+        "found": problem.found,
+    }
 
 
 def register(app: typer.Typer) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -15,7 +14,7 @@ from midtrain.cli.app import guarded
 def compare_runs(
     run_a: str = typer.Argument(..., help="An experiment name (`dvc exp show`), a git revision, or 'workspace'."),
     run_b: str = typer.Argument(..., help="The other one."),
-    out: Optional[Path] = typer.Option(None, "--out", help="The comparison plot (default compare/A-vs-B.png)."),
+    out: Path | None = typer.Option(None, "--out", help="The comparison plot (default compare/A-vs-B.png)."),
 ) -> None:
     """Two reproductions side by side: held-out loss per domain, long-context loss, benchmarks.
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -17,21 +17,37 @@ from midtrain.cli.run.request import BASE_HELP, build_request, planned
 def reproduce(
     recipe_id: str = typer.Argument(..., help="Recipe id.", autocompletion=complete_recipe),
     scale: str = typer.Option("tiny", "--scale", "-s", help="tiny, small or full."),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="Override a recipe field (repeatable)."),
+    overrides: list[str] | None = typer.Option(None, "--set", help="Override a recipe field (repeatable)."),
     seed: int = typer.Option(0, help="Seed of the stand-in base and data orders."),
-    base: Optional[str] = typer.Option(None, "--base", help=BASE_HELP),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Branch, tag or commit of a hub-id base (default: main)."),
-    base_peak_lr: Optional[float] = typer.Option(None, "--base-peak-lr", help="Peak LR of your base's pre-training."),
-    tokens: Optional[str] = typer.Option(None, "--tokens", help="Mid-training tokens per run over all stages, e.g. 300K, 2B."),
-    context: Optional[int] = typer.Option(None, "--context", help="Base context to plan from (default: the base's own)."),
-    stand_in_data: bool = typer.Option(False, "--stand-in-data", help="Built-in stand-in corpora, tokenized with the base's tokenizer (offline)."),
-    min_steps: Optional[int] = typer.Option(None, "--min-steps", help="Fewest optimizer steps per stage with --base (default 20)."),
-    eval_tasks: Optional[str] = typer.Option(None, "--eval-tasks", help="Comma-separated lm-eval tasks (default: from the recipe's objectives)."),
-    eval_include: Optional[list[Path]] = typer.Option(None, "--eval-include", help="Directory of local lm-eval task YAMLs (repeatable)."),
-    eval_limit: Optional[int] = typer.Option(None, "--eval-limit", help="Documents per lm-eval task."),
-    exp: bool = typer.Option(True, "--exp/--repro", help="Run as a DVC experiment (default) or as a plain `dvc repro`."),
-    name: Optional[str] = typer.Option(None, "--name", help="Experiment name."),
-    nproc_per_node: int = typer.Option(1, "--nproc-per-node", help="Processes per training run (torchrun; GPUs on this node)."),
+    base: str | None = typer.Option(None, "--base", help=BASE_HELP),
+    revision: str | None = typer.Option(
+        None, "--revision", help="Branch, tag or commit of a hub-id base (default: main)."
+    ),
+    base_peak_lr: float | None = typer.Option(None, "--base-peak-lr", help="Peak LR of your base's pre-training."),
+    tokens: str | None = typer.Option(
+        None, "--tokens", help="Mid-training tokens per run over all stages, e.g. 300K, 2B."
+    ),
+    context: int | None = typer.Option(None, "--context", help="Base context to plan from (default: the base's own)."),
+    stand_in_data: bool = typer.Option(
+        False, "--stand-in-data", help="Built-in stand-in corpora, tokenized with the base's tokenizer (offline)."
+    ),
+    min_steps: int | None = typer.Option(
+        None, "--min-steps", help="Fewest optimizer steps per stage with --base (default 20)."
+    ),
+    eval_tasks: str | None = typer.Option(
+        None, "--eval-tasks", help="Comma-separated lm-eval tasks (default: from the recipe's objectives)."
+    ),
+    eval_include: list[Path] | None = typer.Option(
+        None, "--eval-include", help="Directory of local lm-eval task YAMLs (repeatable)."
+    ),
+    eval_limit: int | None = typer.Option(None, "--eval-limit", help="Documents per lm-eval task."),
+    exp: bool = typer.Option(
+        True, "--exp/--repro", help="Run as a DVC experiment (default) or as a plain `dvc repro`."
+    ),
+    name: str | None = typer.Option(None, "--name", help="Experiment name."),
+    nproc_per_node: int = typer.Option(
+        1, "--nproc-per-node", help="Processes per training run (torchrun; GPUs on this node)."
+    ),
 ) -> None:
     """Reproduce a recipe end to end through the DVC pipeline in dvc.yaml, at a scale or on your own base.
 
@@ -53,10 +69,26 @@ def reproduce(
     from midtrain.plan.request import write_params
 
     root = Path.cwd()
-    request = build_request(recipe_id, scale, overrides, seed, base, revision, base_peak_lr, tokens, context, stand_in_data, min_steps,
-                            eval_tasks, eval_include, eval_limit)
+    request = build_request(
+        recipe_id,
+        scale,
+        overrides,
+        seed,
+        base,
+        revision,
+        base_peak_lr,
+        tokens,
+        context,
+        stand_in_data,
+        min_steps,
+        eval_tasks,
+        eval_include,
+        eval_limit,
+    )
     check_repository(root)
-    request, result = planned(request, resolve=True)  # fail fast: unknown id, bad override, base not available, budget too small
+    request, result = planned(
+        request, resolve=True
+    )  # fail fast: unknown id, bad override, base not available, budget too small
     write_params(root, request.model_copy(update={"layout": result.summary.layout.model_dump()}))
     command = dvc_command(root, exp, name)
     env = dict(os.environ, MIDTRAIN_NPROC=str(nproc_per_node))
@@ -74,8 +106,11 @@ def _run_pipeline(command: list[str], root: Path, env: dict[str, str]) -> None:
         typer.echo("interrupted: run the same command again to resume; finished stages are not redone", err=True)
         raise typer.Exit(130) from None
     if status:
-        typer.echo(f"the pipeline failed (exit status {status}); DVC printed which stage. Fix it and rerun: finished stages are cached, "
-                   "training resumes from its last checkpoint", err=True)
+        typer.echo(
+            f"the pipeline failed (exit status {status}); DVC printed which stage. Fix it and rerun: finished stages are cached, "
+            "training resumes from its last checkpoint",
+            err=True,
+        )
         raise typer.Exit(status)
 
 
@@ -88,7 +123,10 @@ def _print_results(root: Path, result: Any) -> None:
     if metrics_path.exists():
         metrics = json.loads(metrics_path.read_text())
         typer.echo("\n".join(summary_lines(metrics, result.summary.objectives)))
-        typer.echo(f"report: {root / 'report' / 'summary.md'}  ·  compare: dvc exp show / dvc metrics diff / dvc plots show", err=True)
+        typer.echo(
+            f"report: {root / 'report' / 'summary.md'}  ·  compare: dvc exp show / dvc metrics diff / dvc plots show",
+            err=True,
+        )
     sys.stdout.flush()
 
 

@@ -53,13 +53,17 @@ def stage_midtrain(plan_dir: Path = typer.Option(Path("plan"), "--plan")) -> Non
 
 
 @guarded
-def stage_evaluate(plan_dir: Path = typer.Option(Path("plan"), "--plan"), out: Path = typer.Option(Path("metrics/eval.json"), "--out")) -> None:
+def stage_evaluate(
+    plan_dir: Path = typer.Option(Path("plan"), "--plan"), out: Path = typer.Option(Path("metrics/eval.json"), "--out")
+) -> None:
     """Evaluate the base and the final model into metrics/eval.json."""
     from midtrain.pipeline import stage_evaluate as run
 
     metrics = run(Path.cwd(), plan_dir, out)
-    typer.echo(f"evaluated base and final model: {out} ({len(metrics['loss'])} domains"
-               + (f", {len(metrics.get('benchmarks', {}))} lm-eval tasks)" if metrics.get("benchmarks") else ")"))
+    typer.echo(
+        f"evaluated base and final model: {out} ({len(metrics['loss'])} domains"
+        + (f", {len(metrics.get('benchmarks', {}))} lm-eval tasks)" if metrics.get("benchmarks") else ")")
+    )
 
 
 @guarded
@@ -75,8 +79,14 @@ def stage_report(
     typer.echo(f"report written to {out / 'summary.md'}")
 
 
-COMMANDS = {"plan": stage_plan, "data": stage_data, "base": stage_base, "midtrain": stage_midtrain, "evaluate": stage_evaluate,
-            "report": stage_report}
+COMMANDS = {
+    "plan": stage_plan,
+    "data": stage_data,
+    "base": stage_base,
+    "midtrain": stage_midtrain,
+    "evaluate": stage_evaluate,
+    "report": stage_report,
+}
 
 
 def register(app: typer.Typer) -> None:

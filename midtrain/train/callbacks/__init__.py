@@ -9,7 +9,7 @@ times includes every other callback's work.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from midtrain.train.callbacks.averaging import Averaging
 from midtrain.train.callbacks.base import Callback

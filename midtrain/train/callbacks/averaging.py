@@ -83,7 +83,8 @@ class Averaging(Callback):
         found = {name: tuple(t.shape) for name, t in tensors.items()}
         if found != expected or found_count != (want_polyak if expected else None):
             raise MidtrainError.single(
-                "checkpoint averages (EMA / Polyak) do not match this run", file=file,
+                "checkpoint averages (EMA / Polyak) do not match this run",
+                file=file,
                 expected=f"{shape_summary(expected, found)}; {want_polyak} Polyak snapshots",
                 found=f"{shape_summary(found, expected)}; {found_count} Polyak snapshots",
             )

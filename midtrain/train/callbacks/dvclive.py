@@ -39,8 +39,13 @@ class DVCLive(Callback):
     def on_step_end(self, trainer: Trainer, step: int, result: StepResult) -> None:
         if self.live is None or (step % trainer.spec.log_every and step != trainer.spec.steps):
             return
-        metrics = {"loss": result.loss, "lr": trainer.lr(step - 1), "grad_norm": result.grad_norm,
-                   "tokens_seen": trainer.tokens_seen, "tokens_per_s": result.tokens / max(result.seconds, 1e-9)}
+        metrics = {
+            "loss": result.loss,
+            "lr": trainer.lr(step - 1),
+            "grad_norm": result.grad_norm,
+            "tokens_seen": trainer.tokens_seen,
+            "tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+        }
         self.live.step = step
         for name, value in metrics.items():
             self.live.log_metric(f"train/{name}", value)

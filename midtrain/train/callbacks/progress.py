@@ -19,8 +19,16 @@ class ProgressBar(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         name, total, start = trainer.spec.name, trainer.spec.steps, trainer.step
         header = f"{name}: {total} steps" + (f", resuming at step {start}" if start else "")
-        self.reporter = Reporter(name, total, start=start, enabled=trainer.progress, line=STEP_LINE,
-                                 every=max(1, total // 10), stream="stdout", header=header)
+        self.reporter = Reporter(
+            name,
+            total,
+            start=start,
+            enabled=trainer.progress,
+            line=STEP_LINE,
+            every=max(1, total // 10),
+            stream="stdout",
+            header=header,
+        )
 
     def on_step_end(self, trainer: Trainer, step: int, result: StepResult) -> None:
         tokens_per_s = result.tokens / max(result.seconds, 1e-9)
