@@ -27,6 +27,10 @@ test: $(STAMP)
 	@# The HTML catalogue is tested in Debian's headless Chromium; install it when we may (root).
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1; } \
 		|| echo "note: chromium is not installed; the browser tests will be skipped"
+	@# lint, formatting and types first (configured in pyproject.toml): seconds, and they name the line
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -n 2
 
 bench: $(STAMP)

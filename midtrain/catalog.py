@@ -14,11 +14,17 @@ import os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midtrain import __version__
 from midtrain.errors import MidtrainError, Problem, short
 from midtrain.yamlio import LineMap, format_path, load_yaml, problems_from_validation
+
+if TYPE_CHECKING:  # the schema (pydantic models) is imported when a catalogue is loaded, not before
+    from collections.abc import Callable, Mapping
+
+    from midtrain.schema.recipe import Recipe
+    from midtrain.schema.registry import Registry
 
 REGISTRY_FILES = {"sources": "sources.yaml", "models": "models.yaml", "scales": "scales.yaml"}
 
@@ -138,7 +144,7 @@ def registry_files(root: Path) -> dict[str, list[Path]]:
 
 @dataclass
 class LoadedRegistry:
-    registry: Any  # midtrain.schema.Registry
+    registry: Registry
     locations: dict[str, dict[str, tuple[Path, int | None]]]  # kind -> name -> (file, line)
 
     def where(self, kind: str, name: str) -> tuple[Path, int | None]:
@@ -153,12 +159,16 @@ def _load_registry(root: Path, cache: _ParseCache) -> LoadedRegistry:
 
     from midtrain.schema.registry import BaseModelEntry, DataSource, Registry, ScaleProfile
 
-    entry_types = {"sources": DataSource, "models": BaseModelEntry, "scales": ScaleProfile}
+    adapters: dict[str, TypeAdapter[dict[str, Any]]] = {
+        "sources": TypeAdapter(dict[str, DataSource]),
+        "models": TypeAdapter(dict[str, BaseModelEntry]),
+        "scales": TypeAdapter(dict[str, ScaleProfile]),
+    }
     problems: list[Problem] = []
     merged: dict[str, dict[str, Any]] = {kind: {} for kind in REGISTRY_FILES}
     locations: dict[str, dict[str, tuple[Path, int | None]]] = {kind: {} for kind in REGISTRY_FILES}
     for kind, paths in registry_files(root).items():
-        adapter = TypeAdapter(dict[str, entry_types[kind]])  # type: ignore[valid-type]
+        adapter = adapters[kind]
         for path in paths:
             try:
                 raw, line_map = cache.load(path)
@@ -201,7 +211,9 @@ def _load_registry(root: Path, cache: _ParseCache) -> LoadedRegistry:
 # ---------------------------------------------------------------- recipes
 
 
-def _recipe_problems(path: Path, raw: Any, lines: LineMap, loaded: LoadedRegistry) -> tuple[Any, list[Problem]]:
+def _recipe_problems(
+    path: Path, raw: Any, lines: LineMap, loaded: LoadedRegistry
+) -> tuple[Recipe | None, list[Problem]]:
     """Validate one parsed recipe against the schema and the registry. Returns (recipe or None, problems)."""
     from pydantic import ValidationError
 
@@ -271,10 +283,10 @@ def _reference_problems(path: Path, raw: dict[str, Any], lines: LineMap, loaded:
 def _dangling(
     path: Path,
     lines: LineMap,
-    where: tuple[Any, ...],
+    where: tuple[str | int, ...],
     name: str,
     what: str,
-    known: dict[str, Any],
+    known: Mapping[str, object],
     registry_file: str,
     suggest: bool = True,
 ) -> Problem:
@@ -290,12 +302,17 @@ def _dangling(
     )
 
 
-def _read_recipe(path: Path, load: Any, loaded: LoadedRegistry) -> tuple[Any, Any, LineMap | None, list[Problem]]:
-    """Parse and validate one recipe file: (recipe or None, plain data, line map, problems)."""
+def _read_recipe(
+    path: Path, load: Callable[[Path], tuple[Any, LineMap]], loaded: LoadedRegistry
+) -> tuple[Recipe | None, Any, LineMap, list[Problem]]:
+    """Parse and validate one recipe file: (recipe or None, plain data, line map, problems).
+
+    A file that cannot be read has no data and an empty line map.
+    """
     try:
         raw, lines = load(path)
     except MidtrainError as exc:
-        return None, None, None, exc.problems
+        return None, None, LineMap(), exc.problems
     recipe, problems = _recipe_problems(path, raw, lines, loaded)
     return recipe, raw, lines, problems
 
@@ -304,15 +321,15 @@ def _read_recipe(path: Path, load: Any, loaded: LoadedRegistry) -> tuple[Any, An
 class Catalog:
     root: Path
     loaded: LoadedRegistry
-    recipes: dict[str, Any] = field(default_factory=dict)  # id -> Recipe
+    recipes: dict[str, Recipe] = field(default_factory=dict)  # id -> recipe
     paths: dict[str, Path] = field(default_factory=dict)  # id -> file
     raw: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> plain data as written
 
     @property
-    def registry(self) -> Any:
+    def registry(self) -> Registry:
         return self.loaded.registry
 
-    def get(self, recipe_id: str) -> Any:
+    def get(self, recipe_id: str) -> Recipe:
         key = recipe_id.removesuffix(".yaml").split("/")[-1]
         if key in self.recipes:
             return self.recipes[key]
@@ -321,7 +338,7 @@ class Catalog:
         hint = f"; did you mean {', '.join(close[:3])}?" if close else "; `midtrain list` shows them all"
         raise MidtrainError.single(f"no recipe with id {recipe_id!r}{hint}")
 
-    def all(self) -> list[Any]:
+    def all(self) -> list[Recipe]:
         return [self.recipes[k] for k in sorted(self.recipes)]
 
 
@@ -425,7 +442,7 @@ def split_registry_files(files: list[Path], root: Path) -> tuple[list[Path], lis
     return recipes, roots
 
 
-def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[Any], list[Problem]]:
+def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[Recipe], list[Problem]]:
     """Validate recipe files (or directories of them); returns the good recipes and every problem.
 
     Finds everything `load_catalog` (and so `list` and `show`) would refuse: registry problems,
@@ -435,23 +452,11 @@ def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[An
     """
     root = (root or find_root()).resolve()
     cache = _ParseCache(root)
-    problems: list[Problem] = []
     try:
         loaded = _load_registry(root, cache)
     except MidtrainError as exc:
         return [], exc.problems
-    files: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            found = sorted(path.rglob("*.yaml")) + sorted(path.rglob("*.yml"))
-            if not found:
-                problems.append(Problem("no .yaml files in this directory", file=path))
-            files.extend(found)
-        else:
-            files.append(path)
-    files = list({_file_key(path): path for path in reversed(files)}.values())[
-        ::-1
-    ]  # each file once, first mention kept
+    files, problems = _expand_paths(paths)
     files, registry_roots = split_registry_files(files, root)
     for other_root in registry_roots:  # registry files are recognised by where they live and checked as registry files
         if other_root != root:
@@ -465,7 +470,7 @@ def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[An
     in_catalogue = {_file_key(p) for group in catalogue.values() for p in group}
     checked = {_file_key(path) for path in files}
     owners: dict[str, Path] = {}  # recipe id -> the catalogue file validated here that holds it
-    recipes = []
+    recipes: list[Recipe] = []
     for path in files:
         recipe, _, lines, found = _read_recipe(path, load_yaml, loaded)  # user files: read fresh, not cached
         problems.extend(found)
@@ -477,15 +482,35 @@ def validate_paths(paths: list[Path], root: Path | None = None) -> tuple[list[An
                 recipe.id, key, catalogue.get(recipe.id, []), checked, cache
             )
             if other is not None:
-                line = lines.line_for(("id",)) if lines is not None else None
                 problems.append(
-                    Problem(f"recipe id {recipe.id!r} is also used by {other}", file=path, line=line, path="id")
+                    Problem(
+                        f"recipe id {recipe.id!r} is also used by {other}",
+                        file=path,
+                        line=lines.line_for(("id",)),
+                        path="id",
+                    )
                 )
                 continue
             owners[recipe.id] = path
         recipes.append(recipe)
     cache.save()
     return recipes, problems
+
+
+def _expand_paths(paths: list[Path]) -> tuple[list[Path], list[Problem]]:
+    """The files named, and the .yaml/.yml files under the directories named; each file once."""
+    problems: list[Problem] = []
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(path.rglob("*.yaml")) + sorted(path.rglob("*.yml"))
+            if not found:
+                problems.append(Problem("no .yaml files in this directory", file=path))
+            files.extend(found)
+        else:
+            files.append(path)
+    once = list({_file_key(path): path for path in reversed(files)}.values())[::-1]  # first mention kept
+    return once, problems
 
 
 def _other_file_with_id(

@@ -45,8 +45,17 @@ class MidtrainError(Exception):
         super().__init__(self.render())
 
     @classmethod
-    def single(cls, message: str, **where: object) -> MidtrainError:
-        return cls([Problem(message, **where)])  # type: ignore[arg-type]
+    def single(
+        cls,
+        message: str,
+        *,
+        file: Path | None = None,
+        line: int | None = None,
+        path: str | None = None,
+        expected: str | None = None,
+        found: str | None = None,
+    ) -> MidtrainError:
+        return cls([Problem(message, file=file, line=line, path=path, expected=expected, found=found)])
 
     def render(self) -> str:
         return "\n".join(p.render() for p in self.problems)
@@ -61,12 +70,18 @@ def short(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+FieldPath = tuple[str | int, ...]
+"""A path to a field in a recipe: ("stages", 0, "schedule")."""
+FieldProblem = tuple[FieldPath, str]
+"""A problem at a field path: (path, message)."""
+
+
 class LocatedErrors(ValueError):
     """Raised inside model validators to report several problems, each at its own field path.
 
     Pydantic keeps the exception in the error's context, so the loader can place each one on its line.
     """
 
-    def __init__(self, items: list[tuple[tuple[str | int, ...], str]]):
+    def __init__(self, items: list[FieldProblem]):
         self.items = items
         super().__init__("; ".join(message for _, message in items))

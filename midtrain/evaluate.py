@@ -18,11 +18,16 @@ import math
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from midtrain.errors import MidtrainError
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin, PreTrainedModel, PreTrainedTokenizerBase
+
+    from midtrain.plan.contract import BenchmarkEval, ModelUnderTest, StandInEval
 
 
 def _heldout_math(data: Path) -> list[str]:
@@ -30,7 +35,7 @@ def _heldout_math(data: Path) -> list[str]:
     return (data / "corpora" / "math.heldout.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
 
 
-def _load(model: Any, root: Path) -> Any:
+def _load(model: ModelUnderTest, root: Path) -> PreTrainedModel:
     """A model under test: a directory produced here, a local base directory, or a hub id@commit.
     Code from a model folder is never run."""
     import torch
@@ -52,7 +57,9 @@ def _load(model: Any, root: Path) -> Any:
     return loaded
 
 
-def heldout_loss(model: Any, tokens: np.ndarray, sequence_length: int, sequences: int, batch: int = 8) -> float:
+def heldout_loss(
+    model: PreTrainedModel, tokens: np.ndarray, sequence_length: int, sequences: int, batch: int = 8
+) -> float:
     """Mean next-token loss over the first `sequences` consecutive windows of a held-out stream."""
     import torch
 
@@ -79,7 +86,7 @@ def heldout_loss(model: Any, tokens: np.ndarray, sequence_length: int, sequences
 
 
 def position_losses(
-    model: Any, tokens: np.ndarray, doc_starts: np.ndarray, length: int, documents: int, batch: int = 4
+    model: PreTrainedModel, tokens: np.ndarray, doc_starts: np.ndarray, length: int, documents: int, batch: int = 4
 ) -> np.ndarray:
     """Mean loss at each position 0..length-2 over windows that start at document starts."""
     import torch
@@ -99,11 +106,15 @@ def position_losses(
     return sums / len(starts)
 
 
-def _generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch: int = 16) -> list[str]:
+def _generate(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int, batch: int = 16
+) -> list[str]:
     """Greedy continuations (left-padded batches)."""
     import torch
 
     outputs: list[str] = []
+    # a causal LM's class mixes in GenerationMixin; PreTrainedModel itself does not declare `generate`
+    generate = cast("GenerationMixin", model).generate
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with torch.no_grad():
         for i in range(0, len(prompts), batch):
@@ -111,7 +122,7 @@ def _generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: in
             width = max(len(e) for e in encoded)
             ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])
             mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
-            generated = model.generate(
+            generated = generate(
                 input_ids=ids,
                 attention_mask=mask,
                 max_new_tokens=max_new_tokens,
@@ -119,11 +130,13 @@ def _generate(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: in
                 pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
             )
-            outputs.extend(tokenizer.decode(g[width:], skip_special_tokens=True) for g in generated)
+            outputs.extend(tokenizer.batch_decode([g[width:] for g in generated], skip_special_tokens=True))
     return outputs
 
 
-def math_exact_match(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max_new_tokens: int) -> float:
+def math_exact_match(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, rows: list[dict[str, Any]], max_new_tokens: int
+) -> float:
     """Share of held-out problems whose generated solution ends with the right 'Answer: N'."""
     completions = _generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens)
     correct = 0
@@ -133,7 +146,9 @@ def math_exact_match(model: Any, tokenizer: Any, rows: list[dict[str, Any]], max
     return correct / len(rows)
 
 
-def retrieval_prompts(tokenizer: Any, length: int, documents: int, seed: int = 0) -> list[tuple[str, int]]:
+def retrieval_prompts(
+    tokenizer: PreTrainedTokenizerBase, length: int, documents: int, seed: int = 0
+) -> list[tuple[str, int]]:
     """Prompts of about `length` tokens: digit-free filler with one planted fact, then its question."""
     from midtrain.data.builtin import FACT_MARKER, filler_sentences
 
@@ -160,7 +175,9 @@ def retrieval_prompts(tokenizer: Any, length: int, documents: int, seed: int = 0
     return out
 
 
-def retrieval_accuracy(model: Any, tokenizer: Any, prompts: list[tuple[str, int]]) -> float:
+def retrieval_accuracy(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[tuple[str, int]]
+) -> float:
     completions = _generate(model, tokenizer, [p for p, _ in prompts], max_new_tokens=4, batch=8)
     hits = 0
     for (_, value), text in zip(prompts, completions):
@@ -169,13 +186,14 @@ def retrieval_accuracy(model: Any, tokenizer: Any, prompts: list[tuple[str, int]
     return hits / len(prompts)
 
 
-def evaluate(config: Any, root: Path = Path("."), progress: bool = True) -> dict[str, Any]:
+def evaluate(config: StandInEval | BenchmarkEval, root: Path = Path("."), progress: bool = True) -> dict[str, Any]:
     """Evaluate the base and the final model of a plan's `eval.json` (a `StandInEval` or a
     `BenchmarkEval`); returns the metrics dictionary of metrics/eval.json."""
     import torch
     from transformers import AutoTokenizer
 
     from midtrain.data.packing import open_shard, read_manifest
+    from midtrain.plan.contract import StandInEval
     from midtrain.progress import progress_bar
 
     torch.manual_seed(0)
@@ -188,21 +206,21 @@ def evaluate(config: Any, root: Path = Path("."), progress: bool = True) -> dict
     domains = {d: s for d, s in config.domains.items() if s in shards}
     models = {"base": config.base, "final": config.final}
     tokenizer = AutoTokenizer.from_pretrained(str(data / "tokenizer"), trust_remote_code=False)
-    stand_in = config.kind == "stand_in"
+    stand_in = config if isinstance(config, StandInEval) else None  # math and retrieval on the built-in data
     results: dict[str, Any] = {
         "loss": {},
         "perplexity": {},
         "position_loss": {"in_context": {}, "beyond": {}},
         "position_curve": {},
     }
-    if stand_in:
+    if stand_in is not None:
         results.update(retrieval={}, math_exact_match={})
-        rows = [json.loads(line) for line in _heldout_math(data)[: config.math_problems]]
+        rows = [json.loads(line) for line in _heldout_math(data)[: stand_in.math_problems]]
         retrieval_sets = {
-            n: retrieval_prompts(tokenizer, n, config.retrieval_documents) for n in config.retrieval_lengths
+            n: retrieval_prompts(tokenizer, n, stand_in.retrieval_documents) for n in stand_in.retrieval_lengths
         }
     position = config.position if config.position and config.position.stream in shards else None
-    steps = len(models) * (len(domains) + 1 + (2 if stand_in else 0))
+    steps = len(models) * (len(domains) + 1 + (2 if stand_in is not None else 0))
     with progress_bar("evaluate", steps, enabled=progress) as advance:
         for which, ref in models.items():
             model = _load(ref, root)
@@ -223,9 +241,9 @@ def evaluate(config: Any, root: Path = Path("."), progress: bool = True) -> dict
                 )
                 results["position_curve"][which] = [round(float(v), 5) for v in curve]
             advance(1)
-            if stand_in:
+            if stand_in is not None:
                 results["math_exact_match"][which] = math_exact_match(
-                    model, tokenizer, rows, config.math_max_new_tokens
+                    model, tokenizer, rows, stand_in.math_max_new_tokens
                 )
                 advance(1)
                 for length, prompts in retrieval_sets.items():
@@ -247,12 +265,16 @@ def evaluate(config: Any, root: Path = Path("."), progress: bool = True) -> dict
     return results
 
 
-def benchmarks(config: Any, root: Path, tokenizer: Any) -> dict[str, dict[str, dict[str, float]]]:
+def benchmarks(
+    config: StandInEval | BenchmarkEval, root: Path, tokenizer: PreTrainedTokenizerBase
+) -> dict[str, dict[str, dict[str, float]]]:
     """lm-evaluation-harness on the base and the final model: {task: {metric: {"base": x, "final": y}}}."""
     import tempfile
 
     spec = config.lm_eval
     out: dict[str, dict[str, dict[str, float]]] = {}
+    if spec is None:
+        return out
     with tempfile.TemporaryDirectory(prefix="midtrain-tasks-") as tmp:
         include = [str(Path(p) if Path(p).is_absolute() else root / p) for p in spec.include_paths]
         if spec.local:
@@ -278,7 +300,9 @@ def benchmarks(config: Any, root: Path, tokenizer: Any) -> dict[str, dict[str, d
     return out
 
 
-def write_local_tasks(directory: Path, tasks: dict[str, dict[str, Any]], data: Path, tokenizer: Any) -> None:
+def write_local_tasks(
+    directory: Path, tasks: dict[str, dict[str, Any]], data: Path, tokenizer: PreTrainedTokenizerBase
+) -> None:
     """The shipped local lm-eval tasks, made from this data directory's held-out sets: multiple choice
     over the final answer of a held-out math problem (with its worked solution), and over the value
     of a planted fact at a given length."""

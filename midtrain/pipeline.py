@@ -26,17 +26,23 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midtrain.errors import MidtrainError
 from midtrain.io import file_sha256, write_json
 from midtrain.plan.contract import read_plan_file, write_plan
 from midtrain.plan.request import PARAMS, PlanRequest, read_params, write_params  # noqa: F401  (re-exported)
 
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import IO
+
+    from midtrain.plan.contract import Plan
+
 # ---------------------------------------------------------------- stages
 
 
-def stage_plan(root: Path, out: Path) -> Any:
+def stage_plan(root: Path, out: Path) -> Plan:
     """Validate params.yaml and the recipe with its overrides, plan it, write plan/."""
     from midtrain.plan.api import make_plan
 
@@ -146,21 +152,25 @@ def _init_fingerprint(root: Path, path: str, base_fingerprint: str | None, base_
 def stage_midtrain(root: Path, plan_dir: Path) -> None:
     """Every mid-training run and merge of the plan, in order; unchanged ones are skipped."""
     from midtrain.plan.contract import PretrainedBase
+    from midtrain.train.config import Pretrained
     from midtrain.train.merge import merge_models
 
     mid = read_plan_file(plan_dir, "midtrain")
     base = read_plan_file(plan_dir, "base")
     base_path = base.model.path if isinstance(base, PretrainedBase) else None
-    specs_dir = (
-        root / Path(next(iter(mid.runs.values())).out).parent / ".specs"
-    )  # inside this stage's output, never in plan/
+    specs_dir = root / Path(next(iter(mid.runs.values())).out).parent / ".specs"  # in this stage's output, not plan/
     for item in mid.order:
         name = item.name
         if item.kind == "run":
             spec = mid.runs[name]
             data = spec.model_dump(mode="json")
             out = root / spec.out
-            key = {"spec": data, "init": _init_fingerprint(root, spec.init.path, mid.base_fingerprint, base_path)}
+            init = spec.init
+            if not isinstance(init, Pretrained):  # the planner starts every mid-training run from a model
+                raise MidtrainError.single(
+                    f"run {name} of the plan starts from no model", file=plan_dir / "midtrain.json"
+                )
+            key = {"spec": data, "init": _init_fingerprint(root, init.path, mid.base_fingerprint, base_path)}
             stamp = out / "done.json"
             if stamp.exists() and json.loads(stamp.read_text()) == key and (out / "model" / "config.json").exists():
                 print(f"{name}: unchanged, skipped", flush=True)
@@ -214,7 +224,7 @@ DVC_NOISE = (
 )
 
 
-def _relay(stream: Any, log: Path) -> None:
+def _relay(stream: IO[str], log: Path) -> None:
     """Copy a child's output to stdout line by line, leaving DVC's notices in `log`."""
     import sys
 
@@ -252,7 +262,7 @@ def run_child(command: list[str], cwd: Path, env: dict[str, str] | None = None, 
         relay.start()
     received: list[int] = []
 
-    def forward(signum: int, _frame: Any) -> None:
+    def forward(signum: int, _frame: FrameType | None) -> None:
         received.append(signum)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signum)
@@ -308,7 +318,7 @@ def dvc_command(root: Path, use_exp: bool, name: str | None, force: bool = False
         command = [dvc, "repro"]
     if force:
         command.append("--force")
-    return command
+    return [*command, "dvc.yaml"]  # the reproduction only, not microanneal/dvc.yaml
 
 
 def summary_lines(metrics: dict[str, Any], objectives: list[str] | None = None) -> list[str]:

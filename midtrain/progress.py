@@ -10,7 +10,10 @@ import contextlib
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 # Plain-mode lines; fields: description, done, total, unit, fraction, eta (seconds), info.
 PERCENT_LINE = "{description}: {fraction:4.0%} ({done:,.0f}/{total:,.0f}{unit}, eta {eta:,.0f}s)"
@@ -46,7 +49,7 @@ class Reporter:
         self.interval = every if every is not None else (total / 10 if total else None)
         self.tenths = 1  # the next plain line is due at start + tenths × interval
         self.started = self.last = time.monotonic()
-        self.bar: Any = None
+        self.bar: Progress | None = None
         if enabled and is_tty():
             from rich.progress import (
                 BarColumn,
@@ -69,7 +72,8 @@ class Reporter:
             ]
             self.bar = Progress(*columns, transient=False)
             self.bar.start()
-            self.task = self.bar.add_task(description, total=total, completed=start, info="")
+            # rich annotates add_task's `completed` as int, though its tasks count in floats (update takes one)
+            self.task = self.bar.add_task(description, total=total, completed=start, info="")  # type: ignore[arg-type]
         elif enabled and header is not None:
             self._print(header)
 

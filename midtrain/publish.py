@@ -5,14 +5,22 @@ from __future__ import annotations
 import html
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from midtrain.summary import coverage, list_row, stage_facts
 from midtrain.units import fmt_tokens, human_count
 
+if TYPE_CHECKING:
+    from midtrain.catalog import Catalog
+    from midtrain.schema.recipe import Recipe, Result
+    from midtrain.schema.registry import Registry
+    from midtrain.schema.schedule import Schedule
+    from midtrain.schema.stage import Stage
 
-def catalog_markdown(catalog: Any) -> str:
+
+def catalog_markdown(catalog: Catalog) -> str:
     """docs/catalog.md: every recipe, then every data source. Generated; the tests check it is current."""
     lines = [
         "# The midtrain catalogue",
@@ -113,7 +121,7 @@ def fmt_lr(value: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def _break_steps(schedule: Any, steps: int) -> set[int]:
+def _break_steps(schedule: Schedule, steps: int) -> set[int]:
     """Steps where a schedule jumps or bends, so that the plot shows steps as steps, not ramps."""
     edges: set[int] = set()
     warmup = schedule.warmup_for(steps)
@@ -131,7 +139,7 @@ def _break_steps(schedule: Any, steps: int) -> set[int]:
     return {s for e in edges for s in (e - 1, e) if 0 <= s <= steps}
 
 
-def _stage_curve(stage: Any, steps: int, base_lr: float | None) -> list[tuple[float, float]] | None:
+def _stage_curve(stage: Stage, steps: int, base_lr: float | None) -> list[tuple[float, float]] | None:
     """(fraction of the stage, lr) from the stage's own schedule; None when its LR cannot be known."""
     samples = {round(i * steps / 200) for i in range(201)} | _break_steps(stage.schedule, steps)
     try:
@@ -140,7 +148,7 @@ def _stage_curve(stage: Any, steps: int, base_lr: float | None) -> list[tuple[fl
         return None
 
 
-def _plot_steps(recipe: Any, index: int) -> tuple[int, bool]:
+def _plot_steps(recipe: Recipe, index: int) -> tuple[int, bool]:
     """Steps to draw a stage over, and whether that count is a guess that changes the drawn shape.
 
     Without a stated step count, a schedule given wholly in fractions of the stage has the same shape
@@ -185,7 +193,7 @@ def _text_width(text: str) -> float:
     return 7.6 * len(text)
 
 
-def _lineage_starts(recipe: Any, tokens: list[float]) -> list[float]:
+def _lineage_starts(recipe: Recipe, tokens: list[float]) -> list[float]:
     """Tokens since the base checkpoint at which each stage starts, following `init` (a branch restarts there)."""
     ends: dict[str, float] = {}
     merges = {m.name: m for m in recipe.merges}
@@ -211,16 +219,61 @@ def _lineage_starts(recipe: Any, tokens: list[float]) -> list[float]:
     return starts
 
 
-def _lr_svg(recipe: Any) -> str:
-    """Every stage's LR schedule, in order, as an inline SVG (no script, no external resources).
+_Curve = list[tuple[float, float]]  # (fraction of the stage, lr)
 
-    x: tokens of one run since the base checkpoint, with a labelled, dashed boundary where each stage
-    starts (a stage that branches from an earlier stage or the base restarts the count there, and its
-    boundary tick shows both numbers); y: learning rate from 0. Each stage is drawn from its own
-    schedule in its own colour, so constant LRs at different values, or at the same value, stay
-    separate segments; a stage whose LR cannot be computed is drawn as a dashed box saying so.
-    """
-    esc = html.escape
+
+@dataclass
+class _LrPlot:
+    """The LR plot's data and layout: per stage its tokens, where it starts, its curve and its place."""
+
+    stages: list[Stage]
+    base_lr: float | None
+    tokens: list[float]  # of one run, per stage
+    starts: list[float]  # tokens since the base checkpoint at which each stage starts
+    branch: list[bool]  # the stage does not start where the previous one ended
+    steps: list[int]
+    guessed: list[bool]  # the step count is an estimate that changes the drawn shape
+    curves: list[_Curve | None]  # None: the LR cannot be computed
+    y_max: float
+    y_ticks: list[float]
+    widths: list[float]
+    widened: list[bool]
+    x_starts: list[float]
+    labels: list[tuple[int, float, float, str]]  # row, start, end, text
+    width: int = 900
+    left: int = 78
+    right: int = 24
+    plot_h: int = 220
+
+    @property
+    def plot_w(self) -> int:
+        return self.width - self.left - self.right
+
+    @property
+    def top_margin(self) -> int:
+        return 14 + 16 * (max((row for row, _, _, _ in self.labels), default=-1) + 1)
+
+    @property
+    def bottom(self) -> int:
+        return self.top_margin + self.plot_h
+
+    @property
+    def middle(self) -> float:
+        return self.top_margin + self.plot_h / 2
+
+    def y_of(self, lr: float) -> float:
+        return self.bottom - lr / self.y_max * self.plot_h
+
+    def colour(self, index: int) -> str:
+        return PALETTE[index % len(PALETTE)]
+
+    def first_lr(self, index: int) -> float:
+        """The LR stage `index` starts at once any warmup is over."""
+        schedule, steps = self.stages[index].schedule, self.steps[index]
+        return schedule.lr_at(schedule.warmup_for(steps), steps, self.base_lr)
+
+
+def _lr_plot(recipe: Recipe) -> _LrPlot:
     stages = list(recipe.stages)
     base_lr = recipe.base.lr_at_end
     known_tokens = [t for t in (s.total_tokens() for s in stages) if t]
@@ -228,21 +281,43 @@ def _lr_svg(recipe: Any) -> str:
     tokens = [stage.total_tokens() or fallback for stage in stages]
     starts = _lineage_starts(recipe, tokens)
     branch = [i > 0 and abs(starts[i] - starts[i - 1] - tokens[i - 1]) > 1e-6 * max(tokens) for i in range(len(stages))]
-    steps, guessed = zip(*(_plot_steps(recipe, i) for i in range(len(stages))))
+    planned = [_plot_steps(recipe, i) for i in range(len(stages))]
+    steps = [n for n, _ in planned]
     curves = [_stage_curve(stage, n, base_lr) for stage, n in zip(stages, steps)]
     top = max((lr for curve in curves if curve for _, lr in curve), default=0.0) or 1e-4
     y_step = _nice_step(top, 4)
     y_max = math.ceil(top * 1.08 / y_step - 1e-9) * y_step  # headroom for the value labels
-    y_ticks = [i * y_step for i in range(round(y_max / y_step) + 1)]
-
     width, left, right = 900, 78, 24
     plot_w = width - left - right
     widths, widened = _segment_widths([t / sum(tokens) for t in tokens], min(0.1, 0.5 / len(stages)))
     widths = [w * plot_w for w in widths]
     x_starts = [left + sum(widths[:i]) for i in range(len(stages))]
+    return _LrPlot(
+        stages=stages,
+        base_lr=base_lr,
+        tokens=tokens,
+        starts=starts,
+        branch=branch,
+        steps=steps,
+        guessed=[guess for _, guess in planned],
+        curves=curves,
+        y_max=y_max,
+        y_ticks=[i * y_step for i in range(round(y_max / y_step) + 1)],
+        widths=widths,
+        widened=widened,
+        x_starts=x_starts,
+        labels=_stage_labels(stages, x_starts, width),
+        width=width,
+        left=left,
+        right=right,
+    )
 
-    # Stage labels above the plot, each in the first row (from the plot up) where it runs into no other.
-    # A label starts at its boundary; one too long for the room to the right ends at its boundary, "▸".
+
+def _stage_labels(stages: list[Stage], x_starts: list[float], width: int) -> list[tuple[int, float, float, str]]:
+    """Stage labels above the plot, each in the first row (from the plot up) where it runs into no other.
+
+    A label starts at its boundary; one too long for the room to the right ends at its boundary, "▸".
+    """
     labels: list[tuple[int, float, float, str]] = []  # row, start, end, text
     rows: list[float] = []
     for i, stage in enumerate(stages):
@@ -267,159 +342,223 @@ def _lr_svg(recipe: Any) -> str:
             rows.append(end)
         rows[row] = max(rows[row], end)
         labels.append((row, start, end, text))
-    row_ends = rows
-    top_margin = 14 + 16 * len(row_ends)
-    plot_h = 220
-    bottom = top_margin + plot_h
-    height = bottom + 54
+    return labels
 
-    def y_of(lr: float) -> float:
-        return bottom - lr / y_max * plot_h
 
+def _lr_svg(recipe: Recipe) -> str:
+    """Every stage's LR schedule, in order, as an inline SVG (no script, no external resources).
+
+    x: tokens of one run since the base checkpoint, with a labelled, dashed boundary where each stage
+    starts (a stage that branches from an earlier stage or the base restarts the count there, and its
+    boundary tick shows both numbers); y: learning rate from 0. Each stage is drawn from its own
+    schedule in its own colour, so constant LRs at different values, or at the same value, stay
+    separate segments; a stage whose LR cannot be computed is drawn as a dashed box saying so.
+    """
+    plot = _lr_plot(recipe)
+    height = plot.bottom + 54
     out = [
-        f'<svg class=lr viewBox="0 0 {width} {height}" width={width} height={height} role=img '
-        f'aria-label="Learning rate of {len(stages)} stage(s) against tokens">'
+        f'<svg class=lr viewBox="0 0 {plot.width} {height}" width={plot.width} height={height} role=img '
+        f'aria-label="Learning rate of {len(plot.stages)} stage(s) against tokens">',
+        *_svg_stage_bands(plot),
+        *_svg_y_axis(plot),
+        *_svg_x_axis(plot),
+        *_svg_curves(plot),
+        "</svg>",
     ]
-    for i, stage in enumerate(stages):  # bands, boundaries, labels
-        x0, colour = x_starts[i], PALETTE[i % len(PALETTE)]
+    notes = _lr_notes(plot)
+    legend = _lr_legend(plot)
+    caption = f"<figcaption>{html.escape(' '.join(notes))}</figcaption>" if notes else ""
+    return f"<figure class=lr-plot>{''.join(out)}<ol class=lr-legend>{''.join(legend)}</ol>{caption}</figure>"
+
+
+def _svg_stage_bands(plot: _LrPlot) -> list[str]:
+    """Alternate stages shaded, a dashed boundary where each starts, and its label above the plot."""
+    esc = html.escape
+    out = []
+    top_margin, bottom = plot.top_margin, plot.bottom
+    for i, stage in enumerate(plot.stages):
+        x0, colour = plot.x_starts[i], plot.colour(i)
         if i % 2:
             out.append(
-                f'<rect x="{x0:.1f}" y="{top_margin}" width="{widths[i]:.1f}" height="{plot_h}" fill="#f3f5f8"/>'
+                f'<rect x="{x0:.1f}" y="{top_margin}" width="{plot.widths[i]:.1f}" height="{plot.plot_h}" fill="#f3f5f8"/>'
             )
-        row, x, _, text = labels[i]
+        row, x, _, text = plot.labels[i]
         label_y = top_margin - 5 - 16 * row
-        crossed = any(r < row and a - 2 <= x0 <= b + 2 for j, (r, a, b, _) in enumerate(labels) if j != i)
+        crossed = any(r < row and a - 2 <= x0 <= b + 2 for j, (r, a, b, _) in enumerate(plot.labels) if j != i)
         out.append(
             f'<line class=stage-boundary x1="{x0:.1f}" y1="{top_margin - 4 if crossed else label_y - 11}" x2="{x0:.1f}" '
             f'y2="{bottom}" stroke="#8a94a3" stroke-dasharray="4 3"/>'
         )
         out.append(
             f'<text class=stage-label x="{x:.1f}" y="{label_y}" font-size=12 fill="{colour}" font-weight=600>{esc(text)}'
-            f"<title>{esc(stage.name)}: {fmt_tokens(tokens[i])} tokens per run; {esc(stage.schedule.describe())}</title></text>"
+            f"<title>{esc(stage.name)}: {fmt_tokens(plot.tokens[i])} tokens per run; {esc(stage.schedule.describe())}</title></text>"
         )
-    for value in y_ticks:  # y axis
-        y = y_of(value)
+    return out
+
+
+def _svg_y_axis(plot: _LrPlot) -> list[str]:
+    """Gridlines and ticks at round learning rates, and the axis title."""
+    left, plot_w = plot.left, plot.plot_w
+    out = []
+    for value in plot.y_ticks:
+        y = plot.y_of(value)
         out.append(
             f'<line x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}" stroke="#e3e6ea"/>'
             f'<line x1="{left - 5}" y1="{y:.1f}" x2="{left}" y2="{y:.1f}" stroke="#1d2430"/>'
             f'<text class=y-tick x="{left - 8}" y="{y + 4:.1f}" font-size=11 text-anchor=end>{fmt_lr(value)}</text>'
         )
-    middle = top_margin + plot_h / 2
+    middle = plot.middle
     out.append(
         f'<text x="16" y="{middle:.1f}" font-size=12 text-anchor=middle transform="rotate(-90 16 {middle:.1f})">learning rate</text>'
     )
-    # x axis: a tick where each stage starts and where the last ends, plus round numbers inside wide stages
+    return out
+
+
+def _x_ticks(plot: _LrPlot) -> list[tuple[float, str, str]]:
+    """A tick where each stage starts and where the last ends, plus round numbers inside wide stages."""
+    starts, tokens, x_starts = plot.starts, plot.tokens, plot.x_starts
     ticks: list[tuple[float, str, str]] = []
     previous_label = ""
-    for i in range(len(stages)):
+    for i in range(len(plot.stages)):
         label = human_count(starts[i]) if starts[i] else "0"
-        if branch[i]:
+        if plot.branch[i]:
             label = f"{human_count(starts[i - 1] + tokens[i - 1])} | {label}"
         elif label == previous_label:  # a stage too small for the rounding: say how much it adds
             label = "+" + human_count(tokens[i - 1])
         ticks.append((x_starts[i], label, "boundary"))
         previous_label = label.split(" | ")[-1]
-    end = starts[-1] + tokens[-1]
-    end_label = human_count(end)
+    end_label = human_count(starts[-1] + tokens[-1])
     ticks.append(
-        (left + plot_w, end_label if end_label != previous_label else "+" + human_count(tokens[-1]), "boundary")
+        (
+            plot.left + plot.plot_w,
+            end_label if end_label != previous_label else "+" + human_count(tokens[-1]),
+            "boundary",
+        )
     )
     step = _nice_step(max(s + t for s, t in zip(starts, tokens)), 8)
-    for i in range(len(stages)):
+    for i in range(len(plot.stages)):
         value = math.floor(starts[i] / step + 1) * step
         while value < starts[i] + tokens[i]:
-            x = x_starts[i] + (value - starts[i]) / tokens[i] * widths[i]
+            x = x_starts[i] + (value - starts[i]) / tokens[i] * plot.widths[i]
             if all(abs(x - other) >= 50 for other, _, _ in ticks):
                 ticks.append((x, human_count(value), "inner"))
             value += step
-    for x, label, kind in sorted(ticks):
-        out.append(
-            f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 5}" stroke="#1d2430"/>'
-            f'<text class="x-tick {kind}" x="{x:.1f}" y="{bottom + 18}" font-size=11 text-anchor=middle>{esc(label)}</text>'
-        )
+    return ticks
+
+
+def _svg_x_axis(plot: _LrPlot) -> list[str]:
+    """The token ticks, the axis title, and both axis lines."""
+    left, plot_w, bottom = plot.left, plot.plot_w, plot.bottom
+    out = [
+        f'<line x1="{x:.1f}" y1="{bottom}" x2="{x:.1f}" y2="{bottom + 5}" stroke="#1d2430"/>'
+        f'<text class="x-tick {kind}" x="{x:.1f}" y="{bottom + 18}" font-size=11 text-anchor=middle>{html.escape(label)}</text>'
+        for x, label, kind in sorted(_x_ticks(plot))
+    ]
     title = "tokens per run since the base checkpoint"
-    if any(branch):
+    if any(plot.branch):
         title += " (“a | b”: a stage that branches restarts from b)"
-    if any(widened):
+    if any(plot.widened):
         title += "; short stages widened"
     out.append(
-        f'<text class=x-title x="{left + plot_w / 2:.1f}" y="{bottom + 42}" font-size=12 text-anchor=middle>{esc(title)}</text>'
+        f'<text class=x-title x="{left + plot_w / 2:.1f}" y="{bottom + 42}" font-size=12 text-anchor=middle>{html.escape(title)}</text>'
     )
     out.append(
         f'<line x1="{left}" y1="{bottom}" x2="{left + plot_w}" y2="{bottom}" stroke="#1d2430"/>'
-        f'<line x1="{left}" y1="{top_margin}" x2="{left}" y2="{bottom}" stroke="#1d2430"/>'
+        f'<line x1="{left}" y1="{plot.top_margin}" x2="{left}" y2="{bottom}" stroke="#1d2430"/>'
     )
-    for i, (stage, curve) in enumerate(zip(stages, curves)):  # the curves, one per stage
-        x0, w, colour = x_starts[i], widths[i], PALETTE[i % len(PALETTE)]
+    return out
+
+
+def _svg_curves(plot: _LrPlot) -> list[str]:
+    """One curve per stage, labelled with the LR it starts at; a dashed box where the LR is unknown."""
+    esc = html.escape
+    out = []
+    for i, (stage, curve) in enumerate(zip(plot.stages, plot.curves)):
+        x0, w, colour = plot.x_starts[i], plot.widths[i], plot.colour(i)
         if curve is None:
-            why = (
-                "the LR starts from the base's final LR, which the sources do not give"
-                if stage.schedule.type == "from_base"
-                else "the LR cannot be computed from what the sources give"
-            )
-            label = (
-                "LR unknown: the base's final LR is not stated" if stage.schedule.type == "from_base" else "LR unknown"
-            )
-            if 6.2 * len(label) > w - 10:
-                label = "LR unknown"
-            out.append(
-                f'<rect class=lr-unknown x="{x0 + 3:.1f}" y="{top_margin + 4}" width="{max(w - 6, 1):.1f}" height="{plot_h - 8}" '
-                f'fill="none" stroke="{colour}" stroke-width=1.5 stroke-dasharray="6 4"><title>{esc(why)}</title></rect>'
-                f'<text class=lr-unknown-label x="{x0 + w / 2:.1f}" y="{middle:.1f}" font-size=11 text-anchor=middle '
-                f'fill="{colour}">{esc(label)}</text>'
-            )
+            out.append(_svg_unknown_lr(plot, i))
             continue
-        coords = " ".join(f"{x0 + f * w:.1f},{y_of(lr):.1f}" for f, lr in curve)
+        coords = " ".join(f"{x0 + f * w:.1f},{plot.y_of(lr):.1f}" for f, lr in curve)
         out.append(
             f'<polyline class=lr-stage fill=none stroke="{colour}" stroke-width=2.5'
-            + (' stroke-dasharray="1 3" stroke-linecap=round' if guessed[i] else "")
+            + (' stroke-dasharray="1 3" stroke-linecap=round' if plot.guessed[i] else "")
             + f' points="{coords}">'
             f"<title>{esc(stage.name)}: {esc(stage.schedule.describe())}"
-            + (f" (step count not stated: drawn over an estimated {steps[i]:,} steps)" if guessed[i] else "")
+            + (f" (step count not stated: drawn over an estimated {plot.steps[i]:,} steps)" if plot.guessed[i] else "")
             + "</title></polyline>"
         )
-        start = stage.schedule.lr_at(stage.schedule.warmup_for(steps[i]), steps[i], base_lr)  # after any warmup
+        start = plot.first_lr(i)
         out.append(
-            f'<text class=lr-value x="{x0 + 6:.1f}" y="{y_of(start) - 6:.1f}" font-size=11 fill="{colour}">{fmt_lr(start)}</text>'
+            f'<text class=lr-value x="{x0 + 6:.1f}" y="{plot.y_of(start) - 6:.1f}" font-size=11 fill="{colour}">{fmt_lr(start)}</text>'
         )
-    out.append("</svg>")
+    return out
+
+
+def _svg_unknown_lr(plot: _LrPlot, index: int) -> str:
+    """A dashed box over a stage whose LR cannot be computed, saying why."""
+    esc = html.escape
+    x0, w, colour = plot.x_starts[index], plot.widths[index], plot.colour(index)
+    from_base = plot.stages[index].schedule.type == "from_base"
+    why = (
+        "the LR starts from the base's final LR, which the sources do not give"
+        if from_base
+        else "the LR cannot be computed from what the sources give"
+    )
+    label = "LR unknown: the base's final LR is not stated" if from_base else "LR unknown"
+    if 6.2 * len(label) > w - 10:
+        label = "LR unknown"
+    return (
+        f'<rect class=lr-unknown x="{x0 + 3:.1f}" y="{plot.top_margin + 4}" width="{max(w - 6, 1):.1f}" height="{plot.plot_h - 8}" '
+        f'fill="none" stroke="{colour}" stroke-width=1.5 stroke-dasharray="6 4"><title>{esc(why)}</title></rect>'
+        f'<text class=lr-unknown-label x="{x0 + w / 2:.1f}" y="{plot.middle:.1f}" font-size=11 text-anchor=middle '
+        f'fill="{colour}">{esc(label)}</text>'
+    )
+
+
+def _lr_notes(plot: _LrPlot) -> list[str]:
+    """The caption: the base's final LR, and what dashed boxes and dotted lines mean."""
     notes = []
-    if base_lr is not None:
-        notes.append(f"The base's pre-training ended at LR {fmt_lr(base_lr)}.")
-    if any(c is None for c in curves):
+    if plot.base_lr is not None:
+        notes.append(f"The base's pre-training ended at LR {fmt_lr(plot.base_lr)}.")
+    if any(c is None for c in plot.curves):
         notes.append("Dashed box: a stage whose learning rate the sources do not give.")
-    for i, stage in enumerate(stages):
-        if guessed[i] and curves[i] is not None:
+    for i, stage in enumerate(plot.stages):
+        if plot.guessed[i] and plot.curves[i] is not None:
             notes.append(
                 f"Dotted line ({stage.name}): the step count is not stated, so its warmup or decay, given in steps, "
-                f"is placed as if the stage took about {steps[i]:,} steps."
+                f"is placed as if the stage took about {plot.steps[i]:,} steps."
             )
+    return notes
+
+
+def _lr_legend(plot: _LrPlot) -> list[str]:
+    """One item per stage: its budget, steps, schedule, LRs and what it starts from."""
+    esc = html.escape
     legend = []
-    for i, stage in enumerate(stages):
-        curve = curves[i]
-        n = steps[i]
+    for i, stage in enumerate(plot.stages):
+        curve = plot.curves[i]
+        n = plot.steps[i]
         budget = f"{fmt_tokens(stage.total_tokens())} tokens" + (
             f" × {stage.runs.count} runs" if stage.runs.count > 1 else ""
         )
         budget += (
             f", {n:,} steps"
             if stage.total_steps()
-            else (f", about {n:,} steps (estimated)" if guessed[i] else ", steps not stated")
+            else (f", about {n:,} steps (estimated)" if plot.guessed[i] else ", steps not stated")
         )
         if curve is None:
             lrs = "LR unknown"
         else:
-            first = stage.schedule.lr_at(stage.schedule.warmup_for(n), n, base_lr)
+            first = plot.first_lr(i)
             lrs = f"LR {fmt_lr(first)}" + (f" → {fmt_lr(curve[-1][1])}" if abs(curve[-1][1] - first) > 1e-12 else "")
         legend.append(
-            f"<li><span class=swatch style='background:{PALETTE[i % len(PALETTE)]}'></span><strong>{esc(stage.name)}</strong>: "
+            f"<li><span class=swatch style='background:{plot.colour(i)}'></span><strong>{esc(stage.name)}</strong>: "
             f"{esc(budget)}; {esc(stage.schedule.describe())} ({esc(lrs)}); starts from {esc(stage.init)}</li>"
         )
-    caption = f"<figcaption>{esc(' '.join(notes))}</figcaption>" if notes else ""
-    return f"<figure class=lr-plot>{''.join(out)}<ol class=lr-legend>{''.join(legend)}</ol>{caption}</figure>"
+    return legend
 
 
-def _change(result: Any) -> tuple[str, str]:
+def _change(result: Result) -> tuple[str, str]:
     """The change a result row reports: (text, css class)."""
     if result.delta is not None:
         suffix = "%" if result.delta_kind == "relative" else ""
@@ -435,7 +574,7 @@ def _change(result: Any) -> tuple[str, str]:
     return "—", ""
 
 
-def _results_table(recipe: Any) -> str:
+def _results_table(recipe: Recipe) -> str:
     esc = html.escape
     if not recipe.results:
         return "<h2>Reported results</h2><p class=muted>The recipe records no before/after scores from its sources.</p>"
@@ -471,7 +610,7 @@ def _results_table(recipe: Any) -> str:
     )
 
 
-def _contradictions(recipe: Any) -> str:
+def _contradictions(recipe: Recipe) -> str:
     esc = html.escape
     if not recipe.contradictions:
         return "<h2>Contradictions between sources</h2><p class=muted>None recorded.</p>"
@@ -486,7 +625,7 @@ def _contradictions(recipe: Any) -> str:
     return "<h2>Contradictions between sources</h2>" + "".join(items)
 
 
-def recipe_page(recipe: Any, registry: Any) -> str:
+def recipe_page(recipe: Recipe, registry: Registry) -> str:
     entries = recipe.canonical_provenance()
     esc = html.escape
     base = recipe.base
@@ -576,7 +715,7 @@ return num?Number(x)-Number(y):x.localeCompare(y)}).forEach(r=>body.appendChild(
 """
 
 
-def build_site(catalog: Any, out: Path) -> Path:
+def build_site(catalog: Catalog, out: Path) -> Path:
     """index.html (search, objective filter, sortable columns) and one page per recipe."""
     from midtrain.io import atomic_dir
 

@@ -12,6 +12,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TextIO
 
 THIRD_PARTY = (
     "transformers",
@@ -76,7 +77,14 @@ def _capture_warnings(handler: logging.Handler) -> None:
 
     own = str(Path(__file__).resolve().parent)
 
-    def show(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
         if str(filename).startswith(own):
             shown(message, category, filename, lineno, file, line)
         else:

@@ -7,10 +7,14 @@ it, and is scored by how often the words occur.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from midtrain.schema.recipe import Recipe
+    from midtrain.schema.registry import Registry
 
 
-def haystack(recipe: Any, registry: Any) -> dict[str, str]:
+def haystack(recipe: Recipe, registry: Registry) -> dict[str, str]:
     """The searchable text of one recipe, by field name (`stage NAME` and `source NAME` per stage and source)."""
     fields = {
         "id": recipe.id,

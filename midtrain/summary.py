@@ -6,12 +6,15 @@ No Rich, no torch: every function here returns dicts and lists that print as JSO
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midtrain.schema.provenance import covering_entry, numeric_items
 from midtrain.schema.recipe import UNCOUNTED_PREFIXES, Recipe
 from midtrain.schema.schedule import lr_after_warmup
 from midtrain.units import fmt_tokens, human_count
+
+if TYPE_CHECKING:
+    from midtrain.schema.registry import Registry
 
 
 def list_row(recipe: Recipe) -> dict[str, Any]:
@@ -31,7 +34,7 @@ def list_row(recipe: Recipe) -> dict[str, Any]:
     }
 
 
-def stage_facts(recipe: Recipe, registry: Any | None = None) -> list[dict[str, Any]]:
+def stage_facts(recipe: Recipe, registry: Registry | None = None) -> list[dict[str, Any]]:
     """Per stage: budget, boundaries as a share of the mid-training tokens, LRs, context, RoPE, mixture."""
     total = recipe.mid_training_tokens()
     facts = []
@@ -150,7 +153,7 @@ STAGE_DIFF_FIELDS = (
 )
 
 
-def diff_recipes(a: Recipe, b: Recipe, registry: Any) -> dict[str, Any]:
+def diff_recipes(a: Recipe, b: Recipe, registry: Registry | None) -> dict[str, Any]:
     """What changes from `a` to `b`: overview fields, then stage by stage (by position)."""
     over_a, over_b = _overview(a), _overview(b)
     overview = [{"field": k, "a": over_a[k], "b": over_b[k]} for k in over_a if over_a[k] != over_b[k]]
@@ -180,7 +183,7 @@ def diff_recipes(a: Recipe, b: Recipe, registry: Any) -> dict[str, Any]:
     return {"a": a.id, "b": b.id, "overview": overview, "stages": stages}
 
 
-def _same(x: Any, y: Any) -> bool:
+def _same(x: object, y: object) -> bool:
     if isinstance(x, float) and isinstance(y, float):
         return abs(x - y) <= 1e-9 * max(abs(x), abs(y), 1e-30)
     return x == y
@@ -213,7 +216,7 @@ COMPARE_FIELDS = {
 }
 
 
-def _target_share(recipe: Recipe, registry: Any) -> str:
+def _target_share(recipe: Recipe, registry: Registry | None) -> str:
     """Share of non-general data in the last stage."""
     if registry is None:
         return "?"
@@ -240,7 +243,7 @@ def lookup(data: Any, dotted: str) -> Any:
     return node
 
 
-def compare_rows(recipes: list[Recipe], fields: list[str], registry: Any) -> dict[str, list[Any]]:
+def compare_rows(recipes: list[Recipe], fields: list[str], registry: Registry | None) -> dict[str, list[Any]]:
     rows: dict[str, list[Any]] = {}
     dumps = [r.model_dump(mode="json", exclude_none=True) for r in recipes]
     for field in fields:

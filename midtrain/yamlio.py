@@ -21,11 +21,19 @@ import functools
 import os
 import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midtrain.errors import MidtrainError, Problem, short
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+    from ruamel.yaml import YAML
+    from ruamel.yaml.constructor import SafeConstructor
+    from ruamel.yaml.nodes import Node
+    from ruamel.yaml.scanner import Scanner
 
 # The largest recipe is ~17 KiB and the largest registry file ~14 KiB; 64 KiB leaves room to grow
 # while keeping the worst case fast: ruamel's pure-Python scanner needs ~50 µs per value, so a
@@ -50,7 +58,7 @@ class LineMap:
 
     lines: dict[PathKey, int] = field(default_factory=dict)
 
-    def line_for(self, path: tuple[Any, ...]) -> int | None:
+    def line_for(self, path: Sequence[str | int]) -> int | None:
         """The line of the deepest known prefix of `path` (validation paths may run deeper)."""
         probe = tuple(path)
         while probe:
@@ -67,7 +75,7 @@ class LineMap:
         return cls({tuple(k): v for k, v in rows})
 
 
-def format_path(path: tuple[Any, ...]) -> str:
+def format_path(path: Sequence[str | int]) -> str:
     """("stages", 0, "schedule") -> "stages[0].schedule"."""
     out = ""
     for part in path:
@@ -121,7 +129,7 @@ def _too_large(path: Path, found: str) -> MidtrainError:
 def _os_error(path: Path, exc: OSError) -> MidtrainError:
     """An OSError from stat/open/read as a located message (never a traceback)."""
     code = exc.errno
-    name = f" [{errno.errorcode[code]}]" if code in errno.errorcode else ""
+    name = f" [{errno.errorcode[code]}]" if code is not None and code in errno.errorcode else ""
     if code == errno.ELOOP:
         return MidtrainError.single(
             f"symlink loop: following the link never reaches a file{name}",
@@ -269,59 +277,88 @@ def check_nesting(path: Path, text: str, limit: int = MAX_DEPTH) -> None:
     brackets that the scanner would nest. The same pass counts keys, items and flow entries and
     refuses more than MAX_VALUES, which bounds the time the parse takes.
     """
-    values = 0  # block lines and "- " items, flow collections and entries
-    stack: list[int] = []  # columns of the open block collections
-    flow = 0  # open [ and { (outside quoted scalars)
-    quote = ""  # "'" or '"' while a quoted scalar runs over lines
-    owner = -1  # inside a | or > scalar: lines indented more than this column are its text
+    scan = _NestingScan(path, limit)
     for number, line in enumerate(text.split("\n"), start=1):
-        if line.endswith("\r"):
-            line = line[:-1]
+        scan.line(number, line[:-1] if line.endswith("\r") else line)
+
+
+class _NestingScan:
+    """check_nesting's state between lines: the open block collections and flow brackets, a quoted
+    or block scalar that runs on over lines, and the values counted so far."""
+
+    def __init__(self, path: Path, limit: int):
+        self.path = path
+        self.limit = limit
+        self.values = 0  # block lines and "- " items, flow collections and entries
+        self.stack: list[int] = []  # columns of the open block collections
+        self.flow = 0  # open [ and { (outside quoted scalars)
+        self.quote = ""  # "'" or '"' while a quoted scalar runs over lines
+        self.owner = -1  # inside a | or > scalar: lines indented more than this column are its text
+
+    def line(self, number: int, line: str) -> None:
         n = len(line)
-        if owner >= 0:
+        if self.owner >= 0:
             indent = n - len(line.lstrip(" "))
-            if indent == n or indent > owner:
-                continue
-            owner = -1
-        i = 0
-        start = True  # a bracket or quote here begins a collection or a quoted scalar
-        key_col = dash_col = 0
-        if not quote and not flow:
-            i = n - len(line.lstrip(" "))
-            if i == n or line[i] == "#":
-                continue
-            if i == 0 and line[:3] in ("---", "...") and (n == 3 or line[3] in " \t"):
-                stack.clear()
-                i = 3
-                while i < n and line[i] in " \t":
-                    i += 1
-                if i == n:
-                    continue
-            while stack and stack[-1] > i:
-                stack.pop()
-            if not stack or stack[-1] < i:
-                stack.append(i)
-            dash_col = i
-            while i < n and line[i] in "-?" and (i + 1 == n or line[i + 1] in " \t"):  # "- - x", "- key: v"
-                dash_col = i
+            if indent == n or indent > self.owner:
+                return
+            self.owner = -1
+        i = key_col = dash_col = 0
+        if not self.quote and not self.flow:
+            start = self._block_start(number, line)
+            if start is None:
+                return
+            i, key_col, dash_col = start
+        self._scan(number, line, i, key_col, dash_col)
+        if self.values > MAX_VALUES:
+            raise _too_many(self.path, number)
+
+    def _block_start(self, number: int, line: str) -> tuple[int, int, int] | None:
+        """A line in block context: its indentation opens or closes block collections, and each
+        "- " or "? " opens one more. Returns where its content starts, the key's column and the
+        last dash's column; None for a line with nothing to scan (blank, comment, a lone `---`)."""
+        n = len(line)
+        stack = self.stack
+        i = n - len(line.lstrip(" "))
+        if i == n or line[i] == "#":
+            return None
+        if i == 0 and line[:3] in ("---", "...") and (n == 3 or line[3] in " \t"):
+            stack.clear()
+            i = 3
+            while i < n and line[i] in " \t":
                 i += 1
-                while i < n and line[i] in " \t":
-                    i += 1
-                if i < n and line[i] != "#":
-                    stack.append(i)
-                values += 1
-            key_col = i
-            values += 1
-            if len(stack) > limit:
-                raise _too_deep(path, number, limit)
+            if i == n:
+                return None
+        while stack and stack[-1] > i:
+            stack.pop()
+        if not stack or stack[-1] < i:
+            stack.append(i)
+        dash_col = i
+        while i < n and line[i] in "-?" and (i + 1 == n or line[i + 1] in " \t"):  # "- - x", "- key: v"
+            dash_col = i
+            i += 1
+            while i < n and line[i] in " \t":
+                i += 1
+            if i < n and line[i] != "#":
+                stack.append(i)
+            self.values += 1
+        self.values += 1
+        if len(stack) > self.limit:
+            raise _too_deep(self.path, number, self.limit)
+        return i, i, dash_col
+
+    def _scan(self, number: int, line: str, i: int, key_col: int, dash_col: int) -> None:
+        """The rest of the line from `i`: flow brackets and entries, quoted scalars, comments, the
+        header of a block scalar, tags, anchors and aliases."""
+        n = len(line)
+        start = True  # a bracket or quote here begins a collection or a quoted scalar
         after_key = False
         quote_end = -1  # where the last quoted scalar on this line ended
         while i < n:
-            if quote:
-                match = (_SINGLE_END if quote == "'" else _DOUBLE_END).match(line, i)
+            if self.quote:
+                match = (_SINGLE_END if self.quote == "'" else _DOUBLE_END).match(line, i)
                 if match is None:
-                    break  # the quoted scalar goes on on the next line
-                quote = ""
+                    return  # the quoted scalar goes on on the next line
+                self.quote = ""
                 start = False
                 i = quote_end = match.end()
                 continue
@@ -330,47 +367,54 @@ def check_nesting(path: Path, text: str, limit: int = MAX_DEPTH) -> None:
             if end > i and line[i:end].strip():
                 start = False
             if match is None:
-                break
+                return
             char = line[end]
             i = end + 1
             if char == "#":
                 if end == 0 or line[end - 1] in " \t":
-                    break  # a comment
+                    return  # a comment
                 start = False
             elif char in "[{":
-                if flow or start:
-                    flow += 1
-                    values += 1
-                    if len(stack) + flow > limit:
-                        raise _too_deep(path, number, limit)
-                    start = True
-                else:
-                    start = False  # plain text such as "see [1]"
+                start = self._open_flow(number, start)
             elif char in "]}":
-                if flow:
-                    flow -= 1
+                if self.flow:
+                    self.flow -= 1
                 start = False
             elif char == ",":
-                start = flow > 0
-                values += start
+                start = self.flow > 0
+                self.values += start
             elif char == ":":  # a value follows ": ", or ":" right after a quoted key in flow ({"a":"b"})
-                start = i == n or line[i] in " \t" or (flow > 0 and end == quote_end)
-                after_key = after_key or (start and not flow)
-                values += start and not flow  # a block key and its value
+                start = i == n or line[i] in " \t" or (self.flow > 0 and end == quote_end)
+                after_key = after_key or (start and not self.flow)
+                self.values += start and not self.flow  # a block key and its value
             elif char in "'\"":
                 if start:
-                    quote = char
+                    self.quote = char
                 else:
                     start = False
             elif char in "|>":
-                if start and not flow and _BLOCK_HEADER.match(line, i):
-                    owner = key_col if after_key else dash_col
-                    break
+                if start and not self.flow and _BLOCK_HEADER.match(line, i):
+                    self.owner = key_col if after_key else dash_col
+                    return
                 start = False
             else:  # ! & *: a tag, anchor or alias; a value may follow it
-                i = _PROPERTY.match(line, i).end()  # type: ignore[union-attr]
-        if values > MAX_VALUES:
-            raise _too_many(path, number)
+                i = _end_of_property(line, i)
+
+    def _open_flow(self, number: int, start: bool) -> bool:
+        """A [ or {: a flow collection where one may begin (returns True: an entry may follow), else plain text."""
+        if not (self.flow or start):
+            return False  # plain text such as "see [1]"
+        self.flow += 1
+        self.values += 1
+        if len(self.stack) + self.flow > self.limit:
+            raise _too_deep(self.path, number, self.limit)
+        return True
+
+
+def _end_of_property(line: str, i: int) -> int:
+    """Where the tag, anchor or alias name starting at `i` ends (the pattern also matches an empty name)."""
+    match = _PROPERTY.match(line, i)
+    return match.end() if match else i
 
 
 class _TooDeep(Exception):
@@ -382,11 +426,11 @@ class _TooDeep(Exception):
 
 
 @functools.lru_cache(maxsize=1)
-def _guarded_scanner() -> Any:
+def _guarded_scanner() -> type[Scanner]:
     """ruamel's scanner with a hard bound on nesting (a backstop behind check_nesting)."""
     from ruamel.yaml.scanner import Scanner
 
-    class GuardedScanner(Scanner):  # type: ignore[misc]
+    class GuardedScanner(Scanner):
         def fetch_flow_collection_start(self, *args: Any, **kwargs: Any) -> None:
             if len(self.flow_context) >= MAX_DEPTH:
                 raise _TooDeep(self.reader.line + 1)
@@ -400,7 +444,7 @@ def _guarded_scanner() -> Any:
     return GuardedScanner
 
 
-def _yaml() -> Any:
+def _yaml() -> YAML:
     """A pure-Python safe loader: it only composes nodes; values are built by `_Builder`."""
     from ruamel.yaml import YAML
 
@@ -473,7 +517,7 @@ _TAG = "tag:yaml.org,2002:"
 _MERGE = _TAG + "merge"
 
 
-def _tag_of(node: Any) -> str:
+def _tag_of(node: Node) -> str:
     tag = str(getattr(node.tag, "value", node.tag))
     return _TAG + tag[2:] if tag.startswith("!!") else tag
 
@@ -481,17 +525,26 @@ def _tag_of(node: Any) -> str:
 class _Builder:
     """Nodes -> plain Python (dict, list, str, int, float, bool, None) and the line of every field."""
 
-    def __init__(self, path: Path, lines: LineMap, constructor: Any):
+    def __init__(self, path: Path, lines: LineMap, constructor: SafeConstructor):
         self.path = path
         self.lines = lines
         self.constructor = constructor
         self.budget = MAX_NODES
         self.open: set[int] = set()  # nodes being built (an alias to one of them is a cycle)
 
-    def error(self, message: str, node: Any, **extra: Any) -> MidtrainError:
-        return MidtrainError.single(message, file=self.path, line=node.start_mark.line + 1, **extra)
+    def error(
+        self,
+        message: str,
+        node: Node,
+        *,
+        path: str | None = None,
+        expected: str | None = None,
+        found: str | None = None,
+    ) -> MidtrainError:
+        line = node.start_mark.line + 1
+        return MidtrainError.single(message, file=self.path, line=line, path=path, expected=expected, found=found)
 
-    def check_tags(self, root: Any) -> None:
+    def check_tags(self, root: Node) -> None:
         """Reject non-standard tags (e.g. !!python/object) anywhere, before any value is built."""
         seen: set[int] = set()
         todo = [root]
@@ -512,7 +565,7 @@ class _Builder:
                 for item in node.value:
                     todo.extend(item if isinstance(item, tuple) else (item,))
 
-    def build(self, node: Any, here: PathKey) -> Any:
+    def build(self, node: Node, here: PathKey) -> Any:
         from ruamel.yaml.nodes import MappingNode, SequenceNode
 
         self.budget -= 1
@@ -547,7 +600,7 @@ class _Builder:
                 self.open.discard(id(node))
         return self.scalar(node, tag, here)
 
-    def omap_pairs(self, node: Any) -> list[tuple[Any, Any]]:
+    def omap_pairs(self, node: Node) -> list[tuple[Node, Node]]:
         from ruamel.yaml.nodes import MappingNode
 
         pairs = []
@@ -557,11 +610,11 @@ class _Builder:
             pairs.append(item.value[0])
         return pairs
 
-    def mapping(self, pairs: list[tuple[Any, Any]], here: PathKey) -> dict[str, Any]:
+    def mapping(self, pairs: list[tuple[Node, Node]], here: PathKey) -> dict[str, Any]:
         from ruamel.yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
         out: dict[str, Any] = {}
-        merged: list[tuple[Any, Any]] = []  # `<<: *defaults` pairs; keys written here win
+        merged: list[tuple[Node, Node]] = []  # `<<: *defaults` pairs; keys written here win
         for key_node, value_node in pairs:
             if _tag_of(key_node) == _MERGE:
                 sources = value_node.value if isinstance(value_node, SequenceNode) else [value_node]
@@ -588,7 +641,7 @@ class _Builder:
                 out[key] = self.build(value_node, child)
         return out
 
-    def key(self, node: Any) -> str:
+    def key(self, node: Node) -> str:
         from ruamel.yaml.nodes import ScalarNode
 
         key = self.scalar(node, _tag_of(node), None) if isinstance(node, ScalarNode) else None
@@ -596,7 +649,7 @@ class _Builder:
             raise self.error("mapping keys must be plain scalars", node, found=short(getattr(node, "value", node)))
         return str(key)
 
-    def scalar(self, node: Any, tag: str, here: PathKey | None) -> Any:
+    def scalar(self, node: Node, tag: str, here: PathKey | None) -> Any:
         from ruamel.yaml.nodes import ScalarNode
 
         kind = tag.rsplit(":", 1)[-1]
@@ -641,7 +694,8 @@ def dump_yaml(data: Any) -> str:
 
     yaml = YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
-    yaml.sort_base_mapping_type_on_output = False  # type: ignore[attr-defined]
+    # ruamel annotates this attribute with its default (None, "sort"); the representer takes a bool.
+    yaml.sort_base_mapping_type_on_output = False  # type: ignore[assignment]
     yaml.width = 100
     buffer = io.StringIO()
     yaml.dump(data, buffer)
@@ -649,7 +703,7 @@ def dump_yaml(data: Any) -> str:
 
 
 def problems_from_validation(
-    exc: Any, file: Path | None, lines: LineMap, prefix: tuple[Any, ...] = ()
+    exc: ValidationError, file: Path | None, lines: LineMap, prefix: tuple[str | int, ...] = ()
 ) -> list[Problem]:
     """Turn a pydantic ValidationError into located problems (all of them, not just the first)."""
     from midtrain.errors import LocatedErrors

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import ParamSpec, TypeVar
 
 import typer
 
 from midtrain import __version__
 from midtrain.errors import MidtrainError
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 app = typer.Typer(
     name="midtrain",
@@ -46,19 +47,18 @@ def _root(
     """Published LLM mid-training recipes as validated data."""
 
 
-def guarded(func: F) -> F:
+def guarded(func: Callable[P, R]) -> Callable[P, R]:
     """Command decorator: a MidtrainError or an OSError becomes a located message on stderr and exit status 2."""
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         except MidtrainError as exc:
             typer.echo(f"error: {exc.render()}", err=True)
             raise typer.Exit(2) from None
-        except (
-            OSError
-        ) as exc:  # EACCES, EROFS, ENOSPC, EEXIST, EISDIR, ENOTDIR, ENAMETOOLONG, ...: the path and what to do
+        except OSError as exc:
+            # EACCES, EROFS, ENOSPC, EEXIST, EISDIR, ENOTDIR, ENAMETOOLONG, ...: the path and what to do
             from midtrain.io import os_error
 
             typer.echo(f"error: {os_error(exc).render()}", err=True)
@@ -67,4 +67,4 @@ def guarded(func: F) -> F:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from midtrain.errors import MidtrainError
+
+if TYPE_CHECKING:
+    from midtrain.catalog import Catalog
+    from midtrain.schema.recipe import Recipe
 
 
 def complete_recipe(incomplete: str) -> list[str]:
@@ -18,13 +22,13 @@ def complete_recipe(incomplete: str) -> list[str]:
     return [p.stem for p in recipe_files(find_root()) if p.stem.startswith(incomplete)]
 
 
-def load_catalog() -> Any:
+def load_catalog() -> Catalog:
     from midtrain.catalog import load_catalog as load
 
     return load()
 
 
-def resolve_recipe(ref: str) -> tuple[Any, Any]:
+def resolve_recipe(ref: str) -> tuple[Recipe, Catalog]:
     """A recipe id from the catalogue, or a path to a recipe file (e.g. a customised copy): (recipe, catalog)."""
     catalog = load_catalog()
     path = Path(ref)

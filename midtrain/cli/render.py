@@ -13,8 +13,14 @@ from rich.text import Text
 from midtrain.units import fmt_tokens, human_count
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from rich.console import JustifyMethod, RenderableType
+
     from midtrain.schema.provenance import Entry
     from midtrain.schema.recipe import Recipe
+    from midtrain.schema.registry import Registry
+    from midtrain.schema.stage import Stage
 
 MARKS = {"stated": "●", "derived": "◐", "assumed": "○", None: "·"}
 
@@ -73,7 +79,7 @@ def legend() -> Text:
 def catalogue_table(rows: list[dict[str, Any]], width: int = 120) -> Table:
     """The catalogue; on narrow terminals the organisation (< 100 columns) and objectives (< 120) are left out."""
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    columns = [
+    columns: list[tuple[str, JustifyMethod]] = [
         ("id", "left"),
         ("model", "left"),
         ("org", "left"),
@@ -88,9 +94,9 @@ def catalogue_table(rows: list[dict[str, Any]], width: int = 120) -> Table:
     if width < 100:
         columns.pop(2)
     for column, justify in columns:
-        table.add_column(column, justify=justify, no_wrap=column != "objectives")  # type: ignore[arg-type]
+        table.add_column(column, justify=justify, no_wrap=column != "objectives")
     for row in rows:
-        cells = (
+        cells: list[Text | str] = [
             Text(row["id"], style="bold cyan"),
             f"{row['model']} {human_count(row['parameters'])}",
             short_org(row["organization"]),
@@ -99,7 +105,7 @@ def catalogue_table(rows: list[dict[str, Any]], width: int = 120) -> Table:
             fmt_tokens(row["mid_training_tokens"]),
             f"{row['final_context'] // 1024}K" if row["final_context"] >= 1024 else str(row["final_context"]),
             ", ".join(row["objectives"]),
-        )
+        ]
         if width < 100:
             cells = cells[:2] + cells[3:]
         table.add_row(*cells[: len(columns)])
@@ -117,7 +123,7 @@ def short_org(name: str) -> str:
     return name if len(name) <= 16 else name[:15] + "…"
 
 
-def mixture_chart(recipe: Recipe, stage_index: int, registry: Any, mark: Marker, width: int = 120) -> Table:
+def mixture_chart(recipe: Recipe, stage_index: int, registry: Registry, mark: Marker, width: int = 120) -> Table:
     stage = recipe.stages[stage_index]
     shares = stage.mixture.shares()
     tokens = stage.total_tokens()
@@ -141,7 +147,7 @@ def mixture_chart(recipe: Recipe, stage_index: int, registry: Any, mark: Marker,
             style=CATEGORY_STYLE.get(category, "white"),
         )
         path = f"stages[{stage.name}].mixture.components[{component.source}]"
-        cells = [
+        cells: list[Text | str] = [
             component.source,
             bar,
             mark(f"{share:6.1%}", f"{path}.share" if component.share is not None else f"{path}.tokens"),
@@ -155,7 +161,7 @@ def mixture_chart(recipe: Recipe, stage_index: int, registry: Any, mark: Marker,
     return table
 
 
-def _kv(rows: list[tuple[str, Any]]) -> Table:
+def _kv(rows: Sequence[tuple[str, object]]) -> Table:
     table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
     table.add_column(style="dim", no_wrap=True)
     table.add_column()
@@ -166,12 +172,12 @@ def _kv(rows: list[tuple[str, Any]]) -> Table:
     return table
 
 
-def show(recipe: Recipe, registry: Any, width: int = 120) -> Group:
+def show(recipe: Recipe, registry: Registry, width: int = 120) -> Group:
     """`midtrain show`: identity, base, one panel per stage, merges, results, inference, contradictions, notes."""
     from midtrain.summary import stage_facts
 
     mark = Marker(recipe)
-    parts: list[Any] = [_identity_panel(recipe, mark), _base_panel(recipe, registry, mark)]
+    parts: list[RenderableType] = [_identity_panel(recipe, mark), _base_panel(recipe, registry, mark)]
     for index, fact in enumerate(stage_facts(recipe, registry)):
         parts.append(_stage_panel(recipe, index, fact, registry, mark, width))
     for panel in (
@@ -224,7 +230,7 @@ def _identity_panel(recipe: Recipe, mark: Marker) -> Panel:
     return Panel(Group(head, identity), box=box.ROUNDED)
 
 
-def _base_panel(recipe: Recipe, registry: Any, mark: Marker) -> Panel:
+def _base_panel(recipe: Recipe, registry: Registry, mark: Marker) -> Panel:
     base = recipe.base
     model_entry = registry.models.get(base.model) if registry else None
     hub = base.revision or ""
@@ -263,7 +269,7 @@ def _base_panel(recipe: Recipe, registry: Any, mark: Marker) -> Panel:
     return Panel(_kv(base_rows), title="[bold]base[/bold]", title_align="left", box=box.ROUNDED)
 
 
-def _stage_budget(stage: Any, fact: dict[str, Any], p: str, mark: Marker) -> Text:
+def _stage_budget(stage: Stage, fact: dict[str, Any], p: str, mark: Marker) -> Text:
     budget = Text()
     if stage.tokens is not None:
         budget.append_text(mark(fmt_tokens(stage.tokens), f"{p}.tokens"))
@@ -281,7 +287,7 @@ def _stage_budget(stage: Any, fact: dict[str, Any], p: str, mark: Marker) -> Tex
     return budget
 
 
-def _stage_batch(stage: Any, p: str, mark: Marker) -> Text | None:
+def _stage_batch(stage: Stage, p: str, mark: Marker) -> Text | None:
     if not stage.batch:
         return None
     batch = Text()
@@ -328,9 +334,11 @@ def _stage_rows(recipe: Recipe, index: int, fact: dict[str, Any], mark: Marker) 
     ]
 
 
-def _stage_panel(recipe: Recipe, index: int, fact: dict[str, Any], registry: Any, mark: Marker, width: int) -> Panel:
+def _stage_panel(
+    recipe: Recipe, index: int, fact: dict[str, Any], registry: Registry, mark: Marker, width: int
+) -> Panel:
     stage = recipe.stages[index]
-    body: list[Any] = []
+    body: list[RenderableType] = []
     if stage.description:
         body.append(Text(stage.description, style="italic"))
     body.append(_kv(_stage_rows(recipe, index, fact, mark)))
@@ -456,7 +464,7 @@ def provenance_table(recipe: Recipe, paths: dict[str, Any]) -> Table:
     return table
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: object) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -475,7 +483,9 @@ def _fmt(value: Any) -> str:
 
 
 def diff_view(result: dict[str, Any]) -> Group:
-    parts: list[Any] = [Text.assemble(("diff ", "bold"), (result["a"], "red"), " → ", (result["b"], "green"))]
+    parts: list[RenderableType] = [
+        Text.assemble(("diff ", "bold"), (result["a"], "red"), " → ", (result["b"], "green"))
+    ]
     if result["overview"]:
         table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
         table.add_column("field", style="dim")
@@ -511,7 +521,9 @@ def diff_view(result: dict[str, Any]) -> Group:
         for row in stage["mixture"]:
             style = "green" if row["delta"] > 0 else "red"
             mixture.add_row(row["key"], f"{row['a']:.1%}", f"{row['b']:.1%}", Text(f"{row['delta']:+.1%}", style=style))
-        body = [table] if stage["changes"] else [Text("no changes in budget, context, schedule or RoPE", style="dim")]
+        body: list[Table | Text] = (
+            [table] if stage["changes"] else [Text("no changes in budget, context, schedule or RoPE", style="dim")]
+        )
         body.append(mixture if stage["mixture"] else Text("same mixture", style="dim"))
         parts.append(Panel(Group(*body), title=title, title_align="left", box=box.ROUNDED))
     return Group(*parts)

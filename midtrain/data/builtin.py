@@ -23,9 +23,10 @@ import json
 import random
 import re
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 BUILTINS = ("prose", "code", "math", "qa", "longdoc")
 HELDOUT_EVERY = 20  # one document in 20 is held out (by document, never by token)
@@ -63,7 +64,9 @@ def prose_documents() -> Iterator[tuple[str, str]]:
         except (SyntaxError, UnicodeDecodeError, ValueError):
             continue
         module = path.relative_to(_stdlib()).with_suffix("").as_posix().replace("/", ".")
-        nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))]
+        nodes = [tree] + [
+            n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        ]
         for node in nodes:
             doc = ast.get_docstring(node, clean=True)
             if doc and len(doc) >= 120:
@@ -107,8 +110,34 @@ def _cut_code(text: str) -> Iterator[str]:
 
 # ---------------------------------------------------------------- math
 
-NAMES = ["Ada", "Ben", "Chloe", "Dev", "Ema", "Farid", "Grace", "Hugo", "Ines", "Jon", "Kira", "Liam", "Mina", "Noor", "Omar", "Pia"]
-ITEMS = [("apple", "apples"), ("pencil", "pencils"), ("book", "books"), ("marble", "marbles"), ("stamp", "stamps"), ("card", "cards"), ("shell", "shells"), ("coin", "coins")]
+NAMES = [
+    "Ada",
+    "Ben",
+    "Chloe",
+    "Dev",
+    "Ema",
+    "Farid",
+    "Grace",
+    "Hugo",
+    "Ines",
+    "Jon",
+    "Kira",
+    "Liam",
+    "Mina",
+    "Noor",
+    "Omar",
+    "Pia",
+]
+ITEMS = [
+    ("apple", "apples"),
+    ("pencil", "pencils"),
+    ("book", "books"),
+    ("marble", "marbles"),
+    ("stamp", "stamps"),
+    ("card", "cards"),
+    ("shell", "shells"),
+    ("coin", "coins"),
+]
 PLACES = ["market", "library", "school fair", "bakery", "harbour", "museum shop"]
 
 
@@ -133,7 +162,7 @@ class MathProblem:
 def _counting(rng: random.Random, difficulty: int) -> MathProblem:
     name = rng.choice(NAMES)
     friend = rng.choice([n for n in NAMES if n != name])
-    item, items = rng.choice(ITEMS)
+    _item, items = rng.choice(ITEMS)  # (singular, plural): the question uses the plural
     place = rng.choice(PLACES)
     start = rng.randint(3, 90)
     bought = rng.randint(2, 60)
@@ -289,7 +318,10 @@ def qa_documents(seed: int, math_count: int) -> Iterator[tuple[str, str]]:
         text = pydoc_data.topics.topics[name].strip()
         first = re.split(r"(?<=[.!?])\s", text.split("\n\n")[-1 if len(text.split("\n\n")) < 2 else 1], maxsplit=1)[0]
         if 40 <= len(first) <= 400:
-            yield f"qa:topic:{name}", f"Question: In Python, what does the documentation say about {name.replace('-', ' ')}?\nAnswer: {first}"
+            yield (
+                f"qa:topic:{name}",
+                f"Question: In Python, what does the documentation say about {name.replace('-', ' ')}?\nAnswer: {first}",
+            )
 
 
 # ---------------------------------------------------------------- long documents with planted facts
@@ -327,8 +359,30 @@ class LongDoc:
 
 def long_document(rng: random.Random, sentences: list[str], words: int, depth: float) -> LongDoc:
     """About `words` words of filler with one fact planted at `depth` (0 = start, 1 = end)."""
-    key = rng.choice(["amber", "birch", "cobalt", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper",
-                      "kestrel", "lagoon", "maple", "nimbus", "onyx", "prairie", "quartz", "raven", "saffron", "tundra"])
+    key = rng.choice(
+        [
+            "amber",
+            "birch",
+            "cobalt",
+            "delta",
+            "ember",
+            "fjord",
+            "garnet",
+            "harbor",
+            "indigo",
+            "juniper",
+            "kestrel",
+            "lagoon",
+            "maple",
+            "nimbus",
+            "onyx",
+            "prairie",
+            "quartz",
+            "raven",
+            "saffron",
+            "tundra",
+        ]
+    )
     value = rng.randint(10, 999)
     fact = f"The code of the {key} {FACT_MARKER} is {value}."
     body: list[str] = []
@@ -342,7 +396,9 @@ def long_document(rng: random.Random, sentences: list[str], words: int, depth: f
     return LongDoc(" ".join(body), key, value, depth, count)
 
 
-def longdoc_documents(seed: int, count: int, stream: str, lengths: tuple[int, ...] = (150, 300, 600, 900)) -> Iterator[tuple[str, LongDoc]]:
+def longdoc_documents(
+    seed: int, count: int, stream: str, lengths: tuple[int, ...] = (150, 300, 600, 900)
+) -> Iterator[tuple[str, LongDoc]]:
     rng = random.Random(f"{seed}:longdoc:{stream}")
     sentences = filler_sentences()
     for index in range(count):
@@ -396,20 +452,39 @@ def build_builtin(name: str, out_dir: Path, seed: int = 0, sizes: CorpusSizes | 
         for key, text in itertools.islice(docs, cap):
             (heldout if _split_name(key) == "heldout" else train).append({"id": key, "text": text})
     elif name == "math":
-        train = [{"id": f"math:train:{i}", "text": p.text(), "answer": p.answer, "difficulty": p.difficulty}
-                 for i, p in enumerate(math_problems(seed, sizes.math_train, "train"))]
+        train = [
+            {"id": f"math:train:{i}", "text": p.text(), "answer": p.answer, "difficulty": p.difficulty}
+            for i, p in enumerate(math_problems(seed, sizes.math_train, "train"))
+        ]
         train_questions = {row["text"].split("\n", 1)[0] for row in train}
-        heldout = [{"id": f"math:eval:{i}", "text": p.text(), "prompt": p.prompt(), "answer": p.answer, "difficulty": p.difficulty}
-                   for i, p in enumerate(math_problems(seed, sizes.math_eval * 2, "eval"))
-                   if f"Problem: {p.question}" not in train_questions][: sizes.math_eval]
+        heldout = [
+            {
+                "id": f"math:eval:{i}",
+                "text": p.text(),
+                "prompt": p.prompt(),
+                "answer": p.answer,
+                "difficulty": p.difficulty,
+            }
+            for i, p in enumerate(math_problems(seed, sizes.math_eval * 2, "eval"))
+            if f"Problem: {p.question}" not in train_questions
+        ][: sizes.math_eval]
     elif name == "qa":
         for key, text in qa_documents(seed, sizes.qa_math):
             (heldout if _split_name(key) == "heldout" else train).append({"id": key, "text": text})
     elif name == "longdoc":
         for stream, count, bucket in (("train", sizes.longdoc_train, train), ("eval", sizes.longdoc_eval, heldout)):
             for key, doc in longdoc_documents(seed, count, stream):
-                bucket.append({"id": key, "text": doc.text + doc.question() + f" {doc.value}", "question": doc.question(),
-                               "answer": doc.value, "depth": doc.depth, "words": doc.words, "context": doc.text})
+                bucket.append(
+                    {
+                        "id": key,
+                        "text": doc.text + doc.question() + f" {doc.value}",
+                        "question": doc.question(),
+                        "answer": doc.value,
+                        "depth": doc.depth,
+                        "words": doc.words,
+                        "context": doc.text,
+                    }
+                )
     else:
         raise ValueError(f"unknown built-in corpus {name!r}; expected one of {', '.join(BUILTINS)}")
     return {

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 _WORDS = re.compile(r"[a-z0-9]+")
 
@@ -78,14 +78,27 @@ class Report:
         if contaminated:
             counts["contaminated"] += 1
             if len(self.examples) < 50:
-                self.examples.append({"source": source, "document": doc_id, "eval_item": eval_id, "overlap": round(overlap, 4)})
+                self.examples.append(
+                    {"source": source, "document": doc_id, "eval_item": eval_id, "overlap": round(overlap, 4)}
+                )
 
     def to_json(self) -> dict[str, object]:
-        return {"n": self.n, "threshold": self.threshold, "action": self.action, "sources": self.sources, "examples": self.examples}
+        return {
+            "n": self.n,
+            "threshold": self.threshold,
+            "action": self.action,
+            "sources": self.sources,
+            "examples": self.examples,
+        }
 
 
 def filter_documents(
-    docs: Iterable[tuple[str, str]], index: EvalIndex, report: Report, source: str, threshold: float = 0.5, action: str = "drop"
+    docs: Iterable[tuple[str, str]],
+    index: EvalIndex,
+    report: Report,
+    source: str,
+    threshold: float = 0.5,
+    action: str = "drop",
 ) -> Iterator[tuple[str, str]]:
     """Yield (id, text) of the documents to keep; record every decision in `report`."""
     for doc_id, text in docs:

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from midtrain.errors import MidtrainError, short
+
+if TYPE_CHECKING:
+    from midtrain.data.packing import Shard
 
 BLOCK = 1000
 
@@ -78,12 +82,15 @@ class MixtureSampler:
         for name in self.names:
             tokens = self.stream_tokens[name]
             if not _is_int(tokens) or tokens < 0:
-                raise MidtrainError.single(f"stream {name!r}: the token count is not valid", expected="an integer ≥ 0", found=short(tokens))
+                raise MidtrainError.single(
+                    f"stream {name!r}: the token count is not valid", expected="an integer ≥ 0", found=short(tokens)
+                )
             count = (tokens - 1) // self.sequence_length
             if count > MAX_WINDOWS:
                 raise MidtrainError.single(
                     f"stream {name!r} has {tokens:,} tokens: too many sequences of {self.sequence_length} to sample",
-                    expected=f"at most {MAX_WINDOWS:,} sequences", found=f"{count:,}",
+                    expected=f"at most {MAX_WINDOWS:,} sequences",
+                    found=f"{count:,}",
                 )
             if count < 1:
                 raise MidtrainError.single(
@@ -97,15 +104,22 @@ class MixtureSampler:
         """Every size and number the sampler allocates by or computes with, checked up front."""
 
         def bad(what: str, expected: str, found: object) -> MidtrainError:
-            return MidtrainError.single(f"mixture sampler: {what} is out of range", expected=expected, found=short(found))
+            return MidtrainError.single(
+                f"mixture sampler: {what} is out of range", expected=expected, found=short(found)
+            )
 
-        for what, value, top in (("sequence_length", self.sequence_length, MAX_SEQUENCE_LENGTH),
-                                 ("global_batch", self.global_batch, MAX_GLOBAL_BATCH)):
+        for what, value, top in (
+            ("sequence_length", self.sequence_length, MAX_SEQUENCE_LENGTH),
+            ("global_batch", self.global_batch, MAX_GLOBAL_BATCH),
+        ):
             if not _is_int(value) or not 1 <= value <= top:
                 raise bad(what, f"an integer from 1 to {top:,}", value)
         if self.global_batch * self.sequence_length > MAX_TOKENS_PER_STEP:
-            raise bad("global_batch × sequence_length (tokens per step)", f"at most {MAX_TOKENS_PER_STEP:,}",
-                      self.global_batch * self.sequence_length)
+            raise bad(
+                "global_batch × sequence_length (tokens per step)",
+                f"at most {MAX_TOKENS_PER_STEP:,}",
+                self.global_batch * self.sequence_length,
+            )
         if not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise bad("seed", f"an integer from 0 to {MAX_SEED:,}", self.seed)
         if not isinstance(self.shares, dict) or not self.shares:
@@ -127,7 +141,7 @@ class MixtureSampler:
 
     # ---- the pure mapping ----
 
-    @lru_cache(maxsize=8)
+    @lru_cache(maxsize=8)  # noqa: B019 (bounded: keeps at most 8 samplers alive; one lives for a whole run)
     def _block(self, block: int) -> tuple[np.ndarray, np.ndarray]:
         """Stream id and within-stream draw number for every position of one block."""
         labels = np.concatenate([np.full(self.per_block[n], i, dtype=np.int32) for i, n in enumerate(self.names)])
@@ -139,7 +153,7 @@ class MixtureSampler:
             draws[where] = block * self.per_block[name] + np.arange(where.size)
         return labels, draws
 
-    @lru_cache(maxsize=64)
+    @lru_cache(maxsize=64)  # noqa: B019 (bounded, as above)
     def _permutation(self, stream: int, epoch: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, 104729, stream, epoch])
         return rng.permutation(self.windows[self.names[stream]])
@@ -149,7 +163,8 @@ class MixtureSampler:
         if not _is_int(start) or not _is_int(count) or start < 0 or not 0 <= count <= MAX_GLOBAL_BATCH:
             raise MidtrainError.single(
                 "mixture sampler: positions out of range",
-                expected=f"start ≥ 0 and a count from 0 to {MAX_GLOBAL_BATCH:,}", found=f"start {short(start)}, count {short(count)}",
+                expected=f"start ≥ 0 and a count from 0 to {MAX_GLOBAL_BATCH:,}",
+                found=f"start {short(start)}, count {short(count)}",
             )
         out: list[tuple[str, int]] = []
         position = start
@@ -168,14 +183,20 @@ class MixtureSampler:
     def batch(self, step: int, rank: int = 0, world_size: int = 1) -> list[tuple[str, int]]:
         """This rank's share of the global batch at `step` (contiguous, disjoint slices)."""
         if not _is_int(world_size) or world_size < 1 or not _is_int(rank) or not 0 <= rank < world_size:
-            raise MidtrainError.single("mixture sampler: rank out of range", expected="0 ≤ rank < world size, world size ≥ 1",
-                                       found=f"rank {short(rank)}, world size {short(world_size)}")
+            raise MidtrainError.single(
+                "mixture sampler: rank out of range",
+                expected="0 ≤ rank < world size, world size ≥ 1",
+                found=f"rank {short(rank)}, world size {short(world_size)}",
+            )
         if not _is_int(step) or step < 0:
-            raise MidtrainError.single("mixture sampler: step out of range", expected="an integer ≥ 0", found=short(step))
+            raise MidtrainError.single(
+                "mixture sampler: step out of range", expected="an integer ≥ 0", found=short(step)
+            )
         if self.global_batch % world_size:
             raise MidtrainError.single(
                 f"global batch {self.global_batch} does not split evenly over {world_size} ranks",
-                expected=f"a multiple of {world_size}", found=str(self.global_batch),
+                expected=f"a multiple of {world_size}",
+                found=str(self.global_batch),
             )
         per_rank = self.global_batch // world_size
         return self.positions(step * self.global_batch + rank * per_rank, per_rank)
@@ -202,8 +223,13 @@ class MixtureSampler:
         epochs = self.epochs(steps)
         over = {n: e for n, e in epochs.items() if n in self.max_epochs and e > self.max_epochs[n] + 1e-9}
         if over:
-            text = "; ".join(f"{n}: {e:.2f} epochs > {self.max_epochs[n]:g} allowed ({self.stream_tokens[n]:,} tokens)" for n, e in over.items())
-            message = f"the budget needs more repetition than allowed: {text}. Add data, lower the budget or raise max_epochs"
+            text = "; ".join(
+                f"{n}: {e:.2f} epochs > {self.max_epochs[n]:g} allowed ({self.stream_tokens[n]:,} tokens)"
+                for n, e in over.items()
+            )
+            message = (
+                f"the budget needs more repetition than allowed: {text}. Add data, lower the budget or raise max_epochs"
+            )
             if self.on_repeat == "error":
                 raise RepetitionError.single(message)
             warnings.warn(message, stacklevel=2)
@@ -222,16 +248,22 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-def gather(shards: dict[str, object], picks: Sequence[tuple[str, int]], sequence_length: int) -> np.ndarray:
+def gather(shards: Mapping[str, Shard], picks: Sequence[tuple[str, int]], sequence_length: int) -> np.ndarray:
     """Token windows [len(picks), sequence_length + 1] as int64, read from memory-mapped shards."""
     if not _is_int(sequence_length) or not 1 <= sequence_length <= MAX_SEQUENCE_LENGTH:
-        raise MidtrainError.single("gather: sequence_length is out of range", expected=f"an integer from 1 to {MAX_SEQUENCE_LENGTH:,}",
-                                   found=short(sequence_length))
+        raise MidtrainError.single(
+            "gather: sequence_length is out of range",
+            expected=f"an integer from 1 to {MAX_SEQUENCE_LENGTH:,}",
+            found=short(sequence_length),
+        )
     if len(picks) > MAX_GLOBAL_BATCH or len(picks) * sequence_length > MAX_TOKENS_PER_STEP:
-        raise MidtrainError.single("gather: batch too large", found=f"{len(picks):,} sequences of {sequence_length:,} tokens",
-                                   expected=f"at most {MAX_GLOBAL_BATCH:,} sequences and {MAX_TOKENS_PER_STEP:,} tokens")
+        raise MidtrainError.single(
+            "gather: batch too large",
+            found=f"{len(picks):,} sequences of {sequence_length:,} tokens",
+            expected=f"at most {MAX_GLOBAL_BATCH:,} sequences and {MAX_TOKENS_PER_STEP:,} tokens",
+        )
     out = np.empty((len(picks), sequence_length + 1), dtype=np.int64)
     for row, (name, window) in enumerate(picks):
         start = window * sequence_length
-        out[row] = shards[name].tokens[start : start + sequence_length + 1]  # type: ignore[attr-defined]
+        out[row] = shards[name].tokens[start : start + sequence_length + 1]
     return out

@@ -10,14 +10,18 @@ is unfinished and is rebuilt. Documents are read and encoded in batches, never a
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_writer, file_sha256, write_json
+
+if TYPE_CHECKING:
+    from midtrain.data.tokenizer import FastTokenizer
 
 BATCH_DOCS = 512
 MANIFEST = "manifest.json"
@@ -40,7 +44,7 @@ def _batches(docs: Iterable[str], size: int) -> Iterator[list[str]]:
 
 def pack_stream(
     docs: Iterable[str],
-    tokenizer: Any,
+    tokenizer: FastTokenizer,
     out_dir: Path,
     name: str,
     progress: Callable[[int, int], None] | None = None,
@@ -99,11 +103,22 @@ class Shard:
 DTYPES = ("uint16", "uint32")
 
 
-def _plain_name(value: Any, path: Path, field: str) -> str:
+def _plain_name(value: object, path: Path, field: str) -> str:
     """A file name that stays inside the shard folder: no separators, no '..', not hidden."""
-    if not isinstance(value, str) or not value or "/" in value or "\\" in value or value.startswith(".") or "\0" in value:
-        raise MidtrainError.single(f"shard manifest field {field} must be a plain file name inside the shard folder",
-                                   file=path, expected="e.g. math.train.bin", found=repr(value)[:80])
+    if (
+        not isinstance(value, str)
+        or not value
+        or "/" in value
+        or "\\" in value
+        or value.startswith(".")
+        or "\0" in value
+    ):
+        raise MidtrainError.single(
+            f"shard manifest field {field} must be a plain file name inside the shard folder",
+            file=path,
+            expected="e.g. math.train.bin",
+            found=repr(value)[:80],
+        )
     return value
 
 
@@ -128,12 +143,20 @@ def read_manifest(shard_dir: Path) -> dict[str, Any]:
         for field in ("bin", "idx"):
             _plain_name(entry.get(field), path, f"streams.{name}.{field}")
         if entry.get("dtype") not in DTYPES:
-            raise MidtrainError.single(f"shard manifest field streams.{name}.dtype", file=path, expected=" or ".join(DTYPES),
-                                       found=repr(entry.get("dtype"))[:40])
+            raise MidtrainError.single(
+                f"shard manifest field streams.{name}.dtype",
+                file=path,
+                expected=" or ".join(DTYPES),
+                found=repr(entry.get("dtype"))[:40],
+            )
         tokens = entry.get("tokens")
         if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
-            raise MidtrainError.single(f"shard manifest field streams.{name}.tokens", file=path, expected="an integer ≥ 0",
-                                       found=repr(tokens)[:40])
+            raise MidtrainError.single(
+                f"shard manifest field streams.{name}.tokens",
+                file=path,
+                expected="an integer ≥ 0",
+                found=repr(tokens)[:40],
+            )
     return manifest
 
 
@@ -146,12 +169,16 @@ def open_shard(shard_dir: Path, entry: dict[str, Any]) -> Shard:
     idx_path = shard_dir / _plain_name(entry["idx"], shard_dir / MANIFEST, "idx")
     for path in (bin_path, idx_path):
         if not path.exists():
-            raise MidtrainError.single("shard listed in the manifest is missing; rerun `midtrain data prepare`", file=path)
+            raise MidtrainError.single(
+                "shard listed in the manifest is missing; rerun `midtrain data prepare`", file=path
+            )
     expected = entry["tokens"] * np.dtype(entry["dtype"]).itemsize
     if bin_path.stat().st_size != expected:
         raise MidtrainError.single(
             "shard size does not match its manifest (truncated or changed); rerun `midtrain data prepare`",
-            file=bin_path, expected=f"{expected} bytes", found=f"{bin_path.stat().st_size} bytes",
+            file=bin_path,
+            expected=f"{expected} bytes",
+            found=f"{bin_path.stat().st_size} bytes",
         )
     tokens = np.memmap(bin_path, dtype=np.dtype(entry["dtype"]), mode="r")
     starts = np.fromfile(idx_path, dtype=np.int64)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from midtrain.data import builtin
 from midtrain.data.decontam import EvalIndex, Report, filter_documents
@@ -25,6 +26,12 @@ from midtrain.data.packing import pack_stream, read_manifest, shard_is_complete,
 from midtrain.errors import MidtrainError
 from midtrain.io import write_json
 from midtrain.progress import progress_bar
+
+if TYPE_CHECKING:
+    from midtrain.data.tokenizer import FastTokenizer
+    from midtrain.schema.recipe import Recipe
+    from midtrain.schema.registry import Registry
+    from midtrain.schema.stage import Stage
 
 TOKENIZER_SAMPLE_CHARS = 1_500_000
 EVAL_SPLITS = {"math": "heldout", "longdoc": "heldout", "qa": "heldout"}
@@ -43,7 +50,7 @@ class PrepareOptions:
     progress: bool = True
 
 
-def _hash(data: Any) -> str:
+def _hash(data: object) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -62,7 +69,11 @@ def prepare_corpora(options: PrepareOptions) -> dict[str, Any]:
     with progress_bar("built-in corpora", len(builtin.BUILTINS), enabled=options.progress) as advance:
         for name in builtin.BUILTINS:
             entry = manifest.get(name)
-            fresh = entry and entry.get("inputs") == want and all((directory / s["file"]).exists() for s in entry["splits"].values())
+            fresh = (
+                entry
+                and entry.get("inputs") == want
+                and all((directory / s["file"]).exists() for s in entry["splits"].values())
+            )
             if not fresh:
                 entry = builtin.build_builtin(name, directory, options.seed, options.sizes)
                 entry["inputs"] = want
@@ -74,7 +85,11 @@ def prepare_corpora(options: PrepareOptions) -> dict[str, Any]:
 
 def prepare_tokenizer(options: PrepareOptions, corpora: dict[str, Any]) -> Path:
     directory = options.out / "tokenizer"
-    inputs = {"vocab": options.vocab_size, "corpora": {n: corpora[n]["splits"]["train"]["sha256"] for n in builtin.BUILTINS}, "sample": TOKENIZER_SAMPLE_CHARS}
+    inputs = {
+        "vocab": options.vocab_size,
+        "corpora": {n: corpora[n]["splits"]["train"]["sha256"] for n in builtin.BUILTINS},
+        "sample": TOKENIZER_SAMPLE_CHARS,
+    }
     stamp = directory / "midtrain.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("inputs") == _hash(inputs):
         return directory
@@ -98,7 +113,9 @@ def build_eval_index(options: PrepareOptions, corpora: dict[str, Any]) -> EvalIn
 
         for number, (_, row) in enumerate(iter_local_rows([path])):
             if "text" not in row:
-                raise MidtrainError.single("evaluation rows need a 'text' field", file=path, line=number + 1, found=", ".join(sorted(row)))
+                raise MidtrainError.single(
+                    "evaluation rows need a 'text' field", file=path, line=number + 1, found=", ".join(sorted(row))
+                )
             index.add(f"{path.name}:{number}", row["text"])
     return index
 
@@ -120,14 +137,20 @@ def save_base_tokenizer(ref: str, revision: str | None, directory: Path) -> Path
     except (OSError, ValueError) as exc:
         raise MidtrainError.single(f"cannot load the tokenizer of {ref!r} (revision {revision}): {exc}") from None
     if not getattr(tokenizer, "is_fast", False):
-        raise MidtrainError.single(f"the tokenizer of {ref!r} has no fast (tokenizer.json) version, which midtrain needs")
+        raise MidtrainError.single(
+            f"the tokenizer of {ref!r} has no fast (tokenizer.json) version, which midtrain needs"
+        )
     if tokenizer.eos_token is None:
-        raise MidtrainError.single(f"the tokenizer of {ref!r} has no end-of-text (eos) token; documents could not be separated")
+        raise MidtrainError.single(
+            f"the tokenizer of {ref!r} has no end-of-text (eos) token; documents could not be separated"
+        )
     with atomic_dir(directory) as tmp:
         tokenizer.save_pretrained(str(tmp))
         if not (tmp / "tokenizer.json").exists():
             tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        write_json(tmp / "midtrain.json", {"inputs": inputs, "vocab_size": len(tokenizer), "from": ref, "revision": revision})
+        write_json(
+            tmp / "midtrain.json", {"inputs": inputs, "vocab_size": len(tokenizer), "from": ref, "revision": revision}
+        )
     return directory
 
 
@@ -140,8 +163,12 @@ def prepare_stand_in(options: PrepareOptions, tokenizer_ref: str, revision: str 
     return prepare_shards(options, corpora, tokenizer_dir)
 
 
-def prepare_shards(options: PrepareOptions, corpora: dict[str, Any], tokenizer_dir: Path,
-                   splits: tuple[str, ...] = ("train", "heldout")) -> dict[str, Any]:
+def prepare_shards(
+    options: PrepareOptions,
+    corpora: dict[str, Any],
+    tokenizer_dir: Path,
+    splits: tuple[str, ...] = ("train", "heldout"),
+) -> dict[str, Any]:
     from midtrain.data.tokenizer import load_tokenizer
 
     shard_dir = options.out / "shards"
@@ -149,7 +176,12 @@ def prepare_shards(options: PrepareOptions, corpora: dict[str, Any], tokenizer_d
     manifest = read_manifest(shard_dir) if (shard_dir / "manifest.json").exists() else {"streams": {}}
     tokenizer_hash = json.loads((tokenizer_dir / "midtrain.json").read_text())["inputs"]
     tokenizer = load_tokenizer(tokenizer_dir)
-    decontam = {"n": options.ngram, "threshold": options.threshold, "action": options.action, "extra": [str(p) for p in options.extra_eval]}
+    decontam = {
+        "n": options.ngram,
+        "threshold": options.threshold,
+        "action": options.action,
+        "extra": [str(p) for p in options.extra_eval],
+    }
     report = Report(options.ngram, options.threshold, options.action)
     index: EvalIndex | None = None
     jobs = [(name, split) for name in builtin.BUILTINS for split in splits]
@@ -162,29 +194,56 @@ def prepare_shards(options: PrepareOptions, corpora: dict[str, Any], tokenizer_d
         for name, split in jobs:
             stream = f"{name}.{split}"
             corpus = corpora[name]["splits"][split]
-            inputs = _hash({"corpus": corpus["sha256"], "tokenizer": tokenizer_hash, "decontam": decontam if split == "train" else None})
+            inputs = _hash(
+                {
+                    "corpus": corpus["sha256"],
+                    "tokenizer": tokenizer_hash,
+                    "decontam": decontam if split == "train" else None,
+                }
+            )
             entry = manifest["streams"].get(stream)
             if entry and entry.get("inputs") == inputs and shard_is_complete(shard_dir, entry):
                 if stream in previous_report:
                     report.sources[stream] = previous_report[stream]
                 advance(corpus["bytes"])
                 continue
-            rows = ((row["id"], row["text"]) for row in _read_rows(options.out / "corpora" / corpus["file"]))
+            rows: Iterable[tuple[str, str]] = (
+                (row["id"], row["text"]) for row in _read_rows(options.out / "corpora" / corpus["file"])
+            )
             if split == "train":
                 if index is None:
                     index = build_eval_index(options, corpora)
                 rows = filter_documents(rows, index, report, stream, options.threshold, options.action)
-            bytes_per_doc = corpus["bytes"] / max(corpus["documents"], 1)
-            entry = pack_stream((text for _, text in rows), tokenizer, shard_dir, stream,
-                                progress=lambda docs, tokens: advance(docs * bytes_per_doc))
+            entry = _pack_corpus(rows, corpus, tokenizer, shard_dir, stream, advance)
             entry["inputs"] = inputs
             entry["source"] = {"corpus": name, "split": split}
             manifest["streams"][stream] = entry
-            manifest["tokenizer"] = {"path": "../tokenizer", "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}
+            manifest["tokenizer"] = {
+                "path": "../tokenizer",
+                "vocab_size": tokenizer.vocab_size,
+                "eos_id": tokenizer.eos_id,
+            }
             write_json(report_path, report.to_json())  # counts first: a kill after the manifest never loses them
             write_manifest(shard_dir, manifest)
     write_json(report_path, report.to_json())
     return manifest
+
+
+def _pack_corpus(
+    rows: Iterable[tuple[str, str]],
+    corpus: dict[str, Any],
+    tokenizer: FastTokenizer,
+    shard_dir: Path,
+    stream: str,
+    advance: Callable[[float], None],
+) -> dict[str, Any]:
+    """Pack the (id, text) rows of one corpus split; progress is counted in the corpus's bytes."""
+    bytes_per_doc = corpus["bytes"] / max(corpus["documents"], 1)
+
+    def progress(docs: int, tokens: int) -> None:
+        advance(docs * bytes_per_doc)
+
+    return pack_stream((text for _, text in rows), tokenizer, shard_dir, stream, progress=progress)
 
 
 def clean_stale(out: Path) -> None:
@@ -204,8 +263,15 @@ def prepare_tiny(options: PrepareOptions) -> dict[str, Any]:
     return prepare_shards(options, corpora, tokenizer_dir)
 
 
-def prepare_sources(out: Path, sources: dict[str, Any], tokenizer_ref: str, revision: str | None = None,
-                    base: Path | None = None, progress: bool = True, seed: int = 0) -> dict[str, Any]:
+def prepare_sources(
+    out: Path,
+    sources: dict[str, Any],
+    tokenizer_ref: str,
+    revision: str | None = None,
+    base: Path | None = None,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Own and published bases: pack registry sources (hub ids or local files) with the base's
     tokenizer, plus the built-in held-out sets (per-domain held-out loss, decontamination)."""
     from midtrain.data.sources import iter_documents
@@ -227,15 +293,23 @@ def prepare_sources(out: Path, sources: dict[str, Any], tokenizer_ref: str, revi
     report.sources.update(previous.get("sources", {}))
     for name, source in sources.items():
         stream = f"{name}.train"
-        inputs = _hash({"source": source.model_dump(mode="json"), "tokenizer": tokenizer_ref, "revision": revision,
-                        "decontam": [options.ngram, options.threshold, options.action]})
+        inputs = _hash(
+            {
+                "source": source.model_dump(mode="json"),
+                "tokenizer": tokenizer_ref,
+                "revision": revision,
+                "decontam": [options.ngram, options.threshold, options.action],
+            }
+        )
         entry = manifest["streams"].get(stream)
         if entry and entry.get("inputs") == inputs and shard_is_complete(shard_dir, entry):
             continue
         documents = ((f"{name}:{number}", text) for number, text in enumerate(iter_documents(source, name, base=base)))
         kept = filter_documents(documents, index, report, stream, options.threshold, options.action)
         with progress_bar(f"tokenize + pack {name}", source.approx_tokens, unit=" tokens", enabled=progress) as advance:
-            entry = pack_stream((text for _, text in kept), tokenizer, shard_dir, stream, progress=lambda docs, tokens: advance(tokens))
+            entry = pack_stream(
+                (text for _, text in kept), tokenizer, shard_dir, stream, progress=lambda docs, tokens: advance(tokens)
+            )
         entry["inputs"] = inputs
         entry["source"] = {"registry": name}
         manifest["streams"][stream] = entry
@@ -246,7 +320,7 @@ def prepare_sources(out: Path, sources: dict[str, Any], tokenizer_ref: str, revi
     return manifest
 
 
-def stage_streams(recipe: Any, stage: Any, registry: Any, scale: str) -> dict[str, float]:
+def stage_streams(recipe: Recipe, stage: Stage, registry: Registry, scale: str) -> dict[str, float]:
     """Mixture shares by stream: at tiny scale sources collapse onto their built-in stand-ins."""
     shares = stage.mixture.shares()
     if scale != "tiny":

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import glob
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from midtrain.errors import MidtrainError
+
+if TYPE_CHECKING:
+    from midtrain.schema.registry import DataSource
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
 
@@ -53,15 +57,23 @@ def expand_files(patterns: list[str], base: Path | None = None) -> list[Path]:
     for pattern in patterns:
         relative = not Path(pattern).is_absolute()
         if relative and ".." in Path(pattern).parts:
-            raise MidtrainError.single("a relative `files:` path may not climb out of the project with '..'", file=Path(pattern),
-                                       expected=f"a path inside {root}, or an absolute path", found=pattern)
+            raise MidtrainError.single(
+                "a relative `files:` path may not climb out of the project with '..'",
+                file=Path(pattern),
+                expected=f"a path inside {root}, or an absolute path",
+                found=pattern,
+            )
         full = str(root / pattern) if relative else pattern
         matches = sorted(glob.glob(full, recursive=True))
         if relative:
             outside = [m for m in matches if not Path(m).resolve().is_relative_to(root)]
             if outside:
-                raise MidtrainError.single("a relative `files:` path leads outside the project (through a symlink)",
-                                           file=Path(outside[0]), expected=f"inside {root}", found=str(Path(outside[0]).resolve()))
+                raise MidtrainError.single(
+                    "a relative `files:` path leads outside the project (through a symlink)",
+                    file=Path(outside[0]),
+                    expected=f"inside {root}",
+                    found=str(Path(outside[0]).resolve()),
+                )
         if not matches:
             pointer = Path(full + ".dvc")
             if pointer.exists():
@@ -84,14 +96,20 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise MidtrainError.single(
-                    "line is not valid UTF-8", file=path, line=number, expected="UTF-8 text", found=f"byte 0x{raw[exc.start]:02x}"
+                    "line is not valid UTF-8",
+                    file=path,
+                    line=number,
+                    expected="UTF-8 text",
+                    found=f"byte 0x{raw[exc.start]:02x}",
                 ) from None
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise MidtrainError.single(f"invalid JSON: {exc.msg}", file=path, line=number) from None
             if not isinstance(row, dict):
-                raise MidtrainError.single("each JSON line must be an object", file=path, line=number, found=type(row).__name__)
+                raise MidtrainError.single(
+                    "each JSON line must be an object", file=path, line=number, found=type(row).__name__
+                )
             yield row
 
 
@@ -113,8 +131,11 @@ def _read_text(path: Path) -> Iterator[dict[str, Any]]:
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
         raise MidtrainError.single(
-            "file is not valid UTF-8 (mixed or legacy encoding?)", file=path, line=line,
-            expected="UTF-8 text", found=f"byte 0x{data[exc.start]:02x}",
+            "file is not valid UTF-8 (mixed or legacy encoding?)",
+            file=path,
+            line=line,
+            expected="UTF-8 text",
+            found=f"byte 0x{data[exc.start]:02x}",
         ) from None
     yield {"text": text}
 
@@ -129,12 +150,16 @@ def iter_local_rows(files: list[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
         elif suffix in TEXT_SUFFIXES:
             rows = _read_text(path)
         else:
-            raise MidtrainError.single("unsupported file type", file=path, expected="jsonl, json, parquet or txt", found=suffix or "no suffix")
+            raise MidtrainError.single(
+                "unsupported file type", file=path, expected="jsonl, json, parquet or txt", found=suffix or "no suffix"
+            )
         for row in rows:
             yield path, row
 
 
-def iter_hub_rows(hub_id: str, subset: str | None, split: str, revision: str | None, streaming: bool = True) -> Iterator[dict[str, Any]]:
+def iter_hub_rows(
+    hub_id: str, subset: str | None, split: str, revision: str | None, streaming: bool = True
+) -> Iterator[dict[str, Any]]:
     """Rows of a hub dataset (or a local dataset directory, which `load_dataset` accepts the same way)."""
     import datasets
 
@@ -143,13 +168,17 @@ def iter_hub_rows(hub_id: str, subset: str | None, split: str, revision: str | N
     except FileNotFoundError as exc:
         raise MidtrainError.single(f"dataset {hub_id!r} not found: {exc}") from None
     except ValueError as exc:
-        raise MidtrainError.single(f"cannot load dataset {hub_id!r} (subset {subset!r}, split {split!r}): {exc}") from None
+        raise MidtrainError.single(
+            f"cannot load dataset {hub_id!r} (subset {subset!r}, split {split!r}): {exc}"
+        ) from None
     except ConnectionError as exc:
-        raise MidtrainError.single(f"dataset {hub_id!r} needs the network, which is not available here: {exc}") from None
+        raise MidtrainError.single(
+            f"dataset {hub_id!r} needs the network, which is not available here: {exc}"
+        ) from None
     yield from dataset
 
 
-def iter_documents(source: Any, name: str, *, base: Path | None = None, streaming: bool = True) -> Iterator[str]:
+def iter_documents(source: DataSource, name: str, *, base: Path | None = None, streaming: bool = True) -> Iterator[str]:
     """Documents of a registry `DataSource` from its files or hub id. Raises on empty sources."""
     count = 0
     if source.files:

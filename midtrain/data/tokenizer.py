@@ -8,11 +8,15 @@ does not need transformers at all.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from midtrain.errors import MidtrainError
 from midtrain.io import atomic_dir
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -23,7 +27,9 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: Path, model_max_le
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 300:
-        raise MidtrainError.single("vocab_size must be at least 300 for byte-level BPE", expected=">= 300", found=str(vocab_size))
+        raise MidtrainError.single(
+            "vocab_size must be at least 300 for byte-level BPE", expected=">= 300", found=str(vocab_size)
+        )
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -46,14 +52,16 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: Path, model_max_le
             "clean_up_tokenization_spaces": False,
         }
         (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        (tmp / "special_tokens_map.json").write_text(json.dumps({"eos_token": EOS, "bos_token": EOS, "pad_token": PAD}, indent=2) + "\n")
+        (tmp / "special_tokens_map.json").write_text(
+            json.dumps({"eos_token": EOS, "bos_token": EOS, "pad_token": PAD}, indent=2) + "\n"
+        )
     return out_dir
 
 
 class FastTokenizer:
     """The bits of a tokenizer the data pipeline needs, on top of the `tokenizers` library (no transformers)."""
 
-    def __init__(self, tokenizer: Any, eos_id: int, source: str):
+    def __init__(self, tokenizer: Tokenizer, eos_id: int, source: str):
         self.tokenizer = tokenizer
         self.eos_id = eos_id
         self.source = source

@@ -4,14 +4,18 @@ stage share: request -> recipe with overrides -> typed plan."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from midtrain.errors import MidtrainError
 from midtrain.plan.contract import Plan
 from midtrain.plan.request import PlanRequest
 
+if TYPE_CHECKING:
+    from midtrain.catalog import Catalog
+    from midtrain.schema.recipe import Recipe
 
-def recipe_for(request: PlanRequest, catalog: Any, where: Path | None = None) -> Any:
+
+def recipe_for(request: PlanRequest, catalog: Catalog, where: Path | None = None) -> Recipe:
     """The request's recipe with its `--set` overrides applied and validated."""
     from pydantic import ValidationError
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, overload
 
 from pydantic import BaseModel, Field, ValidationError
 
 from midtrain.errors import MidtrainError
 from midtrain.schema.base import Strict
-from midtrain.train.config import Pretrained, RunSpec
+from midtrain.train.config import Pretrained as Pretrained  # re-exported: plans name models with it
+from midtrain.train.config import RunSpec as RunSpec  # re-exported: a plan's runs are run specs
 
 KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,119}$")
 
@@ -336,7 +337,6 @@ PLAN_FILES: dict[str, Any] = {
     "midtrain": MidSpec,
     "eval": EvalSpec,
 }
-T = TypeVar("T")
 
 
 def write_plan(plan: Plan, directory: Path) -> dict[str, Path]:
@@ -360,7 +360,19 @@ def write_plan(plan: Plan, directory: Path) -> dict[str, Path]:
     return written
 
 
-def read_plan_file(directory: Path, name: str) -> Any:
+@overload
+def read_plan_file(directory: Path, name: Literal["plan"]) -> PlanSummary: ...
+@overload
+def read_plan_file(directory: Path, name: Literal["data"]) -> BuiltinData | StandInData | SourceData: ...
+@overload
+def read_plan_file(directory: Path, name: Literal["base"]) -> PretrainBase | PretrainedBase: ...
+@overload
+def read_plan_file(directory: Path, name: Literal["midtrain"]) -> MidSpec: ...
+@overload
+def read_plan_file(directory: Path, name: Literal["eval"]) -> StandInEval | BenchmarkEval: ...
+
+
+def read_plan_file(directory: Path, name: str) -> object:
     """Read and validate one plan file (`plan`, `data`, `base`, `midtrain` or `eval`)."""
     path = Path(directory) / f"{name}.json"
     try:
@@ -374,12 +386,15 @@ def read_plan_file(directory: Path, name: str) -> Any:
     return _validate(PLAN_FILES[name], data, path)
 
 
-def _validate(kind: Any, data: Any, path: Path) -> Any:
+def _validate(kind: Any, data: Any, path: Path) -> object:
+    """`data` as a `kind`, or the problems, located in `path`. `kind` is a model class or an Annotated
+    union of models: a type form, which annotations cannot name yet, hence Any."""
     from pydantic import TypeAdapter
 
     from midtrain.yamlio import LineMap, problems_from_validation
 
     try:
-        return TypeAdapter(kind).validate_python(data)
+        adapter: TypeAdapter[object] = TypeAdapter(kind)
+        return adapter.validate_python(data)
     except ValidationError as exc:
         raise MidtrainError(problems_from_validation(exc, path, LineMap())) from None

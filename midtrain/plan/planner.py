@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midtrain.errors import MidtrainError
 from midtrain.plan import rules
@@ -42,9 +42,14 @@ from midtrain.plan.contract import (
 )
 from midtrain.plan.request import OwnBase, PlanRequest
 from midtrain.schema.base import FAMILY_ARCHITECTURES
-from midtrain.schema.recipe import Recipe
+from midtrain.schema.recipe import Merge, Recipe
 from midtrain.schema.registry import Registry, ScaleProfile
+from midtrain.schema.schedule import Schedule
+from midtrain.schema.stage import Optimizer, Stage
 from midtrain.train.config import NewModel, Pretrained, RunSpec
+
+if TYPE_CHECKING:
+    from midtrain.catalog import Catalog
 
 H100_BF16_FLOPS = 989e12  # dense bf16 peak of an H100 SXM (and of an H200, same compute die)
 ASSUMED_MFU = 0.40
@@ -101,7 +106,7 @@ def plan_request(
     request: PlanRequest,
     recipe: Recipe,
     registry: Registry,
-    catalog: Any = None,
+    catalog: Catalog | None = None,
     root: Path | None = None,
     resolve: bool = True,
 ) -> Plan:
@@ -128,7 +133,7 @@ def plan_recipe(recipe: Recipe, registry: Registry, scale: str, seed: int = 0) -
 # ---------------------------------------------------------------- targets
 
 
-def _trainable_optimizer(settings: Any, notes: list[str]) -> dict[str, Any]:
+def _trainable_optimizer(settings: Optimizer, notes: list[str]) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     if data["type"] not in ("adamw", "adam"):
         note = f"optimizer {data['type']} runs as AdamW (the built-in trainer implements AdamW/Adam)"
@@ -190,12 +195,12 @@ def _stand_in_target(recipe: Recipe, registry: Registry, request: PlanRequest, p
     )
 
 
-def _registered_peak_lr(ref: str, recipe: Recipe, registry: Registry, catalog: Any) -> float | None:
+def _registered_peak_lr(ref: str, recipe: Recipe, registry: Registry, catalog: Catalog | None) -> float | None:
     """A registered base may bring its peak LR: the recipe's own base, or a recipe whose base is it."""
     names = [name for name, entry in registry.models.items() if entry.hub_id == ref]
     if recipe.base.model in names and recipe.base.peak_lr:
         return recipe.base.peak_lr
-    for other in catalog.recipes.values() if catalog is not None and hasattr(catalog, "recipes") else []:
+    for other in catalog.recipes.values() if catalog is not None else []:
         if other.base.model in names and other.base.peak_lr:
             return float(other.base.peak_lr)
     return None
@@ -217,11 +222,57 @@ def _pretrained_target(
     registry: Registry,
     request: PlanRequest,
     own: OwnBase,
-    catalog: Any,
+    catalog: Catalog | None,
     root: Path | None,
     resolve: bool,
 ) -> Target:
     notes: list[str] = []
+    base = _resolve_own_base(recipe, registry, own, root, resolve, notes)
+    ref = base.ref
+    config_context = base.context
+    base_context = _own_base_context(recipe, own, base, notes)
+    peak, lr_factor = _own_peak_lr(recipe, registry, own, ref, catalog)
+    base_end, end_note = rules.base_end_lr(recipe, peak, lr_factor)
+    notes += [end_note] if end_note else []
+    budget = _own_budget(recipe, own, notes)
+    layout, stream_of = _own_data_layout(recipe, registry, own, base.slug(), notes)
+    return Target(
+        kind="pretrained",
+        family=base.model_type,
+        base_context=base_context,
+        length_factor=base_context / recipe.base.context_length,
+        theta=base.rope_theta,
+        theta_factor=base.rope_theta / (recipe.base.rope_theta or registry.models[recipe.base.model].rope_theta),
+        vocab_size=base.vocab_size,
+        peak_lr=peak,
+        lr_factor=lr_factor,
+        base_end=base_end,
+        budget=budget,
+        min_steps=own.min_steps,
+        max_runs=None,
+        micro_tokens=own.micro_batch_tokens or (None if not own.model else DEFAULT_MICRO_TOKENS),
+        tokens_per_step=None,
+        precision="bf16",
+        strategy="fsdp",
+        activation_checkpointing=not own.model,
+        checkpoints_per_run=4 if own.model else 20,
+        stream_of=stream_of,
+        layout=layout,
+        init_base=Pretrained(path=ref, revision=base.revision),
+        notes=[
+            *notes,
+            f"base {ref}"
+            + ((f"@{base.revision}" if base.revision else "") if base.is_hub else " (local directory)")
+            + f": {base.model_type}, context {config_context:,}, RoPE θ {base.rope_theta:,.0f}, vocabulary {base.vocab_size:,}",
+        ],
+    )
+
+
+def _resolve_own_base(
+    recipe: Recipe, registry: Registry, own: OwnBase, root: Path | None, resolve: bool, notes: list[str]
+) -> ResolvedBase:
+    """The base to mid-train: `--base`, else the recipe's published base (its registry facts when it
+    is not available here and `resolve` is off). It must have RoPE if the recipe changes RoPE."""
     entry = registry.models[recipe.base.model]
     ref = own.model or entry.hub_id
     if not ref and not resolve:
@@ -252,6 +303,12 @@ def _pretrained_target(
             expected="a base with rope_theta / rope_parameters in its config",
             found=base.model_type,
         )
+    return base
+
+
+def _own_base_context(recipe: Recipe, own: OwnBase, base: ResolvedBase, notes: list[str]) -> int:
+    """The context to plan from: `--context` (never longer than the base's own), else the base's.
+    An own base must be shorter than the recipe's target context when the recipe extends it."""
     config_context = base.context
     base_context = own.context or config_context
     if own.context and own.context > config_context:
@@ -270,8 +327,13 @@ def _pretrained_target(
             expected=f"< {recipe.final_context():,}",
             found=f"{base_context:,}",
         )
-    length_factor = base_context / recipe.base.context_length
-    recipe_theta = recipe.base.rope_theta or entry.rope_theta
+    return base_context
+
+
+def _own_peak_lr(
+    recipe: Recipe, registry: Registry, own: OwnBase, ref: str, catalog: Catalog | None
+) -> tuple[float, float]:
+    """The base's peak LR and the factor that maps the recipe's LRs onto it."""
     peak = own.peak_lr or _registered_peak_lr(ref, recipe, registry, catalog)
     if peak is None and not own.model:
         peak = rules.recipe_reference_lr(recipe)  # the published base: the recipe's LRs are its own
@@ -283,8 +345,11 @@ def _pretrained_target(
     lr_factor = peak / rules.recipe_reference_lr(recipe)
     if not own.model and (recipe.base.peak_lr or not own.peak_lr):
         lr_factor = 1.0  # the published base: LRs as published
-    base_end, end_note = rules.base_end_lr(recipe, peak, lr_factor)
-    notes += [end_note] if end_note else []
+    return peak, lr_factor
+
+
+def _own_budget(recipe: Recipe, own: OwnBase, notes: list[str]) -> float:
+    """Mid-training tokens per run: `--tokens`, else the recipe's."""
     recipe_tokens = sum(s.total_tokens() or 0.0 for s in recipe.stages)
     budget = float(own.tokens or recipe_tokens)
     if budget <= 0:
@@ -293,59 +358,36 @@ def _pretrained_target(
         notes.append(
             f"{budget:,.0f} mid-training tokens per run instead of the recipe's {recipe_tokens:,.0f} (--tokens)"
         )
-    slug = base.slug()
+    return budget
+
+
+def _own_data_layout(
+    recipe: Recipe, registry: Registry, own: OwnBase, slug: str, notes: list[str]
+) -> tuple[Layout, Callable[[str], str]]:
+    """Where data and runs go, and the stream each source is read from: the sources themselves, or
+    their built-in stand-ins (`--stand-in-data`)."""
     if own.stand_in_data:
-        layout = Layout(data=f"standin-{slug}", run=f"{recipe.id}--{slug}")
-        stream_of: Callable[[str], str] = lambda source: f"{registry.sources[source].builtin.value}.train"  # noqa: E731
         notes.append(
             "data: each source's built-in stand-in corpus, tokenized with the base's tokenizer (--stand-in-data)"
         )
-    else:
-        layout = Layout(data=f"{recipe.id}--{slug}", run=f"{recipe.id}--{slug}")
-        stream_of = lambda source: f"{source}.train"  # noqa: E731
-        for name in sorted({c.source for s in recipe.stages for c in s.mixture.components}):
-            absolute = [f for f in registry.sources[name].files or [] if Path(f).is_absolute()]
-            if absolute:
-                notes.append(
-                    f"source {name} reads absolute paths outside the project, as its registry entry asks: {', '.join(absolute)}"
-                )
-    return Target(
-        kind="pretrained",
-        family=base.model_type,
-        base_context=base_context,
-        length_factor=length_factor,
-        theta=base.rope_theta,
-        theta_factor=base.rope_theta / recipe_theta,
-        vocab_size=base.vocab_size,
-        peak_lr=peak,
-        lr_factor=lr_factor,
-        base_end=base_end,
-        budget=budget,
-        min_steps=own.min_steps,
-        max_runs=None,
-        micro_tokens=own.micro_batch_tokens or (None if not own.model else DEFAULT_MICRO_TOKENS),
-        tokens_per_step=None,
-        precision="bf16",
-        strategy="fsdp",
-        activation_checkpointing=not own.model,
-        checkpoints_per_run=4 if own.model else 20,
-        stream_of=stream_of,
-        layout=layout,
-        init_base=Pretrained(path=ref, revision=base.revision),
-        notes=[
-            *notes,
-            f"base {ref}"
-            + ((f"@{base.revision}" if base.revision else "") if base.is_hub else " (local directory)")
-            + f": {base.model_type}, context {config_context:,}, RoPE θ {base.rope_theta:,.0f}, vocabulary {base.vocab_size:,}",
-        ],
-    )
+        return (
+            Layout(data=f"standin-{slug}", run=f"{recipe.id}--{slug}"),
+            lambda source: f"{registry.sources[source].builtin.value}.train",
+        )
+    for name in sorted({c.source for s in recipe.stages for c in s.mixture.components}):
+        absolute = [f for f in registry.sources[name].files or [] if Path(f).is_absolute()]
+        if absolute:
+            notes.append(
+                f"source {name} reads absolute paths outside the project, as its registry entry asks: {', '.join(absolute)}"
+            )
+    return Layout(data=f"{recipe.id}--{slug}", run=f"{recipe.id}--{slug}"), lambda source: f"{source}.train"
 
 
 # ---------------------------------------------------------------- the stage loop
 
 
 def _plan(recipe: Recipe, registry: Registry, target: Target, request: PlanRequest) -> Plan:
-    layout, notes = target.layout, list(target.notes)
+    notes = list(target.notes)
     shares = rules.stage_token_shares(recipe)
     max_context = max(rules.sequence_length(s.sequence_length, target.length_factor) for s in recipe.stages)
     max_context = max(max_context, target.base_context)
@@ -357,117 +399,178 @@ def _plan(recipe: Recipe, registry: Registry, target: Target, request: PlanReque
     previous, theta = "base", target.theta
     total_flops = 0.0
     for stage, share in zip(recipe.stages, shares):
-        seq = rules.sequence_length(stage.sequence_length, target.length_factor)
-        stage_tokens = target.budget * share
-        if target.tokens_per_step is not None:
-            tokens_per_step = target.tokens_per_step
-        else:
-            recipe_tps = stage.tokens_per_step() or DEFAULT_TOKENS_PER_STEP
-            if not stage.tokens_per_step():
-                notes.append(
-                    f"stage {stage.name}: no batch stated; assuming {DEFAULT_TOKENS_PER_STEP:,} tokens per step"
-                )
-            if stage_tokens < target.min_steps * seq:
-                raise MidtrainError.single(
-                    f"stage {stage.name} gets {stage_tokens:,.0f} tokens, fewer than {target.min_steps} steps of one "
-                    f"{seq}-token sequence (option --tokens)",
-                    expected=f"--tokens ≥ {math.ceil(target.min_steps * seq / share):,}",
-                    found=f"{target.budget:,.0f}",
-                )
-            tokens_per_step = rules.tokens_per_step_for_budget(recipe_tps, stage_tokens, seq, target.min_steps)
-            if tokens_per_step < recipe_tps:
-                notes.append(
-                    f"stage {stage.name}: {tokens_per_step:,.0f} tokens per step instead of {recipe_tps:,.0f} so that the "
-                    f"budget gives at least {target.min_steps} steps"
-                )
-        global_batch, micro = rules.fit_batch(tokens_per_step, seq, target.micro_tokens or seq)
-        steps = rules.steps_for(stage_tokens, global_batch, seq)
-        if steps < target.min_steps:
-            notes.append(
-                f"stage {stage.name}: {steps} steps raised to the minimum of {target.min_steps} ({share:.2%} of the recipe's tokens)"
-            )
-            steps = target.min_steps
-        recipe_steps = stage.total_steps() or steps
-        token_ratio = steps * global_batch * seq / max(stage.total_tokens() or 1.0, 1.0)
-        schedule = rules.scale_schedule(stage.schedule, target.lr_factor, recipe_steps, token_ratio, global_batch * seq)
+        size = _stage_size(stage, share, target, notes)
+        recipe_steps = stage.total_steps() or size.steps
+        token_ratio = size.tokens / max(stage.total_tokens() or 1.0, 1.0)
+        schedule = rules.scale_schedule(
+            stage.schedule, target.lr_factor, recipe_steps, token_ratio, size.global_batch * size.sequence_length
+        )
         rope = rules.scale_rope(stage.rope, target.length_factor, target.theta_factor)
         if rope and rope.get("theta"):
             theta = rope["theta"]
         mixture, streams = _mixture(stage, target)
-        count = stage.runs.count
-        if target.max_runs and count > target.max_runs:
-            notes.append(f"stage {stage.name}: {count} runs cut to {target.max_runs}")
-            count = target.max_runs
+        names = _run_names(stage, target, notes)
         init = {"base": "base", "previous": previous}.get(stage.init, produced.get(stage.init, stage.init))
-        names = [stage.name] if count == 1 else [f"{stage.name}-{i}" for i in range(count)]
-        seeds = stage.runs.seeds or list(range(count))
-        polyak = next(
-            (m for m in recipe.merges if m.method == "polyak" and any(i.stage == stage.name for i in m.inputs)), None
-        )
-        ema = next(
-            (m for m in recipe.merges if m.method == "ema" and any(i.stage == stage.name for i in m.inputs)), None
-        )
+        settings = _StageRuns(stage, size, schedule, rope, streams, max_context)
         for index, name in enumerate(names):
-            runs[name] = RunSpec.model_validate(
-                {
-                    "name": f"{recipe.id}/{name}",
-                    "out": layout.run_dir(name),
-                    "init": {"path": "pending"},
-                    "tokenizer": layout.tokenizer_dir,
-                    "data": layout.data_dir,
-                    "streams": streams,
-                    "sequence_length": seq,
-                    "global_batch": global_batch,
-                    "micro_batch": micro,
-                    "steps": steps,
-                    "schedule": schedule,
-                    "optimizer": _trainable_optimizer(stage.optimizer or recipe.optimizer, notes),
-                    "seed": request.seed + index,
-                    "data_seed": request.seed * 1000 + seeds[index],
-                    "precision": target.precision,
-                    "checkpoint_every": max(steps // target.checkpoints_per_run, 1),
-                    "rope": rope,
-                    "max_position_embeddings": max_context,
-                    "z_loss": stage.z_loss,
-                    "base_lr": target.base_end if stage.schedule.type == "from_base" else None,
-                    "polyak": {"checkpoints": min(polyak.checkpoints or 3, steps)} if polyak else None,
-                    "ema_decay": ema.ema_decay if ema else None,
-                    "strategy": target.strategy,
-                    "activation_checkpointing": target.activation_checkpointing,
-                    "max_epochs": {},
-                    "on_repeat": "warn",
-                }
-            )
+            runs[name] = _run_spec(recipe, target, request, settings, name, index, notes)
             run_stage[name] = (stage.name, index)
-        total_flops += 6 * seq * global_batch * steps * len(names)
-        model = runs[names[0]].schedule
-        lr_start = rules.finite_or_none(_lr_after_warmup(model, steps, target.base_end))
-        lr_end = rules.finite_or_none(model.lr_at(steps - 1, steps, target.base_end))
-        stages.append(
-            StagePlan(
-                name=stage.name,
-                kind=stage.kind.value,
-                runs=names,
-                tokens_per_run=steps * global_batch * seq,
-                steps=steps,
-                sequence_length=seq,
-                global_batch=global_batch,
-                micro_batch=micro,
-                lr_start=lr_start,
-                lr_end=lr_end,
-                schedule=model.describe(),
-                rope=_describe_rope(rope, theta),
-                rope_theta=theta,
-                mixture=mixture,
-                streams=streams,
-                init=init,
-            )
-        )
+        total_flops += 6 * size.tokens * len(names)
+        stages.append(_stage_plan(settings, names, runs[names[0]].schedule, target, theta, mixture, init))
         produced[stage.name] = names[0]
         previous = _resolve_merges(recipe, stage.name, run_stage, merges, produced)
     final = recipe.final or (previous if recipe.stages else "base")
     final = produced.get(final, final)
     return _assemble(recipe, registry, target, request, stages, runs, merges, final, notes, total_flops, max_context)
+
+
+@dataclass
+class _StageSize:
+    """One stage at the target: sequence length, batch and optimizer steps of each of its runs."""
+
+    sequence_length: int
+    global_batch: int
+    micro_batch: int
+    steps: int
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.global_batch * self.sequence_length
+
+
+@dataclass
+class _StageRuns:
+    """What every run of one stage shares."""
+
+    stage: Stage
+    size: _StageSize
+    schedule: dict[str, Any]
+    rope: dict[str, Any] | None
+    streams: dict[str, float]
+    max_context: int
+
+
+def _stage_size(stage: Stage, share: float, target: Target, notes: list[str]) -> _StageSize:
+    """The stage's share of the budget as sequences, batches and steps (at least target.min_steps)."""
+    seq = rules.sequence_length(stage.sequence_length, target.length_factor)
+    stage_tokens = target.budget * share
+    if target.tokens_per_step is not None:
+        tokens_per_step = target.tokens_per_step
+    else:
+        recipe_tps = stage.tokens_per_step() or DEFAULT_TOKENS_PER_STEP
+        if not stage.tokens_per_step():
+            notes.append(f"stage {stage.name}: no batch stated; assuming {DEFAULT_TOKENS_PER_STEP:,} tokens per step")
+        if stage_tokens < target.min_steps * seq:
+            raise MidtrainError.single(
+                f"stage {stage.name} gets {stage_tokens:,.0f} tokens, fewer than {target.min_steps} steps of one "
+                f"{seq}-token sequence (option --tokens)",
+                expected=f"--tokens ≥ {math.ceil(target.min_steps * seq / share):,}",
+                found=f"{target.budget:,.0f}",
+            )
+        tokens_per_step = rules.tokens_per_step_for_budget(recipe_tps, stage_tokens, seq, target.min_steps)
+        if tokens_per_step < recipe_tps:
+            notes.append(
+                f"stage {stage.name}: {tokens_per_step:,.0f} tokens per step instead of {recipe_tps:,.0f} so that the "
+                f"budget gives at least {target.min_steps} steps"
+            )
+    global_batch, micro = rules.fit_batch(tokens_per_step, seq, target.micro_tokens or seq)
+    steps = rules.steps_for(stage_tokens, global_batch, seq)
+    if steps < target.min_steps:
+        notes.append(
+            f"stage {stage.name}: {steps} steps raised to the minimum of {target.min_steps} ({share:.2%} of the recipe's tokens)"
+        )
+        steps = target.min_steps
+    return _StageSize(seq, global_batch, micro, steps)
+
+
+def _run_names(stage: Stage, target: Target, notes: list[str]) -> list[str]:
+    """The stage's runs (at most target.max_runs): the stage's name, or name-0, name-1, ..."""
+    count = stage.runs.count
+    if target.max_runs and count > target.max_runs:
+        notes.append(f"stage {stage.name}: {count} runs cut to {target.max_runs}")
+        count = target.max_runs
+    return [stage.name] if count == 1 else [f"{stage.name}-{i}" for i in range(count)]
+
+
+def _run_spec(
+    recipe: Recipe,
+    target: Target,
+    request: PlanRequest,
+    settings: _StageRuns,
+    name: str,
+    index: int,
+    notes: list[str],
+) -> RunSpec:
+    """Run `index` of a stage; its init is filled in once every model's place is known (_assemble)."""
+    stage, size, layout = settings.stage, settings.size, target.layout
+    polyak = _averaging(recipe, stage.name, "polyak")
+    ema = _averaging(recipe, stage.name, "ema")
+    return RunSpec.model_validate(
+        {
+            "name": f"{recipe.id}/{name}",
+            "out": layout.run_dir(name),
+            "init": {"path": "pending"},
+            "tokenizer": layout.tokenizer_dir,
+            "data": layout.data_dir,
+            "streams": settings.streams,
+            "sequence_length": size.sequence_length,
+            "global_batch": size.global_batch,
+            "micro_batch": size.micro_batch,
+            "steps": size.steps,
+            "schedule": settings.schedule,
+            "optimizer": _trainable_optimizer(stage.optimizer or recipe.optimizer, notes),
+            "seed": request.seed + index,
+            "data_seed": request.seed * 1000 + (stage.runs.seeds[index] if stage.runs.seeds else index),
+            "precision": target.precision,
+            "checkpoint_every": max(size.steps // target.checkpoints_per_run, 1),
+            "rope": settings.rope,
+            "max_position_embeddings": settings.max_context,
+            "z_loss": stage.z_loss,
+            "base_lr": target.base_end if stage.schedule.type == "from_base" else None,
+            "polyak": {"checkpoints": min(polyak.checkpoints or 3, size.steps)} if polyak else None,
+            "ema_decay": ema.ema_decay if ema else None,
+            "strategy": target.strategy,
+            "activation_checkpointing": target.activation_checkpointing,
+            "max_epochs": {},
+            "on_repeat": "warn",
+        }
+    )
+
+
+def _averaging(recipe: Recipe, stage: str, method: str) -> Merge | None:
+    """The recipe's Polyak or EMA averaging of `stage`'s runs, if any."""
+    return next((m for m in recipe.merges if m.method == method and any(i.stage == stage for i in m.inputs)), None)
+
+
+def _stage_plan(
+    settings: _StageRuns,
+    names: list[str],
+    schedule: Schedule,
+    target: Target,
+    theta: float,
+    mixture: dict[str, dict[str, Any]],
+    init: str,
+) -> StagePlan:
+    """The stage as the plan summary shows it; `schedule` is its runs' (scaled) schedule."""
+    stage, size = settings.stage, settings.size
+    return StagePlan(
+        name=stage.name,
+        kind=stage.kind.value,
+        runs=names,
+        tokens_per_run=size.tokens,
+        steps=size.steps,
+        sequence_length=size.sequence_length,
+        global_batch=size.global_batch,
+        micro_batch=size.micro_batch,
+        lr_start=rules.finite_or_none(_lr_after_warmup(schedule, size.steps, target.base_end)),
+        lr_end=rules.finite_or_none(schedule.lr_at(size.steps - 1, size.steps, target.base_end)),
+        schedule=schedule.describe(),
+        rope=_describe_rope(settings.rope, theta),
+        rope_theta=theta,
+        mixture=mixture,
+        streams=settings.streams,
+        init=init,
+    )
 
 
 def _describe_rope(rope: dict[str, Any] | None, theta: float) -> str:
@@ -479,13 +582,13 @@ def _describe_rope(rope: dict[str, Any] | None, theta: float) -> str:
     return Rope.model_validate(rope).describe(theta)
 
 
-def _lr_after_warmup(schedule: Any, steps: int, base_lr: float) -> float:
+def _lr_after_warmup(schedule: Schedule, steps: int, base_lr: float) -> float:
     from midtrain.schema.schedule import lr_after_warmup
 
     return lr_after_warmup(schedule, steps, base_lr)
 
 
-def _mixture(stage: Any, target: Target) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+def _mixture(stage: Stage, target: Target) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
     streams: dict[str, float] = {}
     mixture: dict[str, dict[str, Any]] = {}
     for name, share in stage.mixture.shares().items():
@@ -513,7 +616,7 @@ def _resolve_merges(
     return previous
 
 
-def _plan_merge(merge: Any, run_stage: dict[str, tuple[str, int]], merges: list[MergePlan]) -> MergePlan:
+def _plan_merge(merge: Merge, run_stage: dict[str, tuple[str, int]], merges: list[MergePlan]) -> MergePlan:
     if merge.method in ("polyak", "ema"):
         run = next(name for name, (stage, _) in run_stage.items() if stage == merge.inputs[0].stage)
         return MergePlan(name=merge.name, method=merge.method, inputs=[run], source_of=run)
@@ -579,12 +682,36 @@ def _assemble(
 ) -> Plan:
     layout = target.layout
     profile = registry.scales.get(request.scale)
-    base_spec: Any
+    base_ref, base_spec, summary_base, fingerprint = _base_side(recipe, target, request, profile)
+    mid, final_ref = _mid_spec(recipe, layout, stages, runs, merges, final, base_ref, fingerprint)
+    data = _data_spec(recipe, target, request)
+    evaluation = _eval_spec(recipe, target, request, profile, base_ref, final_ref, max_context, notes)
+    summary = PlanSummary(
+        recipe=recipe.id,
+        scale=request.scale if request.base is None else "own-base",
+        layout=layout,
+        model=_model_summary(recipe, target, max_context),
+        objectives=[o.value for o in recipe.objectives],
+        base=summary_base,
+        stages=stages,
+        merges=merges,
+        final=final,
+        notes=notes,
+        evaluation={"kind": evaluation.kind, "lm_eval": evaluation.lm_eval.tasks if evaluation.lm_eval else []},
+        compute=_compute(recipe, registry, target, request, stages) if target.kind == "pretrained" else None,
+    )
+    return Plan(summary=summary, data=data, base=base_spec, mid=mid, evaluation=evaluation)
+
+
+def _base_side(
+    recipe: Recipe, target: Target, request: PlanRequest, profile: ScaleProfile | None
+) -> tuple[ModelUnderTest, PretrainBase | PretrainedBase, BaseSummary, str | None]:
+    """The base: where its model is, how it is made (pretrained here, or taken as it is), its
+    summary, and the fingerprint that makes DVC rerun when it changes (a given base only)."""
+    layout = target.layout
     if isinstance(target.init_base, NewModel):
-        base_ref = ModelUnderTest(path=layout.base_model)
         base_run = _base_run(recipe, target, request, profile)
-        base_spec = PretrainBase(spec=base_run)
-        summary_base = BaseSummary(
+        summary = BaseSummary(
             kind="pretrain",
             model=f"{target.family} stand-in",
             context=target.base_context,
@@ -598,26 +725,38 @@ def _assemble(
             note="a stand-in base pretrained on a general-heavy built-in mix, ending at the "
             "LR where the recipe's base left off",
         )
-        fingerprint = None
-    else:
-        ref = target.init_base
-        base_ref = ModelUnderTest(path=ref.path, revision=ref.revision)
-        fingerprint = (
-            f"{ref.path}@{ref.revision}"
-            if ref.revision
-            else (request.base.fingerprint if request.base else None) or ref.path
-        )
-        base_spec = PretrainedBase(model=ref, fingerprint=fingerprint, out=layout.base_dir)
-        summary_base = BaseSummary(
-            kind="pretrained",
-            model=ref.path,
-            revision=ref.revision,
-            context=target.base_context,
-            rope_theta=target.theta,
-            vocab_size=target.vocab_size,
-            peak_lr=target.peak_lr,
-            lr_end=target.base_end,
-        )
+        return ModelUnderTest(path=layout.base_model), PretrainBase(spec=base_run), summary, None
+    ref = target.init_base
+    fingerprint = (
+        f"{ref.path}@{ref.revision}"
+        if ref.revision
+        else (request.base.fingerprint if request.base else None) or ref.path
+    )
+    summary = BaseSummary(
+        kind="pretrained",
+        model=ref.path,
+        revision=ref.revision,
+        context=target.base_context,
+        rope_theta=target.theta,
+        vocab_size=target.vocab_size,
+        peak_lr=target.peak_lr,
+        lr_end=target.base_end,
+    )
+    base_spec = PretrainedBase(model=ref, fingerprint=fingerprint, out=layout.base_dir)
+    return ModelUnderTest(path=ref.path, revision=ref.revision), base_spec, summary, fingerprint
+
+
+def _mid_spec(
+    recipe: Recipe,
+    layout: Layout,
+    stages: list[StagePlan],
+    runs: dict[str, RunSpec],
+    merges: list[MergePlan],
+    final: str,
+    base_ref: ModelUnderTest,
+    fingerprint: str | None,
+) -> tuple[MidSpec, ModelUnderTest]:
+    """Mid-training: every run starting from the model its stage names, the merges, and the final model."""
     for name, spec in runs.items():
         stage = next(s for s in stages if name in s.runs)
         init = base_ref if stage.init == "base" else _model_dir(stage.init, layout, merges, base_ref)
@@ -625,7 +764,7 @@ def _assemble(
     merge_specs = {
         m.name: MergeSpec(
             method=m.method,
-            inputs=[_model_dir(i, layout, merges, base_ref).path for i in m.inputs],  # type: ignore[arg-type]
+            inputs=[_model_dir(i, layout, merges, base_ref).path for i in m.inputs],
             weights=m.weights,
             out=_model_dir(m.name, layout, merges, base_ref).path,
             source_of=m.source_of,
@@ -641,9 +780,11 @@ def _assemble(
         final=final_ref.path,
         base_fingerprint=fingerprint,
     )
-    data = _data_spec(recipe, target, request)
-    evaluation = _eval_spec(recipe, target, request, profile, base_ref, final_ref, max_context, notes)
-    model = {
+    return mid, final_ref
+
+
+def _model_summary(recipe: Recipe, target: Target, max_context: int) -> dict[str, Any]:
+    model: dict[str, Any] = {
         "family": target.family,
         "published_family": recipe.family.value,
         "base_context": target.base_context,
@@ -655,21 +796,7 @@ def _assemble(
         model["dims"] = target.init_base.dims.model_dump()
     else:
         model.update(path=target.init_base.path, revision=target.init_base.revision)
-    summary = PlanSummary(
-        recipe=recipe.id,
-        scale=request.scale if request.base is None else "own-base",
-        layout=layout,
-        model=model,
-        objectives=[o.value for o in recipe.objectives],
-        base=summary_base,
-        stages=stages,
-        merges=merges,
-        final=final,
-        notes=notes,
-        evaluation={"kind": evaluation.kind, "lm_eval": evaluation.lm_eval.tasks if evaluation.lm_eval else []},
-        compute=_compute(recipe, registry, target, request, stages) if target.kind == "pretrained" else None,
-    )
-    return Plan(summary=summary, data=data, base=base_spec, mid=mid, evaluation=evaluation)
+    return model
 
 
 def _base_run(recipe: Recipe, target: Target, request: PlanRequest, profile: ScaleProfile | None) -> RunSpec:
@@ -705,7 +832,7 @@ def _base_run(recipe: Recipe, target: Target, request: PlanRequest, profile: Sca
     )
 
 
-def _data_spec(recipe: Recipe, target: Target, request: PlanRequest) -> Any:
+def _data_spec(recipe: Recipe, target: Target, request: PlanRequest) -> BuiltinData | StandInData | SourceData:
     layout = target.layout
     if isinstance(target.init_base, NewModel):
         return BuiltinData(out=layout.data_dir, vocab_size=target.vocab_size, seed=request.seed)
@@ -745,7 +872,7 @@ def _eval_spec(
     final: ModelUnderTest,
     max_context: int,
     notes: list[str],
-) -> Any:
+) -> StandInEval | BenchmarkEval:
     sequences = (profile.eval_sequences if profile and request.base is None else None) or 64
     length = min(
         max(max_context, target.base_context * 4),

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midtrain.errors import MidtrainError
 from midtrain.schema.recipe import Recipe
+
+if TYPE_CHECKING:
+    from midtrain.schema.schedule import Schedule
 
 MIN_BASE_CONTEXT = 16
 MIN_SEQUENCE = 8
@@ -115,7 +118,7 @@ def scale_lr_fields(data: dict[str, Any], lr_factor: float) -> dict[str, Any]:
 
 
 def scale_schedule(
-    schedule: Any, lr_factor: float, recipe_steps: int, token_ratio: float, tokens_per_step: float
+    schedule: Schedule, lr_factor: float, recipe_steps: int, token_ratio: float, tokens_per_step: float
 ) -> dict[str, Any]:
     """The schedule with LRs × lr_factor and step counts turned into fractions of the stage."""
     data = scale_lr_fields(schedule.model_dump(mode="json", exclude_none=True), lr_factor)

@@ -23,20 +23,29 @@ def check_kind(kind: str) -> str:
 
 def json_schema(kind: str = "recipe") -> dict[str, Any]:
     """JSON Schema (draft 2020-12) of a recipe file or a registry file (`sources`, `models`, `scales`)."""
-    from pydantic import TypeAdapter
-
     from midtrain.schema.recipe import Recipe
-    from midtrain.schema.registry import BaseModelEntry, DataSource, ScaleProfile
 
     check_kind(kind)
     if kind == "recipe":
         schema = Recipe.model_json_schema()
         title = "midtrain recipe"
     else:
-        entry = {"sources": DataSource, "models": BaseModelEntry, "scales": ScaleProfile}[kind]
-        schema = TypeAdapter(dict[str, entry]).json_schema()  # type: ignore[valid-type]
+        schema = _registry_schema(kind)
         title = f"midtrain registry: {kind}"
     return {"$schema": DRAFT, "title": title, **schema}
+
+
+def _registry_schema(kind: str) -> dict[str, Any]:
+    """The JSON Schema of one registry file: a mapping of names to entries of that kind."""
+    from pydantic import TypeAdapter
+
+    from midtrain.schema.registry import BaseModelEntry, DataSource, ScaleProfile
+
+    if kind == "sources":
+        return TypeAdapter(dict[str, DataSource]).json_schema()
+    if kind == "models":
+        return TypeAdapter(dict[str, BaseModelEntry]).json_schema()
+    return TypeAdapter(dict[str, ScaleProfile]).json_schema()
 
 
 def schema_filename(kind: str) -> str:

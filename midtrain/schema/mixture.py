@@ -31,7 +31,7 @@ class Component(Strict):
     note: str | None = None
 
     @model_validator(mode="after")
-    def _buckets(self):  # type: ignore[no-untyped-def]
+    def _buckets(self) -> Component:
         if self.length_buckets:
             total = sum(b.share for b in self.length_buckets)
             if abs(total - 1.0) > 1e-6:
@@ -52,44 +52,57 @@ class Mixture(Strict):
     note: str | None = None
 
     @model_validator(mode="after")
-    def _check(self):  # type: ignore[no-untyped-def]
+    def _check(self) -> Mixture:
         counts = Counter(c.source for c in self.components)  # linear; list.count per item was quadratic
         duplicates = sorted(name for name, count in counts.items() if count > 1)
         if duplicates:
             raise ValueError(f"source listed more than once: {', '.join(duplicates)}")
-        with_share = [c for c in self.components if c.share is not None]
-        with_tokens = [c for c in self.components if c.tokens is not None]
-        if len(with_share) != len(self.components) and len(with_tokens) != len(self.components):
+        shares = self._given_shares()
+        tokens = self._given_tokens()
+        if shares is None and tokens is None:
             raise ValueError("every component needs a share, or every component needs tokens")
-        if len(with_share) == len(self.components):
-            total = sum(c.share for c in with_share)  # type: ignore[misc]
+        if shares is not None:
+            total = sum(shares.values())
             if abs(total - 1.0) > SHARE_TOLERANCE and not self.normalize:
                 raise ValueError(
                     f"shares must sum to 1 (within {SHARE_TOLERANCE:g}), found {total:.6g}; "
                     "fix them or set `normalize: true` if they are rounded values from a paper"
                 )
-            if len(with_tokens) == len(self.components):
-                token_shares = self._token_shares()
-                for c in self.components:
-                    if abs(token_shares[c.source] - c.share / total) > 0.01:  # type: ignore[operator]
+            if tokens is not None:
+                token_shares = _normalised(tokens)
+                for source, share in shares.items():
+                    if abs(token_shares[source] - share / total) > 0.01:
                         raise ValueError(
-                            f"{c.source}: share {c.share:g} disagrees with its tokens "
-                            f"({token_shares[c.source]:.4f} of the mixture's tokens)"
+                            f"{source}: share {share:g} disagrees with its tokens "
+                            f"({token_shares[source]:.4f} of the mixture's tokens)"
                         )
         return self
 
-    def _token_shares(self) -> dict[str, float]:
-        total = sum(c.tokens for c in self.components)  # type: ignore[misc]
-        return {c.source: c.tokens / total for c in self.components}  # type: ignore[operator]
+    def _given_shares(self) -> dict[str, float] | None:
+        """Each component's share as written, or None unless every component has one."""
+        shares = {c.source: c.share for c in self.components if c.share is not None}
+        return shares if len(shares) == len(self.components) else None
+
+    def _given_tokens(self) -> dict[str, float] | None:
+        """Each component's tokens as written, or None unless every component has them."""
+        tokens = {c.source: c.tokens for c in self.components if c.tokens is not None}
+        return tokens if len(tokens) == len(self.components) else None
 
     def shares(self) -> dict[str, float]:
         """Normalised shares by source name, whichever way the recipe wrote them."""
-        if all(c.share is not None for c in self.components):
-            total = sum(c.share for c in self.components)  # type: ignore[misc]
-            return {c.source: c.share / total for c in self.components}  # type: ignore[operator]
-        return self._token_shares()
+        shares = self._given_shares()
+        if shares is not None:
+            return _normalised(shares)
+        tokens = self._given_tokens()
+        if tokens is None:  # unreachable once validated: every component has a share or tokens
+            raise ValueError("every component needs a share, or every component needs tokens")
+        return _normalised(tokens)
 
     def total_tokens(self) -> float | None:
-        if all(c.tokens is not None for c in self.components):
-            return float(sum(c.tokens for c in self.components))  # type: ignore[misc]
-        return None
+        tokens = self._given_tokens()
+        return None if tokens is None else float(sum(tokens.values()))
+
+
+def _normalised(amounts: dict[str, float]) -> dict[str, float]:
+    total = sum(amounts.values())
+    return {source: amount / total for source, amount in amounts.items()}

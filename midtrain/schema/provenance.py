@@ -45,7 +45,7 @@ class Entry(Strict):
     )
 
     @model_validator(mode="after")
-    def _needs(self):  # type: ignore[no-untyped-def]
+    def _needs(self) -> Entry:
         if self.status == "stated" and not self.cite:
             raise ValueError("a stated value needs `cite` (section, table or config)")
         if self.status == "derived" and not self.note:
@@ -70,8 +70,9 @@ class Contradiction(Strict):
 def _item_key(item: Any, index: int) -> str:
     if isinstance(item, dict):
         for key in ("name", "source", "benchmark"):
-            if isinstance(item.get(key), str):
-                return item[key]
+            value = item.get(key)
+            if isinstance(value, str):
+                return value
     return str(index)
 
 

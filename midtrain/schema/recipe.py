@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from midtrain.errors import LocatedErrors
+from midtrain.errors import FieldProblem, LocatedErrors
 from midtrain.schema.base import (
     FAMILY_ARCHITECTURES,
     SCHEMA_VERSION,
@@ -78,15 +78,15 @@ class Merge(Strict):
     description: str | None = None
 
     @model_validator(mode="after")
-    def _check(self):  # type: ignore[no-untyped-def]
+    def _check(self) -> Merge:
         if self.method in ("uniform", "weighted", "polyak") and not self.inputs:
             raise ValueError(f"a {self.method} merge needs inputs")
         if self.method == "weighted":
-            weights = [i.weight for i in self.inputs]
-            if any(w is None for w in weights):
+            weights = [i.weight for i in self.inputs if i.weight is not None]
+            if len(weights) < len(self.inputs):
                 raise ValueError("a weighted merge needs a weight on every input")
-            if abs(sum(weights) - 1.0) > 1e-6:  # type: ignore[arg-type]
-                raise ValueError(f"merge weights must sum to 1, found {sum(weights):.6g}")  # type: ignore[arg-type]
+            if abs(sum(weights) - 1.0) > 1e-6:
+                raise ValueError(f"merge weights must sum to 1, found {sum(weights):.6g}")
         if self.method == "uniform" and any(i.weight is not None for i in self.inputs):
             raise ValueError("a uniform merge takes no weights; use method: weighted")
         if self.method == "ema" and self.ema_decay is None:
@@ -114,7 +114,7 @@ class Result(Strict):
     note: str | None = None
 
     @model_validator(mode="after")
-    def _some_number(self):  # type: ignore[no-untyped-def]
+    def _some_number(self) -> Result:
         if self.after is None and self.delta is None:
             raise ValueError("give `after` (and `before`), or `delta` when only the change is reported")
         if self.delta is not None and self.delta_kind is None:
@@ -157,13 +157,17 @@ class Recipe(Strict):
         return value
 
     @model_validator(mode="after")
-    def _cross_checks(self):  # type: ignore[no-untyped-def]
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+    def _cross_checks(self) -> Recipe:
+        problems = self._stage_problems() + self._merge_problems() + self._path_problems()
+        if problems:
+            raise LocatedErrors(problems)
+        return self
+
+    def _stage_problems(self) -> list[FieldProblem]:
+        """Stage names, what each stage starts from, and what its schedule and RoPE need from the base."""
+        problems: list[FieldProblem] = []
         names: set[str] = set()
         merge_names = {m.name for m in self.merges}  # built once: per stage it made the check quadratic
-        stages_by_name: dict[str, Stage] = {}
-        for stage in self.stages:
-            stages_by_name.setdefault(stage.name, stage)
         for index, stage in enumerate(self.stages):
             if stage.name in names:
                 problems.append((("stages", index, "name"), f"stage name {stage.name!r} is used twice"))
@@ -187,7 +191,15 @@ class Recipe(Strict):
                         )
                     )
             names.add(stage.name)
-        known = set(names)
+        return problems
+
+    def _merge_problems(self) -> list[FieldProblem]:
+        """Merge names, their inputs (stages, runs and earlier merges) and the final model."""
+        problems: list[FieldProblem] = []
+        stages_by_name: dict[str, Stage] = {}
+        for stage in self.stages:
+            stages_by_name.setdefault(stage.name, stage)
+        known = set(stages_by_name)
         for index, merge in enumerate(self.merges):
             if merge.name in known:
                 problems.append((("merges", index, "name"), f"name {merge.name!r} is already used by a stage or merge"))
@@ -197,17 +209,22 @@ class Recipe(Strict):
                         (("merges", index, "inputs", j, "stage"), f"{item.stage!r} is not a stage or earlier merge")
                     )
                     continue
-                stage = stages_by_name.get(item.stage)
-                if stage is not None and item.run is not None and item.run >= stage.runs.count:
+                source = stages_by_name.get(item.stage)
+                if source is not None and item.run is not None and item.run >= source.runs.count:
                     problems.append(
                         (
                             ("merges", index, "inputs", j, "run"),
-                            f"run {item.run} but {item.stage!r} has {stage.runs.count} runs",
+                            f"run {item.run} but {item.stage!r} has {source.runs.count} runs",
                         )
                     )
             known.add(merge.name)
         if self.final is not None and self.final not in known:
             problems.append((("final",), f"{self.final!r} is not a stage or merge"))
+        return problems
+
+    def _path_problems(self) -> list[FieldProblem]:
+        """Provenance entries and contradictions must name fields that exist."""
+        problems: list[FieldProblem] = []
         aliases = path_aliases(
             self.model_dump(mode="json", exclude={"provenance", "contradictions"}, exclude_none=True)
         )
@@ -216,13 +233,11 @@ class Recipe(Strict):
                 problems.append(
                     (("provenance", path), f"{path!r} is not a field of this recipe (check the stage/source names)")
                 )
-        for index, item in enumerate(self.contradictions):
-            for path in item.about:
+        for index, contradiction in enumerate(self.contradictions):
+            for path in contradiction.about:
                 if path not in aliases:
                     problems.append((("contradictions", index, "about"), f"{path!r} is not a field of this recipe"))
-        if problems:
-            raise LocatedErrors(problems)
-        return self
+        return problems
 
     # ---- queries used by the CLI, the planner and the linter ----
 

@@ -27,7 +27,7 @@ class DataSource(Strict):
     url: str | None = None
 
     @model_validator(mode="after")
-    def _origin(self):  # type: ignore[no-untyped-def]
+    def _origin(self) -> DataSource:
         if self.template is None and self.text_field is None:
             raise ValueError("give text_field or template")
         return self
@@ -41,7 +41,7 @@ class TinyDims(Strict):
     intermediate_size: int = Field(gt=0, le=16384)
 
     @model_validator(mode="after")
-    def _heads(self):  # type: ignore[no-untyped-def]
+    def _heads(self) -> TinyDims:
         if self.hidden_size % self.num_attention_heads:
             raise ValueError("hidden_size must be divisible by num_attention_heads")
         if self.num_attention_heads % self.num_key_value_heads:
@@ -93,7 +93,7 @@ class ScaleProfile(Strict):
     precision: str = "fp32"
 
     @model_validator(mode="after")
-    def _model(self):  # type: ignore[no-untyped-def]
+    def _model(self) -> ScaleProfile:
         if self.model not in ("stand-in", "published"):
             raise ValueError(f"model must be 'stand-in' or 'published', found {self.model!r}")
         return self

@@ -8,13 +8,15 @@ integer steps 0..total_steps and never touches global state, so resume and plott
 from __future__ import annotations
 
 import math
-from typing import Annotated, Literal
+from typing import Annotated, Generic, Literal, TypeVar
 
 from pydantic import Field, model_validator
 
 from midtrain.schema.base import Count, Fraction, LearningRate, Strict
 
 DecayShape = Literal["linear", "cosine", "1-sqrt", "exponential"]
+HeldOrDecayShape = Literal["linear", "cosine", "1-sqrt", "exponential", "none"]  # from_base may hold the LR
+Shape = TypeVar("Shape", DecayShape, HeldOrDecayShape)  # the decays a schedule with a `decay` field accepts
 
 
 def decay_factor(shape: str, progress: float, half_life_steps: float | None = None, steps_into: float = 0.0) -> float:
@@ -33,7 +35,7 @@ def decay_factor(shape: str, progress: float, half_life_steps: float | None = No
     if shape == "exponential":
         if not half_life_steps:
             raise ValueError("exponential decay needs a half-life")
-        return 0.5 ** (max(steps_into, 0.0) / half_life_steps)
+        return math.pow(0.5, max(steps_into, 0.0) / half_life_steps)
     raise ValueError(f"unknown decay shape {shape!r}")
 
 
@@ -42,7 +44,7 @@ class _Warmup(Strict):
     warmup_fraction: Fraction | None = Field(None, description="Linear warmup as a share of the stage's steps.")
 
     @model_validator(mode="after")
-    def _one_warmup(self):  # type: ignore[no-untyped-def]
+    def _one_warmup(self) -> _Warmup:
         if self.warmup_steps is not None and self.warmup_fraction is not None:
             raise ValueError("give warmup_steps or warmup_fraction, not both")
         return self
@@ -120,8 +122,8 @@ class Cosine(_Warmup):
         return f"{self.warmup_text()}cosine {self.peak_lr:.3g} → {self.min_lr:.3g}"
 
 
-class _Decay(Strict):
-    decay: DecayShape = "linear"
+class _Decay(Strict, Generic[Shape]):
+    decay: Shape = Field("linear")
     half_life_steps: float | None = Field(None, gt=0, description="Exponential decay: steps per halving.")
     half_life_fraction: Fraction | None = Field(
         None, description="Exponential decay: half-life as a share of the stage."
@@ -151,7 +153,7 @@ class _Decay(Strict):
         return f"exponential, half-life {self.half_life_fraction:.1%}"
 
 
-class WSD(_Warmup, _Decay):
+class WSD(_Warmup, _Decay[DecayShape]):
     """Warmup-Stable-Decay (MiniCPM Eq. 1): warmup, hold `peak_lr`, then decay to `min_lr`."""
 
     type: Literal["wsd"] = "wsd"
@@ -161,7 +163,7 @@ class WSD(_Warmup, _Decay):
     decay_steps: int | None = Field(None, ge=0)
 
     @model_validator(mode="after")
-    def _check(self):  # type: ignore[no-untyped-def]
+    def _check(self) -> WSD:
         self._check_decay()
         if (self.decay_fraction is None) == (self.decay_steps is None):
             raise ValueError("give exactly one of decay_fraction or decay_steps")
@@ -190,7 +192,7 @@ class WSD(_Warmup, _Decay):
         )
 
 
-class Power(_Warmup, _Decay):
+class Power(_Warmup, _Decay[DecayShape]):
     """Power scheduler (Shen et al. 2024, Granite 3.0): lr(n) = min(max_lr, batch * a * n^b), n = tokens seen.
 
     Followed by a decay over the last `decay_fraction` of the stage, by default exponential.
@@ -207,13 +209,13 @@ class Power(_Warmup, _Decay):
     min_lr: LearningRate = 0.0
 
     @model_validator(mode="after")
-    def _check(self):  # type: ignore[no-untyped-def]
+    def _check(self) -> Power:
         self._check_decay()
         return self
 
     def power_lr(self, step: int) -> float:
         tokens = self.tokens_before + (step + 1) * self.tokens_per_step
-        return min(self.max_lr, self.batch_size * self.a * tokens**self.b)
+        return min(self.max_lr, self.batch_size * self.a * math.pow(tokens, self.b))
 
     def lr_at(self, step: int, total_steps: int, base_lr: float | None = None) -> float:
         warmup = self.warmup_for(total_steps)
@@ -246,7 +248,7 @@ class StepWise(_Warmup):
     phases: list[Phase] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _check(self):  # type: ignore[no-untyped-def]
+    def _check(self) -> StepWise:
         total = sum(p.fraction for p in self.phases)
         if abs(total - 1.0) > 1e-3:
             raise ValueError(f"phase fractions must sum to 1, found {total:.4f}")
@@ -268,7 +270,7 @@ class StepWise(_Warmup):
         return f"{self.warmup_text()}step-wise: {parts}"
 
 
-class FromBase(_Warmup, _Decay):
+class FromBase(_Warmup, _Decay[HeldOrDecayShape]):
     """Start at the LR where the base's pre-training left off (`base.lr_at_end`), then decay.
 
     OLMo 2 stage 2: "linearly decay the learning rate to zero" from the stage-1 checkpoint's LR.
@@ -276,11 +278,10 @@ class FromBase(_Warmup, _Decay):
     """
 
     type: Literal["from_base"] = "from_base"
-    decay: Literal["linear", "cosine", "1-sqrt", "exponential", "none"] = "linear"  # type: ignore[assignment]
     end_lr: LearningRate = 0.0
 
     @model_validator(mode="after")
-    def _check(self):  # type: ignore[no-untyped-def]
+    def _check(self) -> FromBase:
         if self.decay != "none":
             self._check_decay()
         return self

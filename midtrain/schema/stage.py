@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from midtrain.errors import LocatedErrors
+from midtrain.errors import FieldProblem, LocatedErrors
 from midtrain.schema.base import Capability, Count, Slug, StageKind, Strict
 from midtrain.schema.mixture import Mixture
 from midtrain.schema.rope import Rope
@@ -31,7 +31,7 @@ class Optimizer(Strict):
     )
 
     @model_validator(mode="after")
-    def _betas(self):  # type: ignore[no-untyped-def]
+    def _betas(self) -> Optimizer:
         if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must lie in [0, 1), found {self.betas}")
         return self
@@ -44,7 +44,7 @@ class Batch(Strict):
     tokens: Count | None = None
 
     @model_validator(mode="after")
-    def _some(self):  # type: ignore[no-untyped-def]
+    def _some(self) -> Batch:
         if self.sequences is None and self.tokens is None:
             raise ValueError("give sequences and/or tokens per step")
         return self
@@ -58,7 +58,7 @@ class Runs(Strict):
     seeds: list[int] | None = None
 
     @model_validator(mode="after")
-    def _seeds(self):  # type: ignore[no-untyped-def]
+    def _seeds(self) -> Runs:
         if self.seeds is not None and len(self.seeds) != self.count:
             raise ValueError(f"{len(self.seeds)} seeds listed for {self.count} runs")
         return self
@@ -92,31 +92,49 @@ class Stage(Strict):
     )
 
     @model_validator(mode="after")
-    def _budget(self):  # type: ignore[no-untyped-def]
-        problems: list[tuple[tuple[str | int, ...], str]] = []
+    def _budget(self) -> Stage:
+        problems: list[FieldProblem] = []
         if self.tokens is None and self.steps is None:
             problems.append(((), "give the stage's budget as tokens or steps"))
-        if self.batch and self.batch.sequences and self.batch.tokens:
-            implied = self.batch.sequences * self.sequence_length
-            if abs(implied - self.batch.tokens) / self.batch.tokens > 0.02:
-                problems.append(
-                    (
-                        ("batch", "tokens"),
-                        f"batch of {self.batch.sequences} sequences × {self.sequence_length} = {implied:,} tokens "
-                        f"disagrees with batch.tokens {self.batch.tokens:,.0f}",
-                    )
-                )
+        problems += self._batch_problems() + self._steps_problems() + self._mixture_problems() + self._rope_problems()
+        if problems:
+            raise LocatedErrors(problems)
+        return self
+
+    def _batch_problems(self) -> list[FieldProblem]:
+        """batch.sequences × sequence_length against batch.tokens, when both are given."""
+        if not (self.batch and self.batch.sequences and self.batch.tokens):
+            return []
+        implied = self.batch.sequences * self.sequence_length
+        if abs(implied - self.batch.tokens) / self.batch.tokens <= 0.02:
+            return []
+        return [
+            (
+                ("batch", "tokens"),
+                f"batch of {self.batch.sequences} sequences × {self.sequence_length} = {implied:,} tokens "
+                f"disagrees with batch.tokens {self.batch.tokens:,.0f}",
+            )
+        ]
+
+    def _steps_problems(self) -> list[FieldProblem]:
+        """steps × tokens per step against tokens, when both are given."""
         per_step = self.tokens_per_step()
-        if self.tokens is not None and self.steps is not None and per_step:
-            implied = self.steps * per_step
-            if abs(implied - self.tokens) / self.tokens > 0.02:
-                problems.append(
-                    (
-                        ("steps",),
-                        f"{self.steps:,} steps × {per_step:,.0f} tokens/step = {implied:.4g} tokens "
-                        f"disagrees with tokens {self.tokens:.4g}",
-                    )
-                )
+        if self.tokens is None or self.steps is None or not per_step:
+            return []
+        implied = self.steps * per_step
+        if abs(implied - self.tokens) / self.tokens <= 0.02:
+            return []
+        return [
+            (
+                ("steps",),
+                f"{self.steps:,} steps × {per_step:,.0f} tokens/step = {implied:.4g} tokens "
+                f"disagrees with tokens {self.tokens:.4g}",
+            )
+        ]
+
+    def _mixture_problems(self) -> list[FieldProblem]:
+        """The mixture's tokens (all of them, or some next to shares) against the stage's budget."""
+        problems: list[FieldProblem] = []
         budget = self.total_tokens()
         mixture_tokens = self.mixture.total_tokens()
         if mixture_tokens is not None and budget is not None and abs(mixture_tokens - budget) / budget > 0.02:
@@ -136,19 +154,22 @@ class Stage(Strict):
                                 f"budget ({shares[component.source]:.4g} × {budget:.4g} = {expected:.4g})",
                             )
                         )
-        if self.rope is not None:
-            capacity = self.rope.capacity(None)
-            if capacity is not None and self.sequence_length > capacity:
-                problems.append(
-                    (
-                        ("sequence_length",),
-                        f"sequence_length {self.sequence_length:,} exceeds what the RoPE scaling covers "
-                        f"({capacity:,} = original × factor)",
-                    )
-                )
-        if problems:
-            raise LocatedErrors(problems)
-        return self
+        return problems
+
+    def _rope_problems(self) -> list[FieldProblem]:
+        """The sequence length against what the stage's RoPE scaling covers."""
+        if self.rope is None:
+            return []
+        capacity = self.rope.capacity(None)
+        if capacity is None or self.sequence_length <= capacity:
+            return []
+        return [
+            (
+                ("sequence_length",),
+                f"sequence_length {self.sequence_length:,} exceeds what the RoPE scaling covers "
+                f"({capacity:,} = original × factor)",
+            )
+        ]
 
     def tokens_per_step(self) -> float | None:
         if self.batch is None:

@@ -19,6 +19,7 @@ import json
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -301,7 +302,7 @@ def load(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], di
         raise MidtrainError.single(f"checkpoint is not usable: {problem}", file=path)
     state = read_state(path)
 
-    def read(name: str, reader: Any) -> Any:
+    def read(name: str, reader: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
         file = path / name
         try:
             return reader(file)

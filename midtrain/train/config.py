@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -31,7 +31,7 @@ StreamName = Annotated[str, Field(min_length=1, pattern=r"\S")]
 Share = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
-def non_finite(value: Any, path: str = "") -> list[str]:
+def non_finite(value: object, path: str = "") -> list[str]:
     """Field paths of every NaN or infinite float inside `value` (a model dump)."""
     if isinstance(value, float):
         return [] if math.isfinite(value) else [f"{path or '<value>'} = {value}"]
@@ -109,7 +109,7 @@ class RunSpec(Strict):
     )
 
     @model_validator(mode="after")
-    def _check(self):  # type: ignore[no-untyped-def]
+    def _check(self) -> RunSpec:
         bad = non_finite(self.model_dump(mode="python"))
         if bad:
             raise ValueError(f"numbers must be finite (no NaN or infinity), found {', '.join(bad[:5])}")

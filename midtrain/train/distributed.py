@@ -7,7 +7,10 @@ import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -16,7 +19,7 @@ class Dist:
     world: int
     local_rank: int
     local_world: int
-    device: Any
+    device: torch.device
 
     @property
     def main(self) -> bool:
@@ -61,7 +64,7 @@ def threads_per_process(requested: int | None, local_world: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(local_world, 1))
 
 
-def choose_strategy(strategy: str, world: int, parameters: int, device: Any) -> str:
+def choose_strategy(strategy: str, world: int, parameters: int, device: torch.device) -> str:
     """auto: nothing on one process; FSDP2 for models of a billion parameters or more on GPUs; else DDP."""
     if world == 1:
         return "none"
@@ -70,7 +73,7 @@ def choose_strategy(strategy: str, world: int, parameters: int, device: Any) -> 
     return "fsdp" if device.type == "cuda" and parameters >= 1_000_000_000 else "ddp"
 
 
-def wrap(model: Any, strategy: str, dist: Dist, precision: str) -> Any:
+def wrap(model: torch.nn.Module, strategy: str, dist: Dist, precision: str) -> torch.nn.Module:
     import torch
 
     if strategy == "none":

@@ -2,7 +2,8 @@
 
 Everything else the loop does is a callback (midtrain/train/callbacks/): weight averaging, dvclive
 logging, the progress bar and the throughput meter are built in, and `Trainer(spec, callbacks=...)`
-adds more. Resuming from checkpoints, with its fallbacks, is midtrain/train/resume.py.
+adds more. Checkpoints and the final model are written by midtrain/train/saving.py; resuming from
+checkpoints, with its fallbacks, is midtrain/train/resume.py.
 
 Exactness: the batch at step s is a pure function of (data seed, s, rank, world size), the LR is a
 pure function of s, and a checkpoint holds the model, optimizer, averages and RNG state, so a run
@@ -19,16 +20,18 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midtrain.data.mixture import gather
 from midtrain.errors import MidtrainError
-from midtrain.io import write_json
-from midtrain.train import checkpoint as ckpt
+from midtrain.train import saving
 from midtrain.train.callbacks import Averaging, Callback, with_defaults
 from midtrain.train.config import RunSpec
 from midtrain.train.distributed import Dist, all_reduce_sum, choose_strategy, setup, threads_per_process, wrap
 from midtrain.train.workspace import check_writable, claim, open_data
+
+if TYPE_CHECKING:
+    import torch
 
 
 class NonFiniteLoss(MidtrainError):
@@ -43,7 +46,7 @@ class StepResult:
     seconds: float
 
 
-def _loss_fn(logits: Any, targets: Any, z_loss: float | None) -> tuple[Any, Any]:
+def _loss_fn(logits: torch.Tensor, targets: torch.Tensor, z_loss: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed cross-entropy over the tokens, and the summed z-loss term (log² Z), in fp32."""
     import torch
 
@@ -91,7 +94,8 @@ class Trainer:
         check_fits(config, self.parameters, spec, self.dist.device, self.dist.world)
         model = load_model(spec)
         check_vocab(model, self.tokenizer.vocab_size, spec.tokenizer)
-        model.to(self.dist.device)
+        # transformers wraps `to` in a decorator whose type hides torch's signature
+        model.to(self.dist.device)  # type: ignore[arg-type]
         if spec.activation_checkpointing:
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
@@ -110,40 +114,13 @@ class Trainer:
     def lr(self, step: int) -> float:
         return self.spec.schedule.lr_at(step, self.spec.steps, self.spec.base_lr)
 
-    def _call(self, hook: str, *args: Any) -> None:
+    def _call(self, hook: str, *args: object) -> None:
         for callback in self.callbacks:
             getattr(callback, hook)(self, *args)
 
-    def _state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_state_dict(self.model, self.optimizer, options=options)
-
     def save_checkpoint(self) -> None:
-        """Model, optimizer, RNG and the callbacks' state (tensor files, or JSON in state.json)."""
-        model_state, optimizer_state = self._state_dicts()  # collective under FSDP: every rank calls it
-        state = {
-            "tokens_seen": self.tokens_seen,
-            "rng": ckpt.rng_state(),
-            "run": self.spec.name,
-            "parameters": self.parameters,
-        }
-        saved = [(callback, callback.on_checkpoint_save(self)) for callback in self.callbacks]
-        if self.dist.main:
-            files = {c.checkpoint_file: value for c, value in saved if c.checkpoint_file is not None and value}
-            values = {c.name: value for c, value in saved if c.checkpoint_file is None and value is not None}
-            state.update({"callbacks": values} if values else {})
-            ckpt.save(
-                self.checkpoint_dir,
-                self.step,
-                model_state,
-                optimizer_state,
-                state,
-                files.get(ckpt.AVERAGES),
-                self.spec.keep_last,
-            )
-        self.barrier()
+        """Model, optimizer, RNG and the callbacks' state (see midtrain/train/saving.py)."""
+        saving.save_checkpoint(self)
 
     def resume(self) -> bool:
         """Continue from the newest usable checkpoint in `out/checkpoints` (see midtrain/train/resume.py)."""
@@ -161,6 +138,7 @@ class Trainer:
 
     def _step(self, step: int) -> StepResult:
         import torch
+        from torch.nn.parallel import DistributedDataParallel
 
         spec, dist = self.spec, self.dist
         start = time.perf_counter()
@@ -178,9 +156,10 @@ class Trainer:
         scale = dist.world / targets_global
         loss_sum = 0.0
         autocast = torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=spec.precision == "bf16")
+        ddp = self.model if isinstance(self.model, DistributedDataParallel) else None  # syncs on the last one only
         for index, chunk in enumerate(micro):
-            sync = index == len(micro) - 1 or self.strategy != "ddp"
-            context = self.model.no_sync() if not sync else contextlib.nullcontext()
+            last = index == len(micro) - 1
+            context = ddp.no_sync() if ddp is not None and not last else contextlib.nullcontext()
             with context:
                 with autocast:
                     logits = self.forward(input_ids=chunk[:, :-1]).logits
@@ -220,34 +199,10 @@ class Trainer:
         finally:
             self._call("on_loop_end")
         self.save_checkpoint()
-        return self._finish(last, resumed)
-
-    def _finish(self, last: StepResult | None, resumed: bool) -> dict[str, Any]:
-        """Save the final model, let the callbacks finish (averaged models, metrics), write summary.json."""
-        from midtrain.train.model import save_pretrained, unsharded_copy
-
-        model_state, _ = self._state_dicts()
-        summary = {
-            "run": self.spec.name,
-            "steps": self.step,
-            "tokens_seen": self.tokens_seen,
-            "parameters": self.parameters,
-            "final_loss": last.loss if last else None,
-            "tokens_per_s": 0.0,
-            "resumed": resumed,  # tokens_per_s: callbacks/throughput.py
-            "strategy": self.strategy,
-            "world_size": self.dist.world,
-        }
-        if self.dist.main:
-            inner = getattr(self.model, "module", self.model)
-            if self.strategy == "fsdp":
-                inner = unsharded_copy(self.spec, model_state)
-            extra = {"run": self.spec.name, "steps": self.step, "tokens_seen": self.tokens_seen}
-            save_pretrained(inner, self.spec.tokenizer, self.out / "model", extra)
+        # the final model; the callbacks finish (averaged models, metrics) and complete the summary
+        summary = saving.save_final_model(self, last, resumed)
         self._call("on_fit_end", summary)
-        if self.dist.main:
-            write_json(self.out / "summary.json", summary)
-        self.barrier()
+        saving.write_summary(self, summary)
         return summary
 
 

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from midtrain.errors import MidtrainError
 from midtrain.schema.base import FAMILY_ARCHITECTURES
 from midtrain.train.config import NewModel, Pretrained, RunSpec
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig, PreTrainedModel
+
 CONFIG_CLASSES = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config", "olmo2": "Olmo2Config"}
 
 
-def new_config(spec: NewModel) -> Any:
+def new_config(spec: NewModel) -> PretrainedConfig:
     """A `transformers` config of the family's tiny/small stand-in architecture."""
     import transformers
 
@@ -39,7 +44,7 @@ def new_config(spec: NewModel) -> Any:
     return config
 
 
-def apply_rope(config: Any, spec: RunSpec) -> Any:
+def apply_rope(config: PretrainedConfig, spec: RunSpec) -> PretrainedConfig:
     """Set the stage's RoPE base / scaling and max positions on the config (persisted when saved)."""
     current = dict(getattr(config, "rope_parameters", None) or {})
     theta = current.get("rope_theta", getattr(config, "rope_theta", 10_000.0))
@@ -57,7 +62,7 @@ def apply_rope(config: Any, spec: RunSpec) -> Any:
     return config
 
 
-def model_config(spec: RunSpec) -> Any:
+def model_config(spec: RunSpec) -> PretrainedConfig:
     """The config of the model a run trains, with the run's RoPE settings applied (nothing allocated)."""
     from transformers import AutoConfig
 
@@ -78,7 +83,7 @@ def model_config(spec: RunSpec) -> Any:
     return config
 
 
-def count_parameters(config: Any) -> int:
+def count_parameters(config: PretrainedConfig) -> int:
     """Parameters of a config's model, counted on the meta device (no memory is allocated)."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -88,7 +93,7 @@ def count_parameters(config: Any) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_model(spec: RunSpec, init_override: Path | None = None) -> Any:
+def load_model(spec: RunSpec, init_override: Path | None = None) -> PreTrainedModel:
     """The model a run starts from, with the run's RoPE settings applied, in fp32 on the CPU."""
     import torch
     from transformers import AutoModelForCausalLM
@@ -109,8 +114,9 @@ def load_model(spec: RunSpec, init_override: Path | None = None) -> Any:
         raise MidtrainError.single(f"cannot load model weights from {init.path!r}: {exc}") from None
 
 
-def check_vocab(model: Any, tokenizer_vocab: int, tokenizer_path: Path) -> None:
-    model_vocab = model.get_input_embeddings().weight.shape[0]
+def check_vocab(model: PreTrainedModel, tokenizer_vocab: int, tokenizer_path: Path) -> None:
+    # the embedding's weight, typed by torch as what Module.__getattr__ may return
+    model_vocab = cast("torch.Tensor", model.get_input_embeddings().weight).shape[0]
     if tokenizer_vocab > model_vocab:
         raise MidtrainError.single(
             "tokenizer and model vocabularies do not match: token ids would index past the embedding table",
@@ -120,12 +126,17 @@ def check_vocab(model: Any, tokenizer_vocab: int, tokenizer_path: Path) -> None:
         )
 
 
-def named_parameters(model: Any) -> Any:
+def unwrapped(model: torch.nn.Module) -> PreTrainedModel:
+    """The model a DDP wrapper holds, or `model` itself (FSDP2 shards in place, it does not wrap)."""
+    return cast("PreTrainedModel", getattr(model, "module", model))
+
+
+def named_parameters(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter]]:
     """(name, parameter) of a model, through a DDP wrapper (FSDP2 shards in place)."""
-    return getattr(model, "module", model).named_parameters()
+    return unwrapped(model).named_parameters()
 
 
-def unsharded_copy(spec: RunSpec, tensors: dict[str, Any]) -> Any:
+def unsharded_copy(spec: RunSpec, tensors: dict[str, torch.Tensor]) -> PreTrainedModel:
     """A plain CPU model holding `tensors` (for saving averages or FSDP-gathered weights)."""
     model = load_model(spec)
     missing, unexpected = model.load_state_dict(dict(tensors), strict=False)
@@ -148,7 +159,7 @@ def estimate_memory_bytes(parameters: int, spec: RunSpec, hidden: int, layers: i
     return int(state + activations)
 
 
-def check_fits(config: Any, parameters: int, spec: RunSpec, device: Any, world: int = 1) -> None:
+def check_fits(config: PretrainedConfig, parameters: int, spec: RunSpec, device: torch.device, world: int = 1) -> None:
     """Refuse a configuration that cannot fit, before allocating it."""
     import psutil
     import torch
@@ -171,7 +182,9 @@ def check_fits(config: Any, parameters: int, spec: RunSpec, device: Any, world: 
         )
 
 
-def save_pretrained(model: Any, tokenizer_dir: Path, out: Path, extra: dict[str, Any] | None = None) -> Path:
+def save_pretrained(
+    model: PreTrainedModel, tokenizer_dir: Path, out: Path, extra: dict[str, Any] | None = None
+) -> Path:
     """Save in HF format (safetensors, config, generation config, tokenizer) atomically."""
     from transformers import GenerationConfig
     from transformers.utils import logging as hf_logging

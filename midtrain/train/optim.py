@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midtrain.schema.stage import Optimizer
 
+if TYPE_CHECKING:
+    import torch
 
-def parameter_groups(model: Any, settings: Optimizer) -> list[dict[str, Any]]:
+
+def parameter_groups(model: torch.nn.Module, settings: Optimizer) -> list[dict[str, Any]]:
     """Split parameters into decayed and non-decayed groups by what they are, not by name guessing alone."""
     import torch
 
-    model = getattr(model, "module", model)  # DDP wraps; FSDP2 shards in place
-    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    output = model.get_output_embeddings()
+    from midtrain.train.model import unwrapped
+
+    inner = unwrapped(model)
+    embedding_ids = {id(m.weight) for m in inner.modules() if isinstance(m, torch.nn.Embedding)}
+    output = inner.get_output_embeddings()
     if output is not None and "embeddings" in settings.no_decay:
         embedding_ids.add(id(output.weight))
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, param in inner.named_parameters():
         if not param.requires_grad:
             continue
         is_norm = param.ndim == 1 and "norm" in name.lower()
@@ -34,7 +40,7 @@ def parameter_groups(model: Any, settings: Optimizer) -> list[dict[str, Any]]:
     return groups
 
 
-def build_optimizer(model: Any, settings: Optimizer, lr: float) -> Any:
+def build_optimizer(model: torch.nn.Module, settings: Optimizer, lr: float) -> torch.optim.Optimizer:
     import torch
 
     if settings.type not in ("adamw", "adam"):

@@ -72,6 +72,8 @@ def _attempt(trainer: Trainer, path: Path) -> tuple[str | None, bool]:
 
 def read_checkpoint(trainer: Trainer, path: Path) -> Loaded:
     """Load a checkpoint and check it against this run, model and callbacks; changes nothing."""
+    from midtrain.train.model import unwrapped
+
     model_state, optimizer_state, state, averages = ckpt.load(path)
     files = {ckpt.AVERAGES: averages} if averages is not None else {}
     if state["step"] > trainer.spec.steps:
@@ -88,7 +90,7 @@ def read_checkpoint(trainer: Trainer, path: Path) -> Loaded:
             expected=f"{trainer.parameters:,} parameters",
             found=f"{state['parameters']:,}",
         )
-    inner = getattr(trainer.model, "module", trainer.model)
+    inner = unwrapped(trainer.model)
     expected = {name: tuple(t.shape) for name, t in inner.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in model_state.items()}
     if found != expected:

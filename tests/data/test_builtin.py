@@ -50,8 +50,8 @@ def test_corpora_are_byte_identical_for_a_seed(tmp_path: Path) -> None:
 
 def test_split_is_by_document_and_stable(tmp_path: Path) -> None:
     manifest = builtin.build_builtin("prose", tmp_path)
-    train = {json.loads(l)["id"] for l in (tmp_path / "prose.train.jsonl").open()}
-    held = {json.loads(l)["id"] for l in (tmp_path / "prose.heldout.jsonl").open()}
+    train = {json.loads(line)["id"] for line in (tmp_path / "prose.train.jsonl").open()}
+    held = {json.loads(line)["id"] for line in (tmp_path / "prose.heldout.jsonl").open()}
     assert train and held and not train & held
     assert all(builtin._split_name(i) == "heldout" for i in held)
     assert manifest["splits"]["train"]["bytes"] > 500_000
@@ -60,6 +60,6 @@ def test_split_is_by_document_and_stable(tmp_path: Path) -> None:
 def test_math_eval_has_no_exact_training_duplicates(tmp_path: Path) -> None:
     sizes = builtin.CorpusSizes(math_train=2000, math_eval=100)
     builtin.build_builtin("math", tmp_path, sizes=sizes)
-    train = {json.loads(l)["text"].split("\n")[0] for l in (tmp_path / "math.train.jsonl").open()}
-    rows = [json.loads(l) for l in (tmp_path / "math.heldout.jsonl").open()]
+    train = {json.loads(line)["text"].split("\n")[0] for line in (tmp_path / "math.train.jsonl").open()}
+    rows = [json.loads(line) for line in (tmp_path / "math.heldout.jsonl").open()]
     assert len(rows) == 100 and all(r["prompt"].split("\n")[0] not in train for r in rows)

@@ -11,7 +11,9 @@ runner = CliRunner()
 
 
 def test_inspect_json_with_recipe(prepared: Path) -> None:
-    result = runner.invoke(app, ["data", "inspect", str(prepared), "--recipe", "olmo-2-1124-7b", "--json", "--sequences", "10000"])
+    result = runner.invoke(
+        app, ["data", "inspect", str(prepared), "--recipe", "olmo-2-1124-7b", "--json", "--sequences", "10000"]
+    )
     assert result.exit_code == 0, result.output
     info = json.loads(result.stdout)
     assert info["streams"]["math.train"]["tokens"] > 0
@@ -30,5 +32,11 @@ def test_inspect_missing_directory(tmp_path: Path) -> None:
 
 def test_prepare_rejects_bad_options(tmp_path: Path) -> None:
     assert "unknown scale" in runner.invoke(app, ["data", "prepare", "--scale", "huge", "--out", str(tmp_path)]).output
-    assert "--recipe is needed" in runner.invoke(app, ["data", "prepare", "--scale", "full", "--out", str(tmp_path)]).output
-    assert "evaluation file not found" in runner.invoke(app, ["data", "prepare", "--out", str(tmp_path), "--eval-file", "nope.jsonl"]).output
+    assert (
+        "--recipe is needed"
+        in runner.invoke(app, ["data", "prepare", "--scale", "full", "--out", str(tmp_path)]).output
+    )
+    assert (
+        "evaluation file not found"
+        in runner.invoke(app, ["data", "prepare", "--out", str(tmp_path), "--eval-file", "nope.jsonl"]).output
+    )

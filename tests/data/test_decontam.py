@@ -5,7 +5,6 @@ from pathlib import Path
 
 from midtrain.data.decontam import EvalIndex, Report, filter_documents
 from midtrain.data.prepare import PrepareOptions, prepare_tiny
-
 from tests.conftest import SMALL
 
 EVAL = [

@@ -10,7 +10,7 @@ SHARES = {"prose": 0.5, "code": 0.2, "math": 0.2, "qa": 0.1}
 
 
 def sampler(**kw):  # type: ignore[no-untyped-def]
-    args = dict(stream_tokens=STREAMS, shares=SHARES, sequence_length=128, global_batch=32, seed=1)
+    args = {"stream_tokens": STREAMS, "shares": SHARES, "sequence_length": 128, "global_batch": 32, "seed": 1}
     args.update(kw)
     return MixtureSampler(**args)
 

@@ -12,7 +12,6 @@ from midtrain.data.packing import open_shard, pack_stream, read_manifest
 from midtrain.data.prepare import PrepareOptions, prepare_tiny
 from midtrain.data.tokenizer import EOS, load_tokenizer
 from midtrain.errors import MidtrainError
-
 from tests.conftest import SMALL
 
 
@@ -48,7 +47,7 @@ def test_same_inputs_give_byte_identical_shards(prepared: Path, tmp_path: Path) 
     a = read_manifest(prepared / "shards")["streams"]
     b = read_manifest(tmp_path / "shards")["streams"]
     assert {k: v["sha256"] for k, v in a.items()} == {k: v["sha256"] for k, v in b.items()}
-    for name, entry in b.items():
+    for entry in b.values():
         assert packing.file_sha256(tmp_path / "shards" / entry["bin"]) == entry["sha256"]["bin"]
 
 
@@ -115,5 +114,7 @@ def test_empty_stream_is_an_error(prepared: Path, tmp_path: Path) -> None:
 
 def test_decontamination_report(prepared: Path) -> None:
     report = json.loads((prepared / "decontam.json").read_text())
-    assert report["n"] == 13 and set(report["sources"]) == {f"{n}.train" for n in ("prose", "code", "math", "qa", "longdoc")}
+    assert report["n"] == 13 and set(report["sources"]) == {
+        f"{n}.train" for n in ("prose", "code", "math", "qa", "longdoc")
+    }
     assert all(v["documents"] > 0 for v in report["sources"].values())

@@ -13,7 +13,7 @@ from midtrain.schema.registry import DataSource
 
 
 def source(**kw) -> DataSource:  # type: ignore[no-untyped-def]
-    args = dict(description="test", category="math", builtin="math")
+    args = {"description": "test", "category": "math", "builtin": "math"}
     args.update(kw)
     return DataSource.model_validate(args)
 
@@ -84,12 +84,17 @@ def test_local_files_globs_and_formats(tmp_path: Path) -> None:
         (lambda d: (d / "x.jsonl").write_text('{"text": ""}\n{"text": "   "}\n'), "no non-empty documents"),
         (lambda d: (d / "x.jsonl").write_text('["not", "an", "object"]\n'), "must be an object"),
         (lambda d: (d / "x.csv").write_text("text\nhello\n"), "unsupported file type"),
-        (lambda d: (d / "x.jsonl.dvc").write_text("outs:\n- md5: abc\n  path: x.jsonl\n"), "tracked by DVC but not present"),
+        (
+            lambda d: (d / "x.jsonl.dvc").write_text("outs:\n- md5: abc\n  path: x.jsonl\n"),
+            "tracked by DVC but not present",
+        ),
     ],
 )
 def test_bad_local_input(tmp_path: Path, setup, message: str) -> None:  # type: ignore[no-untyped-def]
     setup(tmp_path)
-    pattern = "x.csv" if "unsupported" in message else ("x.txt" if "x.txt" in str(list(tmp_path.iterdir())) else "x.jsonl")
+    pattern = (
+        "x.csv" if "unsupported" in message else ("x.txt" if "x.txt" in str(list(tmp_path.iterdir())) else "x.jsonl")
+    )
     with pytest.raises(MidtrainError, match=message) as info:
         list(iter_documents(source(files=[pattern]), "bad", base=tmp_path))
     assert "Traceback" not in info.value.render()

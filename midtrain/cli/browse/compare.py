@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from midtrain.cli.app import guarded
 from midtrain.cli.common import complete_recipe, echo_json, resolve_recipe
 from midtrain.errors import MidtrainError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from midtrain.schema.recipe import Recipe
 
 
 @guarded
@@ -46,7 +51,7 @@ def compare(
     console().print(_view(recipes, table))
 
 
-def _view(recipes: list[Any], table: dict[str, list[Any]]) -> Any:
+def _view(recipes: list[Recipe], table: dict[str, list[Any]]) -> Table:
     from rich import box
     from rich.table import Table
 

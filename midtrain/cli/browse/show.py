@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from midtrain.cli.app import guarded
 from midtrain.cli.common import complete_recipe, echo_json, resolve_recipe
+
+if TYPE_CHECKING:
+    from midtrain.schema.recipe import Recipe
 
 
 @guarded
@@ -36,9 +39,9 @@ def show(
         echo_json(recipe.model_dump(mode="json", exclude_none=True))
         return
     if as_yaml:
-        path = catalog.paths.get(recipe.id) if recipe_id in catalog.recipes or recipe.id in catalog.recipes else None
-        path = Path(recipe_id) if recipe_id.endswith((".yaml", ".yml")) else path
-        typer.echo(Path(path).read_text(encoding="utf-8"), nl=False)
+        # a file named on the command line, or the catalogue file of the id (resolve_recipe found it there)
+        path = Path(recipe_id) if recipe_id.endswith((".yaml", ".yml")) else catalog.paths[recipe.id]
+        typer.echo(path.read_text(encoding="utf-8"), nl=False)
         return
     if provenance:
         _print_provenance(recipe)
@@ -50,7 +53,7 @@ def show(
     out.print(render_show(recipe, catalog.registry, out.width))
 
 
-def _print_provenance(recipe: Any) -> None:
+def _print_provenance(recipe: Recipe) -> None:
     from midtrain.cli.render import console, legend, provenance_table
     from midtrain.summary import coverage, written_numbers
 

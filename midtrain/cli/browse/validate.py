@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from midtrain.cli.app import guarded
 from midtrain.cli.common import echo_json
+
+if TYPE_CHECKING:
+    from midtrain.schema.recipe import Recipe
 
 
 @guarded
@@ -74,7 +77,7 @@ def validate(
         raise typer.Exit(1)
 
 
-def _untagged(recipes: list[Any]) -> dict[str, list[str]]:
+def _untagged(recipes: list[Recipe]) -> dict[str, list[str]]:
     """Recipe id -> the paths of its numbers that have no provenance entry (recipes with none left out)."""
     from midtrain.summary import coverage
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from midtrain.cli.app import guarded
 from midtrain.cli.common import complete_recipe
 from midtrain.cli.run.request import BASE_HELP, build_request, planned
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from midtrain.plan.contract import Plan, PlanSummary
 
 
 @guarded
@@ -97,7 +102,7 @@ def _lr(value: float | None) -> str:
     return "?" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
 
 
-def print_plan(result: Any) -> None:
+def print_plan(result: Plan) -> None:
     """The plan as `midtrain plan` and `midtrain stage plan` print it: model, base, stages, mixtures, merges, notes."""
     from midtrain.cli.render import console
 
@@ -128,7 +133,7 @@ def print_plan(result: Any) -> None:
         out.print(f"[yellow]note[/yellow]    {note}")
 
 
-def _model_lines(summary: Any) -> list[str]:
+def _model_lines(summary: PlanSummary) -> list[str]:
     from midtrain.units import human_count
 
     model, base = summary.model, summary.base
@@ -150,7 +155,7 @@ def _model_lines(summary: Any) -> list[str]:
     ]
 
 
-def _stage_table(summary: Any) -> Any:
+def _stage_table(summary: PlanSummary) -> Table:
     from rich import box
     from rich.table import Table
 
@@ -176,7 +181,7 @@ def _stage_table(summary: Any) -> Any:
     return table
 
 
-def _mixture_table(summary: Any) -> Any:
+def _mixture_table(summary: PlanSummary) -> Table:
     from rich import box
     from rich.table import Table
 

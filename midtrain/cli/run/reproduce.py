@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from midtrain.cli.app import guarded
 from midtrain.cli.common import complete_recipe
 from midtrain.cli.run.request import BASE_HELP, build_request, planned
+
+if TYPE_CHECKING:
+    from midtrain.plan.contract import Plan
+    from midtrain.plan.request import PlanRequest
 
 
 @guarded
@@ -63,12 +67,6 @@ def reproduce(
       midtrain reproduce olmo-2-1124-7b --base my-org/my-1b --base-peak-lr 4e-4 --tokens 5B --nproc-per-node 8
       dvc exp show ; dvc metrics diff ; dvc plots show
     """
-    import os
-
-    from midtrain.pipeline import check_repository, dvc_command
-    from midtrain.plan.request import write_params
-
-    root = Path.cwd()
     request = build_request(
         recipe_id,
         scale,
@@ -85,10 +83,20 @@ def reproduce(
         eval_include,
         eval_limit,
     )
+    _reproduce(request, exp, name, nproc_per_node)
+
+
+def _reproduce(request: PlanRequest, exp: bool, name: str | None, nproc_per_node: int) -> None:
+    """Plan (to fail fast), write params.yaml, run the DVC pipeline and print the results."""
+    import os
+
+    from midtrain.pipeline import check_repository, dvc_command
+    from midtrain.plan.request import write_params
+
+    root = Path.cwd()
     check_repository(root)
-    request, result = planned(
-        request, resolve=True
-    )  # fail fast: unknown id, bad override, base not available, budget too small
+    # fail fast: unknown id, bad override, base not available, budget too small
+    request, result = planned(request, resolve=True)
     write_params(root, request.model_copy(update={"layout": result.summary.layout.model_dump()}))
     command = dvc_command(root, exp, name)
     env = dict(os.environ, MIDTRAIN_NPROC=str(nproc_per_node))
@@ -114,7 +122,7 @@ def _run_pipeline(command: list[str], root: Path, env: dict[str, str]) -> None:
         raise typer.Exit(status)
 
 
-def _print_results(root: Path, result: Any) -> None:
+def _print_results(root: Path, result: Plan) -> None:
     import sys
 
     from midtrain.pipeline import summary_lines

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from midtrain.errors import MidtrainError
+
+if TYPE_CHECKING:
+    from midtrain.plan.contract import Plan
+    from midtrain.plan.request import PlanRequest
 
 BASE_HELP = (
     "Your base model: a Hugging Face hub id (resolved through the HF cache, pinned to a commit) or a local directory."
@@ -27,16 +31,15 @@ def build_request(
     eval_tasks: str | None,
     eval_include: list[Path] | None,
     eval_limit: int | None,
-) -> Any:
+) -> PlanRequest:
     """The CLI options as a validated PlanRequest (the same object params.yaml holds)."""
     from pydantic import ValidationError
 
     from midtrain.plan.request import EvalChoice, OwnBase, PlanRequest
 
-    own = None
-    if scale == "full" and base is None and (tokens or context or stand_in_data or base_peak_lr or revision):
-        own = {"model": None}
-    if base is not None or own is not None:
+    base_options = bool(tokens or context or stand_in_data or base_peak_lr or revision)
+    own: dict[str, Any] | None = None
+    if base is not None or (scale == "full" and base_options):  # at full scale these describe the recipe's base
         own = {
             "model": base,
             "requested_revision": revision,
@@ -46,7 +49,7 @@ def build_request(
             "stand_in_data": stand_in_data,
             **({"min_steps": min_steps} if min_steps else {}),
         }
-    elif stand_in_data or base_peak_lr or tokens or context or revision:
+    elif base_options:
         raise MidtrainError.single(
             "--base-peak-lr, --tokens, --context, --revision and --stand-in-data go with --base (or --scale full)",
             expected="--base HUB_ID|DIR",
@@ -93,7 +96,7 @@ def recipe_id_only(text: str) -> str:
     return text
 
 
-def planned(request: Any, resolve: bool) -> Any:
+def planned(request: PlanRequest, resolve: bool) -> tuple[PlanRequest, Plan]:
     """(request, plan): the request with a hub-id base pinned to a commit when `resolve`, and its plan."""
     from midtrain.plan.api import make_plan, pin_base
 

@@ -15,10 +15,12 @@ from midtrain.train.callbacks.base import Callback
 from midtrain.train.checkpoint import AVERAGES
 
 if TYPE_CHECKING:
+    import torch
+
     from midtrain.train.loop import StepResult, Trainer
 
 
-def _full(param: Any) -> Any:
+def _full(param: torch.Tensor) -> torch.Tensor:
     """The full tensor of a (possibly FSDP-sharded) parameter (a collective under FSDP)."""
     return param.full_tensor() if hasattr(param, "full_tensor") else param
 
@@ -29,9 +31,9 @@ class Averaging(Callback):
     def __init__(self) -> None:
         self.ema_decay: float | None = None
         self.snapshot_steps: set[int] = set()
-        self.tensors: dict[str, Any] = {}
+        self.tensors: dict[str, torch.Tensor] = {}
         self.count = 0
-        self.params: dict[str, Any] = {}
+        self.params: dict[str, torch.nn.Parameter] = {}
 
     def on_attach(self, trainer: Trainer) -> None:
         from midtrain.train.model import named_parameters

@@ -3,7 +3,7 @@ and tokens/s on a terminal; otherwise a header line and a line every tenth of th
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from midtrain.progress import STEP_LINE, Reporter
 from midtrain.train.callbacks.base import Callback
@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 class ProgressBar(Callback):
     def __init__(self) -> None:
-        self.reporter: Any = None
+        self.reporter: Reporter | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         name, total, start = trainer.spec.name, trainer.spec.steps, trainer.step
@@ -31,8 +31,9 @@ class ProgressBar(Callback):
         )
 
     def on_step_end(self, trainer: Trainer, step: int, result: StepResult) -> None:
-        tokens_per_s = result.tokens / max(result.seconds, 1e-9)
-        self.reporter.update(step, f"loss {result.loss:.4f} · {tokens_per_s:,.0f} tok/s")
+        if self.reporter is not None:  # made by on_fit_start
+            tokens_per_s = result.tokens / max(result.seconds, 1e-9)
+            self.reporter.update(step, f"loss {result.loss:.4f} · {tokens_per_s:,.0f} tok/s")
 
     def on_loop_end(self, trainer: Trainer) -> None:
         if self.reporter is not None:

@@ -19,10 +19,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from midtrain.train.callbacks.base import Callback
 
 if TYPE_CHECKING:
+    import torch
+
     from midtrain.train.loop import StepResult, Trainer
 
 
-def measure_peak_flops(device: Any, dtype: Any = None, size: int | None = None, repeats: int = 20) -> float:
+def measure_peak_flops(
+    device: torch.device, dtype: torch.dtype | None = None, size: int | None = None, repeats: int = 20
+) -> float:
     """FLOP/s of a square matmul on `device` (fp32 unless `dtype`): a practical peak to compare against."""
     import torch
 
