@@ -191,9 +191,11 @@ def test_full_scale_runs_the_published_id_with_two_gloo_processes(hub_cache: Pat
     plan = json.loads((project / "plan" / "plan.json").read_text())
     assert plan["base"]["model"] == "allenai/OLMo-2-1124-7B" and plan["base"]["peak_lr"] == pytest.approx(3e-4)
     spec = json.loads((project / "plan" / "midtrain.json").read_text())["runs"]["anneal-0"]
-    assert spec["strategy"] == "fsdp" and spec["precision"] == "bf16" and spec["activation_checkpointing"]
+    assert spec["strategy"] == "fsdp" and spec["precision"] == "auto" and spec["activation_checkpointing"]
     summary = json.loads((project / "runs" / plan["layout"]["run"] / "mid" / "anneal-0" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["strategy"] == "fsdp"
+    resolved = json.loads((project / "runs" / plan["layout"]["run"] / "mid" / "anneal-0" / "resolved.json").read_text())
+    assert resolved["precision"]["value"] in ("fp32", "bf16") and resolved["precision"]["reason"]
     assert "lm-eval midtrain_math" in out.stdout
 
 

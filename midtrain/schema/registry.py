@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from midtrain.schema.base import Builtin, Category, Count, Family, Format, Slug, Strict
@@ -90,7 +92,10 @@ class ScaleProfile(Strict):
     )
     micro_batch_tokens: int | None = Field(None, gt=0, description="Tokens per forward pass and process.")
     eval_sequences: int | None = Field(None, gt=0, description="Held-out sequences per domain for evaluation.")
-    precision: str = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32",
+        description="auto: bf16 where the hardware has it natively (GPU, or a CPU with avx512_bf16 / amx_bf16), else fp32.",
+    )
 
     @model_validator(mode="after")
     def _model(self) -> ScaleProfile:

@@ -93,7 +93,10 @@ class RunSpec(Strict):
     z_loss: float | None = Field(None, ge=0, allow_inf_nan=False)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     data_seed: int = Field(0, ge=0, le=MAX_SEED)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32",
+        description="bf16 autocast, fp32, or auto (bf16 where the hardware has it natively; see train/precision.py).",
+    )
     compile: bool = False
     activation_checkpointing: bool = False
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"

@@ -71,11 +71,25 @@ class Trainer:
         if self.dist.main:
             check_writable(self.out)
             claim(self.out, spec)
+        self._resolve()
         self._build()
         self.step = 0
         self.tokens_seen = 0
         self.callbacks = with_defaults(callbacks)
         self._call("on_attach")
+
+    def _resolve(self) -> None:
+        """Settings given as `auto`, resolved for this machine, printed and recorded in out/resolved.json."""
+        from midtrain.io import write_json
+        from midtrain.train.precision import resolve_precision
+
+        precision, reason = resolve_precision(self.spec.precision, self.dist.device)
+        if self.spec.precision == "auto":
+            self.spec = self.spec.model_copy(update={"precision": precision})
+            if self.dist.main:
+                print(f"{self.spec.name}: precision auto → {precision} ({reason})", flush=True)
+        if self.dist.main:
+            write_json(self.out / "resolved.json", {"precision": {"value": precision, "reason": reason}})
 
     def _build(self) -> None:
         """Tokenizer, data, the (wrapped) model and the optimizer, each checked before it is allocated."""
