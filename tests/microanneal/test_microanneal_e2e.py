@@ -38,7 +38,7 @@ ARGS = ["--base", HUB_ID, "--base-peak-lr", "3e-3", "--control", "prose", "--tok
 def test_microanneal_on_an_own_base(project: tuple[Path, Path]) -> None:
     work, cache = project
     first = run(["midtrain", "microanneal", *ARGS, "--candidate", "math", "--json"], work, cache)
-    result = json.loads(first.stdout)
+    result = json.loads(first.stdout)  # stdout holds only the JSON; DVC's output went to stderr
     assert set(result) >= {"control", "arms", "benchmarks", "recommendation"}
     math = result["arms"]["math"]["loss"]["math"]
     assert math["verdict"] == "better" and math["delta"] < 0 and len(math["seeds"]) == 2
@@ -58,3 +58,26 @@ def test_microanneal_on_an_own_base(project: tuple[Path, Path]) -> None:
     assert "anneal code-s0: done" in more.stderr and "anneal math-s0: done" not in more.stderr
     shown = run(["dvc", "exp", "show", "--json"], work, cache)
     assert "deltas.json" in shown.stdout
+
+    # lm-eval targets (the shipped offline task) beside held-out domains: a new scoring, no retraining
+    scored = run(
+        [
+            "midtrain",
+            "microanneal",
+            *ARGS,
+            "--candidate",
+            "math",
+            "--eval",
+            "math,midtrain_math",
+            "--eval-limit",
+            "20",
+            "--json",
+        ],
+        work,
+        cache,
+    )
+    assert "4 of 4 unit(s) cached" in scored.stderr
+    benchmarks = json.loads(scored.stdout)["benchmarks"]
+    assert set(benchmarks) == {"control", "arms"}
+    block = benchmarks["arms"]["math"]["midtrain_math/acc,none"]
+    assert set(block) >= {"mean", "seeds", "delta", "spread", "verdict", "rank"} and len(block["seeds"]) == 2
