@@ -28,6 +28,7 @@ def list_row(recipe: Recipe) -> dict[str, Any]:
         "parameters": recipe.parameters,
         "stages": len(recipe.stages),
         "mid_training_tokens": recipe.mid_training_tokens(),
+        "total_tokens": recipe.total_tokens(),
         "final_context": recipe.final_context(),
         "objectives": [o.value for o in recipe.objectives],
         "techniques": [t.value for t in recipe.techniques],
@@ -35,8 +36,8 @@ def list_row(recipe: Recipe) -> dict[str, Any]:
 
 
 def stage_facts(recipe: Recipe, registry: Registry | None = None) -> list[dict[str, Any]]:
-    """Per stage: budget, boundaries as a share of the mid-training tokens, LRs, context, RoPE, mixture."""
-    total = recipe.mid_training_tokens()
+    """Per stage: budget, boundaries as a share of all the stages' tokens, LRs, context, RoPE, mixture."""
+    total = recipe.total_tokens()
     facts = []
     position = 0.0
     theta = recipe.base.rope_theta
@@ -68,6 +69,7 @@ def stage_facts(recipe: Recipe, registry: Registry | None = None) -> list[dict[s
             {
                 "name": stage.name,
                 "kind": stage.kind.value,
+                "mid_training": stage.kind.is_mid_training,
                 "tokens": tokens,
                 "runs": stage.runs.count,
                 "steps": steps,
@@ -130,6 +132,7 @@ def _overview(recipe: Recipe) -> dict[str, Any]:
         "base LR at end": recipe.base.lr_at_end,
         "stages": len(recipe.stages),
         "mid-training tokens": recipe.mid_training_tokens(),
+        "total tokens (all stages)": recipe.total_tokens(),
         "final context": recipe.final_context(),
         "merges": ", ".join(f"{m.name} ({m.method})" for m in recipe.merges) or None,
         "objectives": ", ".join(o.value for o in recipe.objectives),
@@ -153,36 +156,6 @@ STAGE_DIFF_FIELDS = (
 )
 
 
-def diff_recipes(a: Recipe, b: Recipe, registry: Registry | None) -> dict[str, Any]:
-    """What changes from `a` to `b`: overview fields, then stage by stage (by position)."""
-    over_a, over_b = _overview(a), _overview(b)
-    overview = [{"field": k, "a": over_a[k], "b": over_b[k]} for k in over_a if over_a[k] != over_b[k]]
-    facts_a, facts_b = stage_facts(a, registry), stage_facts(b, registry)
-    stages = []
-    for index in range(max(len(facts_a), len(facts_b))):
-        fa = facts_a[index] if index < len(facts_a) else None
-        fb = facts_b[index] if index < len(facts_b) else None
-        entry: dict[str, Any] = {"index": index, "a": fa["name"] if fa else None, "b": fb["name"] if fb else None}
-        if fa and fb:
-            entry["changes"] = [
-                {"field": f, "a": fa[f], "b": fb[f]} for f in STAGE_DIFF_FIELDS if not _same(fa[f], fb[f])
-            ]
-            same_sources = set(fa["mixture"]) & set(fb["mixture"])
-            by = "source" if same_sources else "category"
-            ma = fa["mixture"] if by == "source" else fa["categories"]
-            mb = fb["mixture"] if by == "source" else fb["categories"]
-            entry["mixture_by"] = by
-            entry["mixture"] = [
-                {"key": key, "a": ma.get(key, 0.0), "b": mb.get(key, 0.0), "delta": mb.get(key, 0.0) - ma.get(key, 0.0)}
-                for key in sorted(set(ma) | set(mb))
-                if abs(mb.get(key, 0.0) - ma.get(key, 0.0)) > 1e-9
-            ]
-        else:
-            entry["only_in"] = "a" if fa else "b"
-        stages.append(entry)
-    return {"a": a.id, "b": b.id, "overview": overview, "stages": stages}
-
-
 def _same(x: object, y: object) -> bool:
     if isinstance(x, float) and isinstance(y, float):
         return abs(x - y) <= 1e-9 * max(abs(x), abs(y), 1e-30)
@@ -196,13 +169,13 @@ COMPARE_FIELDS = {
     "year": lambda r, reg: r.source.year,
     "model": lambda r, reg: f"{r.architecture_class().removesuffix('ForCausalLM')} {human_count(r.parameters)}",
     "base_tokens": lambda r, reg: fmt_tokens(r.base.tokens_seen),
-    "mid_tokens": lambda r, reg: fmt_tokens(r.mid_training_tokens()),
-    "mid_share": lambda r, reg: (
-        f"{r.mid_training_tokens() / (r.mid_training_tokens() + r.base.tokens_seen):.1%}"
-        if r.mid_training_tokens() and r.base.tokens_seen
-        else "?"
+    "mid_training_tokens": lambda r, reg: fmt_tokens(r.mid_training_tokens()),
+    "total_tokens": lambda r, reg: fmt_tokens(r.total_tokens()),
+    "mid_share": lambda r, reg: _mid_share(r),
+    "stages": lambda r, reg: " → ".join(
+        f"{s.name} ({fmt_tokens(s.total_tokens())}{'' if s.kind.is_mid_training else ', pre-training'})"
+        for s in r.stages
     ),
-    "stages": lambda r, reg: " → ".join(f"{s.name} ({fmt_tokens(s.total_tokens())})" for s in r.stages),
     "base_context": lambda r, reg: f"{r.base.context_length:,}",
     "final_context": lambda r, reg: f"{r.final_context():,}",
     "schedules": lambda r, reg: " | ".join(s.schedule.type for s in r.stages),
@@ -214,6 +187,12 @@ COMPARE_FIELDS = {
     "objectives": lambda r, reg: ", ".join(o.value for o in r.objectives),
     "target_share": lambda r, reg: _target_share(r, reg),
 }
+
+
+def _mid_share(recipe: Recipe) -> str:
+    """Mid-training tokens as a share of everything trained: the base's tokens plus every stage's."""
+    mid, total, base = recipe.mid_training_tokens(), recipe.total_tokens(), recipe.base.tokens_seen
+    return f"{mid / (base + total):.1%}" if mid and total and base else "?"
 
 
 def _target_share(recipe: Recipe, registry: Registry | None) -> str:
@@ -243,12 +222,17 @@ def lookup(data: Any, dotted: str) -> Any:
     return node
 
 
+# Older names still accepted by --fields.
+COMPARE_ALIASES = {"mid_tokens": "mid_training_tokens"}
+
+
 def compare_rows(recipes: list[Recipe], fields: list[str], registry: Registry | None) -> dict[str, list[Any]]:
     rows: dict[str, list[Any]] = {}
     dumps = [r.model_dump(mode="json", exclude_none=True) for r in recipes]
     for field in fields:
-        if field in COMPARE_FIELDS:
-            rows[field] = [COMPARE_FIELDS[field](r, registry) for r in recipes]
+        known = COMPARE_ALIASES.get(field, field)
+        if known in COMPARE_FIELDS:
+            rows[field] = [COMPARE_FIELDS[known](r, registry) for r in recipes]
         else:
             values = [lookup(d, field) for d in dumps]
             if all(v is None for v in values):

@@ -10,7 +10,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from midtrain.units import fmt_tokens, human_count
+from midtrain.lineage import theta_at_start
+from midtrain.units import fmt_context, fmt_tokens, human_count
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -20,7 +21,8 @@ if TYPE_CHECKING:
     from midtrain.schema.provenance import Entry
     from midtrain.schema.recipe import Recipe
     from midtrain.schema.registry import Registry
-    from midtrain.schema.stage import Stage
+    from midtrain.schema.rope import Rope
+    from midtrain.schema.stage import Optimizer, Stage
 
 MARKS = {"stated": "●", "derived": "◐", "assumed": "○", None: "·"}
 
@@ -48,11 +50,28 @@ def console() -> Console:
     return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 
 
+STRENGTH: tuple[str | None, ...] = ("stated", "derived", "assumed", None)  # strongest first
+BOUND_PREFIX = {"approximate": "≈", "lower": "≥", "upper": "≤"}
+DEFAULT_MARK = "□"
+
+
 class Marker:
-    """Attaches a provenance mark to every number shown for one recipe."""
+    """Attaches a provenance mark to every number shown for one recipe.
+
+    A line may show several numbers (`rope` shows θ and every scaling parameter): its mark is the
+    weakest status among the numbers the file writes under that path, each read from its own entry
+    or the nearest ancestor's, so `rope.scaling.factor: stated` marks the RoPE line ● when every
+    number under `rope` is stated, and ◐/○/· as soon as one is weaker. A bound on the entry
+    (`bound: approximate | lower | upper`) prefixes the value with ≈, ≥ or ≤ (≈ when they differ).
+    Schema defaults, which the file does not write, are shown dim with □ instead of a mark.
+    """
 
     def __init__(self, recipe: Recipe):
+        from midtrain.schema.provenance import numeric_items
+
         self.entries = recipe.canonical_provenance()
+        data = recipe.model_dump(mode="json", exclude_unset=True, exclude={"provenance", "contradictions"})
+        self.written = [path for path, _ in numeric_items(data)]
 
     def entry(self, path: str) -> Entry | None:
         from midtrain.schema.provenance import covering_entry
@@ -60,12 +79,41 @@ class Marker:
         hit = covering_entry(path, self.entries)
         return hit[1] if hit else None
 
+    def entries_under(self, path: str) -> list[Entry | None]:
+        """The entry of every number written at or under `path`; with none written, the entries given
+        below `path` (words such as a schedule's decay shape), else the entry covering `path`."""
+        below = (path + ".", path + "[")
+        leaves = [p for p in self.written if p == path or p.startswith(below)]
+        if leaves:
+            return [self.entry(p) for p in leaves]
+        given: list[Entry | None] = [e for key, e in self.entries.items() if key.startswith(below)]
+        return given or [self.entry(path)]
+
+    def status(self, path: str) -> str | None:
+        """The weakest status among the numbers under `path` (None: one of them is untagged)."""
+        statuses = [e.status if e else None for e in self.entries_under(path)]
+        return max(statuses, key=STRENGTH.index)
+
+    def bound(self, path: str) -> str:
+        bounds = {e.bound for e in self.entries_under(path) if e is not None and e.bound != "exact"}
+        if not bounds:
+            return ""
+        return BOUND_PREFIX[bounds.pop()] if len(bounds) == 1 else "≈"
+
     def __call__(self, text: str, path: str) -> Text:
-        entry = self.entry(path)
-        status = entry.status if entry else None
-        out = Text(text)
+        status = self.status(path)
+        out = Text(self.bound(path) + text)
         out.append(MARKS[status], style=STATUS_STYLE[status])
         return out
+
+    @staticmethod
+    def default(text: str) -> Text:
+        """A schema default: the recipe does not state it."""
+        return Text(text, style="dim").append(DEFAULT_MARK, style="dim")
+
+    def field(self, model: Any, name: str, text: str, path: str) -> Text:
+        """`text` marked with the provenance of `path` if the file sets `name` on `model`, else as a default."""
+        return self(text, path) if name in model.model_fields_set else self.default(text)
 
 
 def legend() -> Text:
@@ -73,7 +121,20 @@ def legend() -> Text:
     for status in ("stated", "derived", "assumed", None):
         text.append(MARKS[status], style=STATUS_STYLE[status])
         text.append(f" {status or 'untagged'}  ", style="dim")
+    text.append(DEFAULT_MARK, style="dim")
+    text.append(" schema default (not in the recipe)  ", style="dim")
+    text.append("≈ about  ≥ at least  ≤ at most", style="dim")
+    text.append("\na mark after several numbers is the weakest of theirs: ● only when all are stated", style="dim")
     return text
+
+
+def _context(tokens: int, path: str, mark: Marker) -> Text:
+    """'131,072● (128K)': the exact count, marked, and its short form (see midtrain.units.fmt_context)."""
+    out = mark(f"{tokens:,}", path)
+    short = fmt_context(tokens)
+    if short != f"{tokens:,}":
+        out.append(f" ({short})", style="dim")
+    return out
 
 
 def catalogue_table(rows: list[dict[str, Any]], width: int = 120) -> Table:
@@ -85,7 +146,7 @@ def catalogue_table(rows: list[dict[str, Any]], width: int = 120) -> Table:
         ("org", "left"),
         ("year", "right"),
         ("stages", "right"),
-        ("mid tokens", "right"),
+        ("mid-training tokens", "right"),
         ("context", "right"),
         ("objectives", "left"),
     ]
@@ -103,7 +164,7 @@ def catalogue_table(rows: list[dict[str, Any]], width: int = 120) -> Table:
             str(row["year"]),
             str(row["stages"]),
             fmt_tokens(row["mid_training_tokens"]),
-            f"{row['final_context'] // 1024}K" if row["final_context"] >= 1024 else str(row["final_context"]),
+            fmt_context(row["final_context"]),
             ", ".join(row["objectives"]),
         ]
         if width < 100:
@@ -243,30 +304,33 @@ def _base_panel(recipe: Recipe, registry: Registry, mark: Marker) -> Panel:
         ),
         ("checkpoint", base.checkpoint),
         ("tokens seen", mark(fmt_tokens(base.tokens_seen), "base.tokens_seen") if base.tokens_seen else None),
-        ("context", mark(f"{base.context_length:,}", "base.context_length")),
+        ("context", _context(base.context_length, "base.context_length", mark)),
         ("RoPE θ", mark(f"{base.rope_theta:,.0f}", "base.rope_theta") if base.rope_theta else None),
         ("peak LR", mark(f"{base.peak_lr:.3g}", "base.peak_lr") if base.peak_lr is not None else None),
         ("LR at end", mark(f"{base.lr_at_end:.4g}", "base.lr_at_end") if base.lr_at_end is not None else None),
         ("inherits optimizer", None if base.inherits_optimizer_state is None else str(base.inherits_optimizer_state)),
         ("schedule before", base.schedule_before),
     ]
-    opt = recipe.optimizer
-    base_rows.append(
-        (
-            "optimizer",
-            Text(f"{opt.type} ")
-            .append_text(
-                mark(f"β={opt.betas[0]:g},{opt.betas[1]:g} ε={opt.eps:g} wd={opt.weight_decay:g}", "optimizer")
-            )
-            .append(f" clip={opt.grad_clip}" + (f" no decay on {', '.join(opt.no_decay)}" if opt.no_decay else ""))
-            .append_text(
-                Text(" µP width ratio ").append_text(mark(f"{opt.mup_width_ratio:g}", "optimizer.mup_width_ratio"))
-                if opt.mup_width_ratio
-                else Text("")
-            ),
-        )
-    )
+    base_rows.append(("optimizer", _optimizer_text(recipe.optimizer, "optimizer", mark)))
     return Panel(_kv(base_rows), title="[bold]base[/bold]", title_align="left", box=box.ROUNDED)
+
+
+def _optimizer_text(opt: Optimizer, path: str, mark: Marker) -> Text:
+    """'adamw β=0.9,0.95● ε=1e-08□ wd=0.1● clip=1●': each number marked on its own, defaults dim with □."""
+    out = Text(opt.type) if "type" in opt.model_fields_set else Text(opt.type, style="dim")
+    numbers = [
+        ("β", "betas", f"{opt.betas[0]:g},{opt.betas[1]:g}"),
+        ("ε", "eps", f"{opt.eps:g}"),
+        ("wd", "weight_decay", f"{opt.weight_decay:g}"),
+        ("clip", "grad_clip", "off" if opt.grad_clip is None else f"{opt.grad_clip:g}"),
+    ]
+    for label, name, text in numbers:
+        out.append(f" {label}=").append_text(mark.field(opt, name, text, f"{path}.{name}"))
+    if opt.no_decay:
+        out.append(f" no decay on {', '.join(opt.no_decay)}")
+    if opt.mup_width_ratio:
+        out.append(" µP width ratio ").append_text(mark(f"{opt.mup_width_ratio:g}", f"{path}.mup_width_ratio"))
+    return out
 
 
 def _stage_budget(stage: Stage, fact: dict[str, Any], p: str, mark: Marker) -> Text:
@@ -300,23 +364,87 @@ def _stage_batch(stage: Stage, p: str, mark: Marker) -> Text | None:
     return batch
 
 
+def _defaults_note(model: Any) -> Text:
+    """' (defaults: min_lr 0□)': fields with a schema default that the file leaves out, dim."""
+    unset = [
+        (name, getattr(model, name))
+        for name, info in type(model).model_fields.items()
+        if name not in model.model_fields_set and name != "type" and info.default is not None and not info.is_required()
+    ]
+    if getattr(model, "decay", None) == "none":  # a held LR never reaches its end value
+        unset = [(name, value) for name, value in unset if name not in ("end_lr", "min_lr")]
+    if not unset:
+        return Text("")
+    note = ", ".join(f"{name} {value:g}" if isinstance(value, float) else f"{name} {value}" for name, value in unset)
+    return Text(f" (defaults: {note}{DEFAULT_MARK})", style="dim")
+
+
+def _rope_text(rope: Rope, path: str, previous_theta: float | None, mark: Marker) -> Text:
+    """The RoPE line: θ change (from the θ the stage's `init` ended with) and scaling; numbers the file
+    leaves to the schema are dim with □; one mark for the line, the weakest of its numbers."""
+    parts: list[Text] = []
+    if rope.theta is not None:
+        if previous_theta is not None and previous_theta != rope.theta:
+            parts.append(
+                Text(f"θ {previous_theta:,.0f} → {rope.theta:,.0f}").append(
+                    f" (ABF ×{rope.theta / previous_theta:g})", style="dim"
+                )
+            )
+        else:
+            parts.append(Text(f"θ {rope.theta:,.0f}"))
+    s = rope.scaling
+    if s is not None:
+
+        def num(name: str, text: str) -> Text:
+            return Text(text) if name in s.model_fields_set else Marker.default(text)
+
+        if s.type == "yarn":
+            yarn = Text(f"YaRN ×{s.factor:g} from {s.original_max_position_embeddings:,}, β_fast ")
+            yarn.append_text(num("beta_fast", f"{s.beta_fast:g}")).append(", β_slow ")
+            yarn.append_text(num("beta_slow", f"{s.beta_slow:g}"))
+            for name in ("mscale", "mscale_all_dim"):
+                value = getattr(s, name)
+                if value is not None:
+                    yarn.append(f", {name} {value:g}")
+            yarn.append(", attention ×").append_text(num("attention_factor", f"{s.effective_attention_factor():.4g}"))
+            parts.append(yarn)
+        elif s.type == "llama3":
+            llama = Text(f"llama3 ×{s.factor:g} from {s.original_max_position_embeddings:,} (low ")
+            llama.append_text(num("low_freq_factor", f"{s.low_freq_factor:g}")).append(", high ")
+            llama.append_text(num("high_freq_factor", f"{s.high_freq_factor:g}")).append(")")
+            parts.append(llama)
+        else:
+            scaled = Text(f"{'PI' if s.type == 'linear' else 'dynamic NTK'} ×{s.factor:g}")
+            if s.original_max_position_embeddings:
+                scaled.append(f" from {s.original_max_position_embeddings:,}")
+            parts.append(scaled)
+    if rope.applies_to:
+        parts.append(Text(f"on {rope.applies_to}"))
+    if not parts:
+        return Text("unchanged", style="dim")
+    line = Text(mark.bound(path)).append_text(Text("; ").join(parts))
+    status = mark.status(path)
+    return line.append(MARKS[status], style=STATUS_STYLE[status])
+
+
 def _stage_rows(recipe: Recipe, index: int, fact: dict[str, Any], mark: Marker) -> list[tuple[str, Any]]:
     stage = recipe.stages[index]
     p = f"stages[{stage.name}]"
-    lr_row = mark(stage.schedule.describe(), f"{p}.schedule")
+    lr_row = mark(stage.schedule.describe(), f"{p}.schedule").append_text(_defaults_note(stage.schedule))
     if fact["lr_start"] is not None:
         lr_row.append(f"  (start {fact['lr_start']:.3g}, end {fact['lr_end']:.3g})", style="dim")
     return [
         ("budget", _stage_budget(stage, fact, p, mark)),
-        ("context", mark(f"{stage.sequence_length:,}", f"{p}.sequence_length")),
+        ("context", _context(stage.sequence_length, f"{p}.sequence_length", mark)),
         ("batch", _stage_batch(stage, p, mark)),
         ("schedule", lr_row),
         (
             "RoPE",
-            mark(stage.rope.describe(_previous_theta(recipe, index)), f"{p}.rope")
+            _rope_text(stage.rope, f"{p}.rope", theta_at_start(recipe, index), mark)
             if stage.rope
             else Text("unchanged", style="dim"),
         ),
+        ("optimizer", _optimizer_text(stage.optimizer, f"{p}.optimizer", mark) if stage.optimizer else None),
         ("z-loss", mark(f"{stage.z_loss:g}", f"{p}.z_loss") if stage.z_loss is not None else None),
         (
             "other losses",
@@ -412,8 +540,8 @@ def _inference_panel(recipe: Recipe, mark: Marker) -> Panel | None:
         return None
     inf = recipe.inference
     rows = [
-        ("context", mark(f"{inf.context_length:,}", "inference.context_length")),
-        ("RoPE", mark(inf.rope.describe(), "inference.rope") if inf.rope else None),
+        ("context", _context(inf.context_length, "inference.context_length", mark)),
+        ("RoPE", _rope_text(inf.rope, "inference.rope", None, mark) if inf.rope else None),
         ("note", inf.note),
     ]
     return Panel(_kv(rows), title="[bold]at inference only (not trained)[/bold]", title_align="left", box=box.ROUNDED)
@@ -431,16 +559,8 @@ def _contradictions_panel(recipe: Recipe) -> Panel | None:
     return Panel(lines, title="[bold]contradictions between sources[/bold]", title_align="left", box=box.ROUNDED)
 
 
-def _previous_theta(recipe: Recipe, index: int) -> float | None:
-    theta = recipe.base.rope_theta
-    for stage in recipe.stages[:index]:
-        if stage.rope and stage.rope.theta:
-            theta = stage.rope.theta
-    return theta
-
-
 def provenance_table(recipe: Recipe, paths: dict[str, Any]) -> Table:
-    """Every number in the file: value, status, citation or note."""
+    """Every number in the file, by its full path (list items by name): value, status, bound, citation or note."""
     mark = Marker(recipe)
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
     table.add_column("field")
@@ -455,11 +575,12 @@ def provenance_table(recipe: Recipe, paths: dict[str, Any]) -> Table:
             where = " — ".join(x for x in (entry.cite, entry.note) if x)
             if entry.bound != "exact":
                 where = f"({entry.bound}) {where}"
+        # Text, not str: Rich would read `[anneal]` in `stages[anneal].tokens` as markup and drop it
         table.add_row(
-            path,
+            Text(path),
             f"{value:g}" if isinstance(value, float) else str(value),
             Text(f"{MARKS[status]} {status or 'untagged'}", style=STATUS_STYLE[status]),
-            where,
+            Text(where),
         )
     return table
 
@@ -482,24 +603,60 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
+CONTEXT_FIELDS = ("sequence_length", "base context", "final context")
+
+
+def _fmt_field(field: str, value: object) -> str:
+    """A diff cell; context lengths as '131,072 (128K)' so neither convention hides the count."""
+    if field in CONTEXT_FIELDS and isinstance(value, (int, float)) and not isinstance(value, bool):
+        short = fmt_context(value)
+        return f"{value:,.0f}" + (f" ({short})" if short != f"{value:,.0f}" else "")
+    return _fmt(value)
+
+
+def _diff_title(stage: dict[str, Any], result: dict[str, Any]) -> Text:
+    if "only_in" in stage:
+        side = stage["only_in"]
+        return Text.assemble(
+            (f"{stage['status']}: ", "bold yellow"),
+            (f"stage {stage[side + '_index'] + 1}: {stage[side]}", "red" if side == "a" else "green"),
+            (f" ({stage.get('kind')})", "dim"),
+        )
+    how = "same name" if stage.get("paired_by") == "name" else "same kind"
+    return Text.assemble(
+        ("stage ", "bold"),
+        (f"{stage['a_index'] + 1}: {stage['a']}", "red"),
+        " → ",
+        (f"{stage['b_index'] + 1}: {stage['b']}", "green"),
+        (f" (paired by {how})", "dim"),
+    )
+
+
 def diff_view(result: dict[str, Any]) -> Group:
+    """`midtrain diff`: changed overview fields, then one panel per pair of stages (or added/removed stage)."""
     parts: list[RenderableType] = [
         Text.assemble(("diff ", "bold"), (result["a"], "red"), " → ", (result["b"], "green"))
     ]
     if result["overview"]:
         table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
         table.add_column("field", style="dim")
-        table.add_column(result["a"], style="red")
-        table.add_column(result["b"], style="green")
+        table.add_column(Text(result["a"]), style="red")
+        table.add_column(Text(result["b"]), style="green")
         for row in result["overview"]:
-            table.add_row(row["field"], _fmt(row["a"]), _fmt(row["b"]))
+            table.add_row(
+                Text(row["field"]), Text(_fmt_field(row["field"], row["a"])), Text(_fmt_field(row["field"], row["b"]))
+            )
         parts.append(table)
     for stage in result["stages"]:
-        title = f"stage {stage['index'] + 1}: {stage['a'] or '∅'} → {stage['b'] or '∅'}"
+        title = _diff_title(stage, result)
         if "only_in" in stage:
             parts.append(
                 Panel(
-                    Text(f"only in {result[stage['only_in']]}", style="yellow"),
+                    Text(
+                        f"only in {result[stage['only_in']]}"
+                        + f" (no unpaired stage of its name or kind in {result['b' if stage['only_in'] == 'a' else 'a']})",
+                        style="yellow",
+                    ),
                     title=title,
                     title_align="left",
                     box=box.ROUNDED,
@@ -512,7 +669,8 @@ def diff_view(result: dict[str, Any]) -> Group:
         table.add_column()
         table.add_column(style="green")
         for change in stage["changes"]:
-            table.add_row(change["field"], _fmt(change["a"]), "→", _fmt(change["b"]))
+            field = change["field"]
+            table.add_row(Text(field), Text(_fmt_field(field, change["a"])), "→", Text(_fmt_field(field, change["b"])))
         mixture = Table(box=None, show_header=True, header_style="dim", pad_edge=False, padding=(0, 1))
         mixture.add_column(f"mixture by {stage['mixture_by']}")
         mixture.add_column("a", justify="right")
@@ -520,7 +678,9 @@ def diff_view(result: dict[str, Any]) -> Group:
         mixture.add_column("Δ", justify="right")
         for row in stage["mixture"]:
             style = "green" if row["delta"] > 0 else "red"
-            mixture.add_row(row["key"], f"{row['a']:.1%}", f"{row['b']:.1%}", Text(f"{row['delta']:+.1%}", style=style))
+            mixture.add_row(
+                Text(row["key"]), f"{row['a']:.1%}", f"{row['b']:.1%}", Text(f"{row['delta']:+.1%}", style=style)
+            )
         body: list[Table | Text] = (
             [table] if stage["changes"] else [Text("no changes in budget, context, schedule or RoPE", style="dim")]
         )

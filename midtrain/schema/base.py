@@ -143,6 +143,12 @@ class Builtin(str, Enum):
 
 
 class StageKind(str, Enum):
+    """What a stage is. Every kind but `pretraining` is mid-training and counts towards a recipe's
+    mid-training tokens; `pretraining` marks a phase of the base's own pre-training run that a recipe
+    records for context (a re-warmed stable phase, an LR tail on the unchanged pre-training corpus).
+    `continued-pretraining` (a finished checkpoint trained on, with a targeted mix) counts as
+    mid-training: it is the survey's capability-targeted continued pre-training branch."""
+
     anneal = "anneal"
     cooldown = "cooldown"
     decay = "decay"
@@ -152,6 +158,10 @@ class StageKind(str, Enum):
     continued_pretraining = "continued-pretraining"
     agentic = "agentic"
     pretraining = "pretraining"
+
+    @property
+    def is_mid_training(self) -> bool:
+        return self is not StageKind.pretraining
 
 
 class Family(str, Enum):

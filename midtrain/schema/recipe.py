@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -251,14 +252,13 @@ class Recipe(Strict):
         raise KeyError(name)
 
     def mid_training_tokens(self) -> float | None:
-        """Tokens over all stages and runs (what papers usually report as the stage's cost)."""
-        total = 0.0
-        for stage in self.stages:
-            tokens = stage.total_tokens()
-            if tokens is None:
-                return None
-            total += tokens * stage.runs.count
-        return total
+        """Tokens over the mid-training stages and their runs: every stage kind but `pretraining`
+        (see StageKind). 0 when every stage is pre-training; None when a counted stage's budget is unknown."""
+        return _tokens(stage for stage in self.stages if stage.kind.is_mid_training)
+
+    def total_tokens(self) -> float | None:
+        """Tokens over all stages and runs, pre-training phases included; None when a budget is unknown."""
+        return _tokens(self.stages)
 
     def final_context(self) -> int:
         return max(stage.sequence_length for stage in self.stages)
@@ -268,3 +268,13 @@ class Recipe(Strict):
             self.model_dump(mode="json", exclude={"provenance", "contradictions"}, exclude_none=True)
         )
         return {aliases.get(path, path): entry for path, entry in self.provenance.items()}
+
+
+def _tokens(stages: Iterable[Stage]) -> float | None:
+    total = 0.0
+    for stage in stages:
+        tokens = stage.total_tokens()
+        if tokens is None:
+            return None
+        total += tokens * stage.runs.count
+    return total

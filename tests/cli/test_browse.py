@@ -51,6 +51,28 @@ def test_list_filters_and_sort() -> None:
     assert run_json("list", "--objective", "agentic", "--family", "olmo2") == []
 
 
+def test_list_sorts_by_mid_training_tokens_not_pretraining_phases() -> None:
+    """Marin's 6.32T-token Phoenix phase is pre-training: it must not make Marin the largest mid-training."""
+    rows = run_json("list", "--sort", "tokens")
+    ids = [r["id"] for r in rows]
+    largest = ids[-1]
+    assert largest != "marin-8b"
+    marin = next(r for r in rows if r["id"] == "marin-8b")
+    assert marin["mid_training_tokens"] == pytest.approx(2.64e12) and marin["total_tokens"] == pytest.approx(8.96e12)
+    assert ids.index("marin-8b") < ids.index("deepseek-coder-v2")  # 2.64T of mid-training against 6.08T
+    v3 = next(r for r in rows if r["id"] == "deepseek-v3")
+    assert v3["mid_training_tokens"] < v3["total_tokens"]  # the 500B LR tail is pre-training
+    assert all(r["mid_training_tokens"] <= r["total_tokens"] for r in rows)
+
+
+def test_list_json_carries_both_totals_and_the_table_says_mid_training() -> None:
+    for row in run_json("list"):
+        assert {"mid_training_tokens", "total_tokens"} <= set(row)
+    assert "mid-training tokens" in run("list").stdout
+    compared = run_json("compare", "marin-8b", "deepseek-v3", "--fields", "mid_training_tokens,total_tokens")
+    assert compared["rows"] == {"mid_training_tokens": ["2.64T", "126B"], "total_tokens": ["8.96T", "626B"]}
+
+
 def test_list_rejects_unknown_filter_values() -> None:
     result = run("list", "--objective", "maths", code=2)
     assert "unknown objective 'maths'" in result.output and "long-context" in result.output

@@ -36,6 +36,50 @@ def test_all_catalogued_recipes_are_valid() -> None:
         assert recipe.stages and recipe.mid_training_tokens() is not None
 
 
+def test_mid_training_tokens_leave_out_pretraining_phases() -> None:
+    """Only `pretraining` stages are left out; total_tokens counts every stage."""
+    catalog = load_catalog()
+    marin = catalog.get("marin-8b")
+    assert marin.stage("phoenix").kind.value == "pretraining"
+    assert marin.total_tokens() == pytest.approx(8.96e12)
+    assert marin.mid_training_tokens() == pytest.approx(1e12 + 1.34e12 + 0.3e12)  # jellyfish, starling, deeper
+    v3 = catalog.get("deepseek-v3")
+    assert v3.stage("lr-tail").kind.value == "pretraining"
+    assert v3.mid_training_tokens() == pytest.approx(2 * 62.91456e9)
+    assert v3.total_tokens() == pytest.approx(500e9 + 2 * 62.91456e9)
+    olmo = catalog.get("olmo-2-1124-7b")  # continued-pretraining and anneal kinds count; runs multiply
+    assert olmo.mid_training_tokens() == olmo.total_tokens() == 150e9
+    for recipe in catalog.all():
+        mid, total = recipe.mid_training_tokens(), recipe.total_tokens()
+        assert mid is not None and total is not None and 0 < mid <= total, recipe.id
+
+
+def test_changed_recipes_validate_and_keep_their_audit_fixes() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    paths = [
+        repo / "recipes" / rel
+        for rel in (
+            "nemotron/nemotron-nano-2.yaml",
+            "minicpm/minicpm-2b.yaml",
+            "deepseek/deepseek-v3.yaml",
+            "marin/marin-8b.yaml",
+        )
+    ]
+    recipes, problems = validate_paths(paths, repo)
+    assert not problems and len(recipes) == 4
+    nemotron = next(r for r in recipes if r.id == "nemotron-nano-2")
+    for name in ("decay-phase2", "phase3"):
+        batch = nemotron.stage(name).batch
+        assert batch is not None and batch.sequences == 736 and batch.tokens == 736 * 8192 == 6_029_312
+    batch_contradiction = next(c for c in nemotron.contradictions if "stages[phase3].batch.sequences" in c.about)
+    sources = " ".join(batch_contradiction.sources)
+    assert "768" in sources and "736" in sources and "model card" in sources
+    assert "736" in batch_contradiction.choice
+    minicpm = next(r for r in recipes if r.id == "minicpm-2b")
+    note = minicpm.stage("decay").mixture.note or ""
+    assert "not printed" not in note and "percentage" in note and "placeholder" in note
+
+
 CASES = [
     # (old text, new text, message fragment, field path fragment, line needle)
     ("tokens: 50B", "tokens: fifty", "number such as 50e9", "stages[0].tokens", "tokens: fifty"),

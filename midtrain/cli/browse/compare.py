@@ -31,7 +31,7 @@ def compare(
     [bold]Examples[/bold]
 
       midtrain compare olmo-2-1124-7b llama-3.1-405b deepseek-v3
-      midtrain compare olmo-2-1124-7b qwen3-8b --fields mid_tokens,final_context,base.rope_theta
+      midtrain compare olmo-2-1124-7b qwen3-8b --fields mid_training_tokens,total_tokens,base.rope_theta
     """
     from midtrain.summary import COMPARE_FIELDS, compare_rows
 

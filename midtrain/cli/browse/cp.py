@@ -21,6 +21,10 @@ def cp(
 ) -> None:
     """Copy a recipe to customise it. The copy's id follows its file name, so it validates as is.
 
+    The file name (without .yaml) must be a valid recipe id: lowercase letters, digits, '.', '_' and
+    '-', starting with a letter or digit. The copy's `$schema` comment is relative to where it is
+    written, so the directory can be moved with the catalogue checkout.
+
     [bold]Examples[/bold]
 
       midtrain cp olmo-2-1124-7b my-recipes/
@@ -32,16 +36,17 @@ def cp(
     catalog = load_catalog()
     recipe = catalog.get(recipe_id)
     source = catalog.paths[recipe.id]
-    target = dest / source.name if dest.is_dir() or str(dest).endswith(os.sep) else dest
+    target = dest / source.name if dest.is_dir() or str(dest).endswith(("/", os.sep)) else dest
     if target.suffix not in (".yaml", ".yml"):
-        raise MidtrainError.single("destination must be a directory or a .yaml file", found=str(dest))
+        raise MidtrainError.single("DEST must be a directory or a .yaml file", found=str(dest))
+    check_id(target.stem, "DEST", "the file name (the copy's id)")
     if target.exists() and not force:
         raise MidtrainError.single("destination exists; pass --force to overwrite", file=target)
     text = copied_text(
         source.read_text(encoding="utf-8"),
         recipe.id,
         target.stem,
-        catalog.root / "docs" / "schema" / "recipe.schema.json",
+        schema_reference(catalog.root / "docs" / "schema" / "recipe.schema.json", target),
     )
     if text is None:
         raise MidtrainError.single("could not find the id line to rewrite", file=source)
@@ -49,7 +54,35 @@ def cp(
     typer.echo(f"copied {recipe.id} → {target}")
 
 
-def copied_text(text: str, recipe_id: str, new_id: str, schema: Path) -> str | None:
+ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")  # midtrain.schema.base.Slug, without importing pydantic
+ID_MAX_LENGTH = 80
+ID_EXPECTED = (
+    "a recipe id: lowercase letters, digits, '.', '_' or '-', starting with a letter or digit, at most 80 characters"
+)
+
+
+def check_id(value: str, argument: str, what: str) -> None:
+    """Refuse `value` unless it is a valid recipe id, naming the argument it came from."""
+    if ID_PATTERN.match(value) and len(value) <= ID_MAX_LENGTH:
+        return
+    suggestion = re.sub(r"[^a-z0-9._-]+", "-", value.lower()).strip("-._")[:ID_MAX_LENGTH]
+    raise MidtrainError.single(
+        f"{argument}: {what} is not a valid recipe id" + (f" (try {suggestion!r})" if suggestion else ""),
+        expected=ID_EXPECTED,
+        found=repr(value),
+    )
+
+
+def schema_reference(schema: Path, target: Path) -> str:
+    """The schema file as seen from `target`'s directory (a relative POSIX path), absolute only when
+    there is no relative path (another drive on Windows)."""
+    try:
+        return Path(os.path.relpath(schema.resolve(), target.parent.resolve())).as_posix()
+    except ValueError:
+        return schema.resolve().as_posix()
+
+
+def copied_text(text: str, recipe_id: str, new_id: str, schema: str | Path) -> str | None:
     """The recipe file's text with its id set to `new_id` and its schema comment pointing at `schema`;
     None when there is no `id:` line to rewrite."""
     if new_id != recipe_id:

@@ -1,4 +1,4 @@
-"""`midtrain diff`: the semantic difference of two recipes (computed by midtrain.summary)."""
+"""`midtrain diff`: the semantic difference of two recipes (computed by midtrain.recipe_diff)."""
 
 from __future__ import annotations
 
@@ -16,15 +16,17 @@ def diff(
 ) -> None:
     """Semantic difference of two recipes, stage by stage.
 
-    Budgets, stage boundaries, LR at stage start, context and RoPE, and mixture deltas (by source,
-    and by category when the sources differ).
+    Stages are paired by name first, then by kind in order; a stage without a partner is shown as
+    removed (only in the first recipe) or added (only in the second). For each pair: budgets, stage
+    boundaries, LR at stage start, context and RoPE, and mixture deltas (by source, and by category
+    when the sources differ).
 
     [bold]Examples[/bold]
 
       midtrain diff olmo-2-1124-7b llama-3.1-405b
       midtrain diff olmo-2-1124-7b my-recipes/olmo-2-1124-7b-more-math.yaml
     """
-    from midtrain.summary import diff_recipes
+    from midtrain.recipe_diff import diff_recipes
 
     recipe_a, catalog = resolve_recipe(a)
     recipe_b, _ = resolve_recipe(b)

@@ -32,7 +32,12 @@ def list_(
     ),
     org: str | None = typer.Option(None, "--org", help="Keep recipes whose organisation contains this text."),
     family: str | None = typer.Option(None, "--family", "-f", help="Keep one model family (llama, qwen3, olmo2, ...)."),
-    sort: str = typer.Option("id", "--sort", "-s", help=f"Sort by one of: {', '.join(SORT_KEYS)}."),
+    sort: str = typer.Option(
+        "id",
+        "--sort",
+        "-s",
+        help=f"Sort by one of: {', '.join(SORT_KEYS)} (tokens: mid-training tokens, pre-training phases left out).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List the catalogued recipes.
