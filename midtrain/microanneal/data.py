@@ -8,7 +8,6 @@ answer negated: it looks like math, teaches wrong answers, and the answer-token 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,18 +38,12 @@ def noisy_math(rows: Iterator[dict[str, Any]], seed: int) -> Iterator[tuple[str,
         yield f"math-noisy:{row['id']}", text[: match.start()] + f"\nAnswer: {wrong}"
 
 
-def _read_rows(path: Path) -> Iterator[dict[str, Any]]:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            yield json.loads(line)
-
-
 def add_streams(data: Path, noisy: bool, sources: list[str], project: Path, seed: int, progress: bool = True) -> None:
     """Pack the extra streams into `data` (a prepared data directory); unchanged ones are kept."""
     from midtrain.catalog import load_catalog
     from midtrain.data.decontam import Report, filter_documents
     from midtrain.data.packing import pack_stream, read_manifest, shard_is_complete, write_manifest
-    from midtrain.data.prepare import PrepareOptions, _hash, build_eval_index, prepare_corpora
+    from midtrain.data.prepare import PrepareOptions, _hash, _read_rows, build_eval_index, prepare_corpora
     from midtrain.data.sources import iter_documents
     from midtrain.data.tokenizer import load_tokenizer
     from midtrain.io import file_sha256, write_json

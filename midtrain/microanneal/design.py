@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -345,7 +344,3 @@ def write_request(path: Path, request: MicroRequest) -> None:
         "# `units` lists every arm × seed, one cached DVC stage each.\n"
     )
     write_text(path, header + dump_yaml(data))
-
-
-def task_like(name: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9_.-]+", name))

@@ -7,7 +7,8 @@ Files (all under microanneal/, the pipeline's working directory):
     plan/data.json     the data spec (built-in corpora, own BPE or the base's tokenizer) + extra streams
     plan/base.json     the stand-in base to pretrain, or the pretrained base to fetch
     plan/score.json    held-out domains, the answer-token loss and lm-eval tasks
-    units/<u>.json     (the `units` stage, after data and base) a unit's RunSpec plus the identity of
+    plan/template.json the final anneal's RunSpec starting from the base, which every unit's spec copies
+    unit-specs/<u>.json (the `units` stage, after data and base) a unit's RunSpec plus the identity of
                        every stream it reads and of its base, so a unit reruns exactly when they change
 """
 
@@ -22,7 +23,7 @@ from pydantic import Field
 
 from midtrain.errors import MidtrainError
 from midtrain.microanneal.design import MIN_STEPS, Design, MicroRequest, expand, final_anneal, split_unit
-from midtrain.plan.contract import BaseSpec, DataSpec, LmEvalSpec, Pretrained, PretrainedBase
+from midtrain.plan.contract import DataSpec, LmEvalSpec, Pretrained, PretrainedBase
 from midtrain.schema.base import Strict
 from midtrain.train.config import RunSpec
 
@@ -258,9 +259,8 @@ def write_design(here: Path, project: Path, request: MicroRequest, catalog: Cata
 
 
 def read_model(path: Path, kind: Any) -> Any:
-    from pydantic import TypeAdapter, ValidationError
-
-    from midtrain.yamlio import LineMap, problems_from_validation
+    """A plan file of this pipeline, validated like the reproduction's (located errors)."""
+    from midtrain.plan.contract import _validate
 
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -268,11 +268,4 @@ def read_model(path: Path, kind: Any) -> Any:
         raise MidtrainError.single("plan file not found; run the plan stage first", file=path) from None
     except json.JSONDecodeError as exc:
         raise MidtrainError.single(f"not valid JSON: {exc.msg}", file=path, line=exc.lineno) from None
-    try:
-        return TypeAdapter(kind).validate_python(data)
-    except ValidationError as exc:
-        raise MidtrainError(problems_from_validation(exc, path, LineMap())) from None
-
-
-def read_base(here: Path) -> Any:
-    return read_model(here / "plan" / "base.json", BaseSpec)
+    return _validate(kind, data, path)

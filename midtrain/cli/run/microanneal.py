@@ -137,9 +137,10 @@ def run_microanneal(options: dict[str, Any]) -> None:
     request = _request(options)
     catalog = load_catalog(project)
     if request.base is not None:
+        from midtrain.microanneal.plan import base_request
         from midtrain.plan.api import pin_base
 
-        request = request.model_copy(update={"base": pin_base(_as_plan_request(request), project).base})
+        request = request.model_copy(update={"base": pin_base(base_request(request), project).base})
     design, plan, summary = plan_design(request, catalog, project, resolve=True)
     request = request.model_copy(update={"units": design.units(), "layout": plan.summary.layout.model_dump()})
     _print_design(summary)
@@ -167,12 +168,6 @@ def run_microanneal(options: dict[str, Any]) -> None:
         _print_result(result)
         typer.echo("report: microanneal/report/microanneal.md  ·  compare: dvc exp show", err=True)
     sys.stdout.flush()
-
-
-def _as_plan_request(request: Any) -> Any:
-    from midtrain.microanneal.plan import base_request
-
-    return base_request(request)
 
 
 def _print_design(summary: Any) -> None:
