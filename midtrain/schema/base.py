@@ -5,14 +5,18 @@ from __future__ import annotations
 import math
 import re
 from enum import Enum
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from midtrain.errors import short
 from midtrain.units import human_count  # noqa: F401  (re-exported)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+Unknown = Literal["unknown"]
+"""A value the paper does not give, written explicitly: `plan` fills a flagged default or refuses."""
+UNKNOWN = "unknown"
 
 
 class Strict(BaseModel):
@@ -56,6 +60,43 @@ Count = Annotated[
     Field(gt=0, le=MAX_TOKENS),
 ]
 """A positive count (tokens, parameters); written as a number or with a K/M/B/T suffix."""
+
+
+def parse_count_or_unknown(value: Any) -> Any:
+    """Like parse_count, and passes the word 'unknown' through."""
+    if value == UNKNOWN:
+        return value
+    try:
+        number = parse_count(value)
+    except ValueError:
+        number = None
+    if not isinstance(number, (int, float)) or isinstance(number, bool) or not 0 < number <= MAX_TOKENS:
+        raise ValueError(
+            f"expected a positive number such as 50e9 or '50B' (at most 1e15), or 'unknown', found {short(value)}"
+        )
+    return number
+
+
+def check_steps_or_unknown(value: Any) -> Any:
+    if value == UNKNOWN:
+        return value
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= 100_000_000:
+        raise ValueError(f"expected a whole number of steps from 1 to 100,000,000, or 'unknown', found {short(value)}")
+    return value
+
+
+_STEPS_INPUT = Union[Annotated[int, Field(gt=0, le=100_000_000)], Unknown]  # noqa: UP007 (a runtime value)
+StepsOrUnknown = Annotated[
+    Union[int, Unknown],  # noqa: UP007 (a runtime value)
+    BeforeValidator(check_steps_or_unknown, json_schema_input_type=_STEPS_INPUT),
+]
+
+_COUNT_INPUT = Union[Annotated[float, Field(gt=0)], CountText, Unknown]  # noqa: UP007 (a runtime value)
+CountOrUnknown = Annotated[
+    Union[Annotated[float, Field(gt=0, le=MAX_TOKENS)], Unknown],  # noqa: UP007 (a runtime value)
+    BeforeValidator(parse_count_or_unknown, json_schema_input_type=_COUNT_INPUT),
+]
+"""A count, or 'unknown' when the paper does not give it."""
 
 Fraction = Annotated[float, Field(ge=0, le=1)]
 LearningRate = Annotated[float, Field(ge=0, le=1)]
@@ -104,6 +145,14 @@ class Technique(str, Enum):
     z_loss = "z-loss"
     batch_ramp = "batch-ramp"
     power_schedule = "power-schedule"
+    fim = "fim"
+    depth_upscaling = "depth-upscaling"
+    mup = "mup"
+    muon = "muon"
+    qk_clip = "qk-clip"
+    sliding_window = "sliding-window"
+    nope = "nope"
+    branching = "branching"
 
 
 class Category(str, Enum):
@@ -187,6 +236,13 @@ class Family(str, Enum):
     apertus = "apertus"
     mimo = "mimo"
     longcat = "longcat"
+    gemma3 = "gemma3"
+    llama4 = "llama4"
+    ernie4_5 = "ernie4_5"
+    ernie4_5_moe = "ernie4_5_moe"
+    falcon_h1 = "falcon_h1"
+    instella = "instella"
+    zamba2 = "zamba2"
 
 
 # family -> (the transformers class of the published model, the family used for tiny stand-ins).
@@ -198,14 +254,14 @@ FAMILY_ARCHITECTURES: dict[Family, tuple[str, str]] = {
     Family.qwen3: ("Qwen3ForCausalLM", "qwen3"),
     Family.qwen3_moe: ("Qwen3MoeForCausalLM", "qwen3"),
     Family.olmo2: ("Olmo2ForCausalLM", "olmo2"),
-    Family.olmo3: ("Olmo3ForCausalLM", "olmo2"),
+    Family.olmo3: ("Olmo3ForCausalLM", "olmo3"),
     Family.deepseek_v2: ("DeepseekV2ForCausalLM", "llama"),
     Family.deepseek_v3: ("DeepseekV3ForCausalLM", "llama"),
     Family.minicpm: ("MiniCPMForCausalLM", "llama"),
     Family.mistral: ("MistralForCausalLM", "llama"),
     Family.phi3: ("Phi3ForCausalLM", "llama"),
     Family.granite: ("GraniteForCausalLM", "llama"),
-    Family.smollm3: ("SmolLM3ForCausalLM", "llama"),
+    Family.smollm3: ("SmolLM3ForCausalLM", "smollm3"),
     Family.glm4_moe: ("Glm4MoeForCausalLM", "llama"),
     Family.internlm2: ("InternLM2ForCausalLM", "llama"),
     Family.hunyuan: ("HunYuanForCausalLM", "llama"),
@@ -213,4 +269,11 @@ FAMILY_ARCHITECTURES: dict[Family, tuple[str, str]] = {
     Family.apertus: ("ApertusForCausalLM", "llama"),
     Family.mimo: ("MiMoForCausalLM", "qwen2"),
     Family.longcat: ("LongcatFlashForCausalLM", "llama"),
+    Family.gemma3: ("Gemma3ForCausalLM", "llama"),
+    Family.llama4: ("Llama4ForCausalLM", "llama"),
+    Family.ernie4_5: ("Ernie4_5ForCausalLM", "llama"),
+    Family.ernie4_5_moe: ("Ernie4_5_MoeForCausalLM", "llama"),
+    Family.falcon_h1: ("FalconH1ForCausalLM", "llama"),
+    Family.instella: ("InstellaForCausalLM", "llama"),
+    Family.zamba2: ("Zamba2ForCausalLM", "llama"),
 }

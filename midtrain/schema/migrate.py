@@ -33,7 +33,34 @@ def _v0_to_v1(data: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-MIGRATIONS: dict[int, Migration] = {0: _v0_to_v1}
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 gave fill-in-the-middle as one number, a stage's `fim_rate`; version 2 has a `fim`
+    block (rate, PSM/SPM split, level, sentinel tokens) that the data path applies. A provenance entry
+    on `stages[x].fim_rate` moves to `stages[x].fim.rate`."""
+    out = dict(data)
+    stages = []
+    for stage in out.get("stages", []) or []:
+        if isinstance(stage, dict) and "fim_rate" in stage:
+            stage = dict(stage)
+            rate = stage.pop("fim_rate")
+            if rate is not None and "fim" not in stage:
+                stage["fim"] = {"rate": rate}
+        stages.append(stage)
+    if "stages" in out:
+        out["stages"] = stages
+    provenance = out.get("provenance")
+    if isinstance(provenance, dict):
+        out["provenance"] = {
+            (
+                f"{key[: -len('.fim_rate')]}.fim.rate" if isinstance(key, str) and key.endswith(".fim_rate") else key
+            ): value
+            for key, value in provenance.items()
+        }
+    out["schema_version"] = 2
+    return out
+
+
+MIGRATIONS: dict[int, Migration] = {0: _v0_to_v1, 1: _v1_to_v2}
 
 
 class MigrationError(ValueError):

@@ -22,7 +22,15 @@ class LengthBucket(Strict):
 
 class Component(Strict):
     source: str = Field(description="Name of a data source in registry/sources.yaml.")
-    share: float | None = Field(None, gt=0, le=1, description="Share of the stage's tokens (0-1].")
+    share: float | None = Field(
+        None, ge=0, le=1, description="Share of the stage's tokens (0-1]; at the stage's start when share_end is given."
+    )
+    share_end: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Share at the end of the stage: the share moves linearly from `share` to this (a within-stage ramp).",
+    )
     tokens: Count | None = Field(None, description="Tokens of this source in the stage.")
     max_epochs: float | None = Field(None, gt=0, le=1000, description="Most passes over the source allowed.")
     length_buckets: list[LengthBucket] | None = Field(
@@ -32,6 +40,10 @@ class Component(Strict):
 
     @model_validator(mode="after")
     def _buckets(self) -> Component:
+        if self.share == 0 and not self.share_end:
+            raise ValueError("share 0 needs a share_end above 0 (a source ramped in); otherwise leave it out")
+        if self.share_end is not None and self.share is None:
+            raise ValueError("share_end needs share (the share at the stage's start)")
         if self.length_buckets:
             total = sum(b.share for b in self.length_buckets)
             if abs(total - 1.0) > 1e-6:
@@ -53,6 +65,13 @@ class Mixture(Strict):
 
     @model_validator(mode="after")
     def _check(self) -> Mixture:
+        ends = [c.share_end for c in self.components if c.share_end is not None]
+        if ends and len(ends) != len(self.components):
+            raise ValueError(
+                "a ramped mixture needs share_end on every component (the same value as share for a flat one)"
+            )
+        if ends and abs(sum(ends) - 1.0) > SHARE_TOLERANCE and not self.normalize:
+            raise ValueError(f"share_end values must sum to 1 (within {SHARE_TOLERANCE:g}), found {sum(ends):.6g}")
         counts = Counter(c.source for c in self.components)  # linear; list.count per item was quadratic
         duplicates = sorted(name for name, count in counts.items() if count > 1)
         if duplicates:
@@ -97,6 +116,15 @@ class Mixture(Strict):
         if tokens is None:  # unreachable once validated: every component has a share or tokens
             raise ValueError("every component needs a share, or every component needs tokens")
         return _normalised(tokens)
+
+    def is_ramped(self) -> bool:
+        return any(c.share_end is not None for c in self.components)
+
+    def end_shares(self) -> dict[str, float]:
+        """Normalised shares at the end of the stage (the same as shares() without a ramp)."""
+        if not self.is_ramped():
+            return self.shares()
+        return _normalised({c.source: c.share_end or 0.0 for c in self.components})
 
     def total_tokens(self) -> float | None:
         tokens = self._given_tokens()

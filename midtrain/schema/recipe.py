@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from midtrain.errors import FieldProblem, LocatedErrors
+from midtrain.errors import LocatedErrors
+from midtrain.schema.architecture import Attention
 from midtrain.schema.base import (
     FAMILY_ARCHITECTURES,
     SCHEMA_VERSION,
@@ -24,8 +25,9 @@ from midtrain.schema.provenance import Contradiction, Entry, ProvenanceEntry, pa
 from midtrain.schema.rope import Rope
 from midtrain.schema.stage import Optimizer, Stage
 
-# Numbers that are identifiers or bookkeeping, not claims a paper makes.
-UNCOUNTED_PREFIXES = ("schema_version", "source.year", "results")
+# Numbers that are identifiers or bookkeeping, not claims a paper makes (reported and revised values
+# are cited inside their own entries).
+UNCOUNTED_PREFIXES = ("schema_version", "source.year", "results", "reported", "revisions")
 
 
 class Reference(Strict):
@@ -103,8 +105,18 @@ class Inference(Strict):
     note: str | None = None
 
 
+class ResultAt(Strict):
+    """An intermediate checkpoint: part-way through a stage."""
+
+    stage: str = Field(description="A stage of this recipe.")
+    tokens: Count | None = Field(None, description="Tokens into the stage (one run).")
+    fraction: float | None = Field(None, gt=0, le=1, description="Share of the stage done.")
+    step: int | None = Field(None, ge=0)
+
+
 class Result(Strict):
     benchmark: str
+    at: ResultAt | None = Field(None, description="An intermediate checkpoint; absent: the model `model` names.")
     before: float | None = None
     after: float | None = None
     delta: float | None = Field(None, description="Reported change, when the paper gives only the difference.")
@@ -123,6 +135,27 @@ class Result(Strict):
         return self
 
 
+class Reported(Strict):
+    """A number as the paper prints it, kept beside the value the recipe uses when the paper is inconsistent
+    (its "5B tokens, 4M batch, 100 steps" cannot all be true)."""
+
+    path: str = Field(description="The field whose used value differs, e.g. stages[anneal].steps.")
+    value: float | str = Field(description="What the paper prints.")
+    cite: str = Field(description="Where it is printed.")
+    why: str = Field(description="Why the recipe uses another value (the arithmetic that contradicts it).")
+
+
+class Revision(Strict):
+    """An erratum: a value corrected upstream (a config fix, a paper revision) after first publication."""
+
+    path: str = Field(description="The field that was corrected.")
+    old: float | str
+    new: float | str
+    where: str = Field(description="The fix: pull request, commit, paper version.")
+    date: dt.date | None = None
+    note: str | None = None
+
+
 class Recipe(Strict):
     schema_version: int = Field(SCHEMA_VERSION, description="Version of the recipe format; see `midtrain schema`.")
     id: Slug
@@ -138,6 +171,7 @@ class Recipe(Strict):
     objectives: list[Capability] = Field(min_length=1)
     techniques: list[Technique] = Field(default_factory=list)
     optimizer: Optimizer = Field(default_factory=Optimizer)
+    attention: Attention | None = Field(None, description="Per-layer attention kinds (sliding, NoPE, Mamba ...).")
     stages: list[Stage] = Field(min_length=1)
     merges: list[Merge] = Field(default_factory=list)
     final: str | None = Field(None, description="The stage or merge that gives the released model; default: the last.")
@@ -145,6 +179,11 @@ class Recipe(Strict):
     results: list[Result] = Field(default_factory=list)
     provenance: dict[str, ProvenanceEntry] = Field(default_factory=dict)
     contradictions: list[Contradiction] = Field(default_factory=list)
+    reported: list[Reported] = Field(
+        default_factory=list,
+        description="Numbers as printed where the paper is inconsistent; the fields hold the used ones.",
+    )
+    revisions: list[Revision] = Field(default_factory=list, description="Errata: values corrected upstream.")
     notes: str | None = None
 
     @field_validator("schema_version")
@@ -159,86 +198,18 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Recipe:
-        problems = self._stage_problems() + self._merge_problems() + self._path_problems()
+        """Stage names and what each stage starts from, branch points, merges and the final model, and
+        the field paths that provenance, contradictions, reported values, revisions and results name.
+        One implementation on plain data (midtrain/schema/checks.py) serves this model and the one-pass
+        validation of files that do not validate."""
+        from midtrain.schema.checks import cross_problems
+
+        data = self.model_dump(mode="json", exclude_none=True)
+        aliases = path_aliases({k: v for k, v in data.items() if k not in ("provenance", "contradictions")})
+        problems = cross_problems(data, aliases)
         if problems:
             raise LocatedErrors(problems)
         return self
-
-    def _stage_problems(self) -> list[FieldProblem]:
-        """Stage names, what each stage starts from, and what its schedule and RoPE need from the base."""
-        problems: list[FieldProblem] = []
-        names: set[str] = set()
-        merge_names = {m.name for m in self.merges}  # built once: per stage it made the check quadratic
-        for index, stage in enumerate(self.stages):
-            if stage.name in names:
-                problems.append((("stages", index, "name"), f"stage name {stage.name!r} is used twice"))
-            if stage.init not in ("base", "previous") and stage.init not in names and stage.init not in merge_names:
-                problems.append(
-                    (
-                        ("stages", index, "init"),
-                        f"{stage.init!r} is not an earlier stage, a merge, 'base' or 'previous'",
-                    )
-                )
-            if stage.schedule.type == "from_base" and self.base.lr_at_end is None:
-                problems.append((("stages", index, "schedule"), "a from_base schedule needs base.lr_at_end"))
-            if stage.rope is not None:
-                capacity = stage.rope.capacity(self.base.context_length)
-                if capacity is not None and stage.sequence_length > capacity:
-                    problems.append(
-                        (
-                            ("stages", index, "rope"),
-                            f"sequence_length {stage.sequence_length:,} exceeds what the "
-                            f"scaling covers ({capacity:,} = base context × factor)",
-                        )
-                    )
-            names.add(stage.name)
-        return problems
-
-    def _merge_problems(self) -> list[FieldProblem]:
-        """Merge names, their inputs (stages, runs and earlier merges) and the final model."""
-        problems: list[FieldProblem] = []
-        stages_by_name: dict[str, Stage] = {}
-        for stage in self.stages:
-            stages_by_name.setdefault(stage.name, stage)
-        known = set(stages_by_name)
-        for index, merge in enumerate(self.merges):
-            if merge.name in known:
-                problems.append((("merges", index, "name"), f"name {merge.name!r} is already used by a stage or merge"))
-            for j, item in enumerate(merge.inputs):
-                if item.stage not in known:
-                    problems.append(
-                        (("merges", index, "inputs", j, "stage"), f"{item.stage!r} is not a stage or earlier merge")
-                    )
-                    continue
-                source = stages_by_name.get(item.stage)
-                if source is not None and item.run is not None and item.run >= source.runs.count:
-                    problems.append(
-                        (
-                            ("merges", index, "inputs", j, "run"),
-                            f"run {item.run} but {item.stage!r} has {source.runs.count} runs",
-                        )
-                    )
-            known.add(merge.name)
-        if self.final is not None and self.final not in known:
-            problems.append((("final",), f"{self.final!r} is not a stage or merge"))
-        return problems
-
-    def _path_problems(self) -> list[FieldProblem]:
-        """Provenance entries and contradictions must name fields that exist."""
-        problems: list[FieldProblem] = []
-        aliases = path_aliases(
-            self.model_dump(mode="json", exclude={"provenance", "contradictions"}, exclude_none=True)
-        )
-        for path in self.provenance:
-            if path not in aliases:
-                problems.append(
-                    (("provenance", path), f"{path!r} is not a field of this recipe (check the stage/source names)")
-                )
-        for index, contradiction in enumerate(self.contradictions):
-            for path in contradiction.about:
-                if path not in aliases:
-                    problems.append((("contradictions", index, "about"), f"{path!r} is not a field of this recipe"))
-        return problems
 
     # ---- queries used by the CLI, the planner and the linter ----
 
@@ -252,16 +223,52 @@ class Recipe(Strict):
         raise KeyError(name)
 
     def mid_training_tokens(self) -> float | None:
-        """Tokens over the mid-training stages and their runs: every stage kind but `pretraining`
-        (see StageKind). 0 when every stage is pre-training; None when a counted stage's budget is unknown."""
-        return _tokens(stage for stage in self.stages if stage.kind.is_mid_training)
+        """Tokens over the main line's mid-training stages and their runs: every stage kind but
+        `pretraining` (see StageKind), side branches left out. 0 when every stage is pre-training; None
+        when a counted stage's budget is unknown."""
+        return _tokens(stage for stage in self.stages if stage.kind.is_mid_training and not stage.branch)
 
     def total_tokens(self) -> float | None:
-        """Tokens over all stages and runs, pre-training phases included; None when a budget is unknown."""
-        return _tokens(self.stages)
+        """Tokens over the main line's stages and runs, pre-training phases included, side branches not;
+        None when a budget is unknown."""
+        return _tokens(stage for stage in self.stages if not stage.branch)
+
+    def branch_tokens(self) -> float | None:
+        """Tokens over the side branches (0 without any)."""
+        return _tokens(stage for stage in self.stages if stage.branch)
+
+    def main_stages(self) -> list[Stage]:
+        return [stage for stage in self.stages if not stage.branch]
+
+    def init_of(self, index: int) -> str:
+        """What stage `index` starts from, with `previous` resolved: the nearest earlier main-line stage
+        (side branches are skipped) or 'base'."""
+        init = self.stages[index].init
+        if init != "previous":
+            return init
+        for stage in reversed(self.stages[:index]):
+            if not stage.branch:
+                return stage.name
+        return "base"
+
+    def final_name(self) -> str:
+        """The stage or merge that gives the released model: `final`, else the last main-line stage."""
+        if self.final is not None:
+            return self.final
+        main = self.main_stages()
+        return (main or self.stages)[-1].name
+
+    def unknowns(self) -> list[str]:
+        """Paths of the values written as `unknown`."""
+        return [f"stages[{stage.name}].{name}" for stage in self.stages for name in stage.unknowns()]
+
+    def longest_context(self) -> int:
+        """The longest context of any stage, side branches included (what a plan must fit)."""
+        return max(stage.sequence_length for stage in self.stages)
 
     def final_context(self) -> int:
-        return max(stage.sequence_length for stage in self.stages)
+        """The longest context on the main line (side branches left out, like the token totals)."""
+        return max(stage.sequence_length for stage in (self.main_stages() or self.stages))
 
     def canonical_provenance(self) -> dict[str, Entry]:
         aliases = path_aliases(

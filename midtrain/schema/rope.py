@@ -57,7 +57,18 @@ class Llama3Scaling(Strict):
     high_freq_factor: float = Field(4.0, gt=0)
 
 
-Scaling = Annotated[LinearScaling | DynamicNTK | Yarn | Llama3Scaling, Field(discriminator="type")]
+class NtkAlpha(Strict):
+    """NTK-aware scaling with a fixed alpha (bloc97; Hunyuan-Large, Qwen-7B): the RoPE base becomes
+    θ · α^(d / (d − 2)) for head dimension d; nothing else changes. `to_hf` writes that base."""
+
+    type: Literal["ntk-alpha"] = "ntk-alpha"
+    alpha: float = Field(gt=1, le=1e6)
+
+    def theta_for(self, theta: float, head_dim: int) -> float:
+        return theta * self.alpha ** (head_dim / (head_dim - 2)) if head_dim > 2 else theta * self.alpha
+
+
+Scaling = Annotated[LinearScaling | DynamicNTK | Yarn | Llama3Scaling | NtkAlpha, Field(discriminator="type")]
 
 
 class Rope(Strict):
@@ -79,16 +90,22 @@ class Rope(Strict):
 
     def capacity(self, base_context: int | None) -> int | None:
         """Longest sequence the scaling is designed for, or None when it does not bound it."""
-        if self.scaling is None or self.scaling.type == "dynamic":
+        if self.scaling is None or isinstance(self.scaling, (DynamicNTK, NtkAlpha)):
             return None
         original = getattr(self.scaling, "original_max_position_embeddings", None) or base_context
         if original is None:
             return None
         return round(original * self.scaling.factor)
 
-    def to_hf(self, theta: float) -> dict[str, Any]:
-        """`transformers` rope parameters (`rope_parameters` in v5, `rope_scaling` before)."""
+    def to_hf(self, theta: float, head_dim: int | None = None) -> dict[str, Any]:
+        """`transformers` rope parameters (`rope_parameters` in v5, `rope_scaling` before).
+
+        NTK-alpha is a change of base, so it becomes a plain RoPE with θ · α^(d/(d−2)) (needs head_dim)."""
         params: dict[str, Any] = {"rope_type": "default", "rope_theta": theta}
+        if isinstance(self.scaling, NtkAlpha):
+            if head_dim is None:
+                raise ValueError("NTK-alpha scaling needs the model's head dimension")
+            return {"rope_type": "default", "rope_theta": self.scaling.theta_for(theta, head_dim)}
         if self.scaling is not None:
             params.update(self.scaling.model_dump(exclude_none=True, exclude={"type"}))
             params["rope_type"] = self.scaling.type
@@ -108,13 +125,16 @@ class Rope(Strict):
                     f"YaRN ×{s.factor:g} from {s.original_max_position_embeddings:,}, β_fast {s.beta_fast:g}, "
                     f"β_slow {s.beta_slow:g}, attention ×{s.effective_attention_factor():.4g}"
                 )
+            elif s.type == "ntk-alpha":
+                bits.append(f"NTK-aware α {s.alpha:g} (base × α^(d/(d−2)))")
             elif s.type == "llama3":
                 bits.append(
                     f"llama3 ×{s.factor:g} from {s.original_max_position_embeddings:,} "
                     f"(low {s.low_freq_factor:g}, high {s.high_freq_factor:g})"
                 )
             else:
-                bits.append(f"{'PI' if s.type == 'linear' else 'dynamic NTK'} ×{s.factor:g}")
+                origin = f" from {s.original_max_position_embeddings:,}" if s.original_max_position_embeddings else ""
+                bits.append(f"{'PI' if s.type == 'linear' else 'dynamic NTK'} ×{s.factor:g}{origin}")
         if self.applies_to:
             bits.append(f"on {self.applies_to}")
         return "; ".join(bits) or "unchanged"

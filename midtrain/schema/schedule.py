@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Generic, Literal, TypeVar
 
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from midtrain.schema.base import Count, Fraction, LearningRate, Strict
 
@@ -305,11 +305,43 @@ class FromBase(_Warmup, _Decay[HeldOrDecayShape]):
         return f"{self.warmup_text()}from the base's LR, {self.decay_text()} → {self.end_lr:.3g}"
 
 
+class UnknownSchedule(_Warmup):
+    """The paper gives no LR schedule (or no LR). Written `schedule: unknown` or `{type: unknown, shape: cosine}`.
+
+    `plan` fills it with a flagged default, from the LR where the base left off decayed linearly to 0
+    (held, for `shape: constant`), and names it in its notes; without `base.lr_at_end` that start is
+    the planner's default for the base (also noted). Plots draw the default dashed."""
+
+    type: Literal["unknown"] = "unknown"
+    shape: Literal["constant", "linear", "cosine", "wsd", "1-sqrt", "step"] | None = Field(
+        None, description="What the paper does say about the shape, if anything."
+    )
+    note: str | None = None
+
+    def lr_at(self, step: int, total_steps: int, base_lr: float | None = None) -> float:
+        """The default a plan fills in; NaN when there is no base LR to start from."""
+        if base_lr is None:
+            return math.nan
+        return self.filled().lr_at(step, total_steps, base_lr)
+
+    def filled(self) -> FromBase:
+        return FromBase(decay="none" if self.shape == "constant" else "linear", end_lr=0.0)
+
+    def describe(self) -> str:
+        known = f" ({self.shape})" if self.shape else ""
+        return f"unknown{known}"
+
+
+def _unknown_shorthand(value: object) -> object:
+    return {"type": "unknown"} if value == "unknown" else value
+
+
 Schedule = Annotated[
-    Constant | Linear | Cosine | WSD | Power | StepWise | FromBase,
+    Constant | Linear | Cosine | WSD | Power | StepWise | FromBase | UnknownSchedule,
     Field(discriminator="type"),
+    BeforeValidator(_unknown_shorthand),
 ]
-SCHEDULE_TYPES = ("constant", "linear", "cosine", "wsd", "power", "step", "from_base")
+SCHEDULE_TYPES = ("constant", "linear", "cosine", "wsd", "power", "step", "from_base", "unknown")
 
 
 def lr_after_warmup(schedule: Schedule, total_steps: int, base_lr: float | None = None) -> float:

@@ -112,8 +112,8 @@ def test_migrate_files_rewrites_old_files_only(tmp_path: Path) -> None:
     os.chmod(old, 0o640)
     (tmp_path / "broken.yaml").write_text(": : :\n")
     (tmp_path / "list.yaml").write_text("- a\n- b\n")
-    assert list(migrate_files([tmp_path])) == [Migrated(old, 0, 1)]
-    assert "lr_schedule" not in old.read_text() and re.search(r"(?m)^schema_version: 1$", old.read_text())
+    assert list(migrate_files([tmp_path])) == [Migrated(old, 0, 2)]
+    assert "lr_schedule" not in old.read_text() and re.search(r"(?m)^schema_version: 2$", old.read_text())
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(old.stat().st_mode) == 0o666 & ~mask  # a new file with the user's umask, not 0600
@@ -129,7 +129,7 @@ def test_validate_migrate_prints_each_file(tmp_path: Path) -> None:
     old = _old_recipe(tmp_path)
     result = CliRunner().invoke(app, ["validate", "--migrate", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert f"migrated {old} from schema_version 0 to 1 (comments were not kept)" in result.stdout
+    assert f"migrated {old} from schema_version 0 to 2 (comments were not kept)" in result.stdout
     assert "✓ 1 recipe(s) valid" in result.stdout
 
 
