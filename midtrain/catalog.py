@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from midtrain import __version__
 from midtrain.errors import MidtrainError, Problem, short
-from midtrain.yamlio import LineMap, format_path, load_yaml, problems_from_validation
+from midtrain.yamlio import LineMap, format_path, load_yaml, located_problem, problems_from_validation
 
 if TYPE_CHECKING:  # the schema (pydantic models) is imported when a catalogue is loaded, not before
     from collections.abc import Callable, Mapping
@@ -159,11 +159,12 @@ def _load_registry(root: Path, cache: _ParseCache) -> LoadedRegistry:
 
     from midtrain.schema.registry import BaseModelEntry, DataSource, Registry, ScaleProfile
 
-    adapters: dict[str, TypeAdapter[dict[str, Any]]] = {
-        "sources": TypeAdapter(dict[str, DataSource]),
-        "models": TypeAdapter(dict[str, BaseModelEntry]),
-        "scales": TypeAdapter(dict[str, ScaleProfile]),
+    kinds: dict[str, Any] = {
+        "sources": dict[str, DataSource],
+        "models": dict[str, BaseModelEntry],
+        "scales": dict[str, ScaleProfile],
     }
+    adapters: dict[str, TypeAdapter[dict[str, Any]]] = {kind: TypeAdapter(tp) for kind, tp in kinds.items()}
     problems: list[Problem] = []
     merged: dict[str, dict[str, Any]] = {kind: {} for kind in REGISTRY_FILES}
     locations: dict[str, dict[str, tuple[Path, int | None]]] = {kind: {} for kind in REGISTRY_FILES}
@@ -183,7 +184,7 @@ def _load_registry(root: Path, cache: _ParseCache) -> LoadedRegistry:
             try:
                 entries = adapter.validate_python(raw)
             except ValidationError as exc:
-                problems.extend(problems_from_validation(exc, path, line_map))
+                problems.extend(problems_from_validation(exc, path, line_map, data=raw, model=kinds[kind]))
                 continue
             for name, entry in entries.items():
                 if name in merged[kind]:
@@ -204,7 +205,9 @@ def _load_registry(root: Path, cache: _ParseCache) -> LoadedRegistry:
     try:
         registry = Registry.model_validate(merged)
     except ValidationError as exc:  # names that are not slugs
-        raise MidtrainError(problems_from_validation(exc, root / "registry", LineMap())) from None
+        raise MidtrainError(
+            problems_from_validation(exc, root / "registry", LineMap(), data=merged, model=Registry)
+        ) from None
     return LoadedRegistry(registry, locations)
 
 
@@ -234,7 +237,13 @@ def _recipe_problems(
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        return None, problems + problems_from_validation(exc, path, lines)
+        from midtrain.schema.checks import recipe_problems
+
+        problems += [
+            located_problem(item.path, item.message, path, lines, raw, item.expected, item.found)
+            for item in recipe_problems(raw, exc)
+        ]
+        return None, sorted(problems, key=lambda problem: problem.line or 0)
     if recipe.id != path.stem:
         problems.append(
             Problem(
@@ -274,7 +283,7 @@ def _reference_problems(path: Path, raw: dict[str, Any], lines: LineMap, loaded:
                     suggest = len(problems) < MAX_HINTS
                     problems.append(
                         _dangling(
-                            path, lines, where, name, "data source", registry.sources, "registry/sources", suggest
+                            path, lines, where, name, "data source", registry.sources, "registry/sources", suggest, raw
                         )
                     )
     return problems
@@ -289,6 +298,7 @@ def _dangling(
     known: Mapping[str, object],
     registry_file: str,
     suggest: bool = True,
+    data: Any = None,
 ) -> Problem:
     close = difflib.get_close_matches(name, list(known), n=3) if suggest else []
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -296,7 +306,7 @@ def _dangling(
         f"unknown {what} {name!r}{hint}",
         file=path,
         line=lines.line_for(where),
-        path=format_path(where),
+        path=format_path(where, data),
         expected=f"a name defined in {registry_file}.yaml or {registry_file}/*.yaml",
         found=short(name),
     )

@@ -21,7 +21,7 @@ import functools
 import os
 import re
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -75,14 +75,28 @@ class LineMap:
         return cls({tuple(k): v for k, v in rows})
 
 
-def format_path(path: Sequence[str | int]) -> str:
-    """("stages", 0, "schedule") -> "stages[0].schedule"."""
+def format_path(path: Sequence[str | int], data: Any = None) -> str:
+    """("stages", 0, "schedule") -> "stages[0].schedule"; with the data the path runs through, list
+    items are named as provenance names them: "stages[anneal].schedule", "components[dclm].share",
+    "merges[soup].inputs[0].stage" (items with a `name`, `source` or `benchmark`; others by index)."""
+    item_key: Callable[[Any, int], str] | None = None
+    if data is not None:
+        from midtrain.schema.provenance import _item_key
+
+        item_key = _item_key
     out = ""
+    node = data
     for part in path:
         if isinstance(part, int):
-            out += f"[{part}]"
+            if item_key is not None and isinstance(node, list) and 0 <= part < len(node):
+                node = node[part]
+                out += f"[{item_key(node, part)}]"
+            else:
+                node = None
+                out += f"[{part}]"
         else:
             out += ("." if out else "") + str(part)
+            node = node.get(part) if isinstance(node, dict) else None
     return out
 
 
@@ -702,53 +716,43 @@ def dump_yaml(data: Any) -> str:
     return buffer.getvalue()
 
 
-def problems_from_validation(
-    exc: ValidationError, file: Path | None, lines: LineMap, prefix: tuple[str | int, ...] = ()
-) -> list[Problem]:
-    """Turn a pydantic ValidationError into located problems (all of them, not just the first)."""
-    from midtrain.errors import LocatedErrors
+def located_problem(
+    path: Sequence[str | int],
+    message: str,
+    file: Path | None,
+    lines: LineMap,
+    data: Any = None,
+    expected: str | None = None,
+    found: str | None = None,
+) -> Problem:
+    """A problem at a data path: its line from the index path, its path written with names."""
+    return Problem(
+        message,
+        file=file,
+        line=lines.line_for(path),
+        path=format_path(path, data) or None,
+        expected=expected,
+        found=found,
+    )
 
-    problems = []
-    for err in exc.errors(include_url=False):
-        loc = tuple(prefix) + tuple(err.get("loc", ()))
-        located = (err.get("ctx") or {}).get("error")
-        if isinstance(located, LocatedErrors):
-            for sub_path, sub_message in located.items:
-                full = loc + tuple(sub_path)
-                problems.append(Problem(sub_message, file=file, line=lines.line_for(full), path=format_path(full)))
-            continue
-        # Discriminated-union tags and function-validator names are not fields in the file.
-        shown = tuple(
-            part for part in loc if not (isinstance(part, str) and ("[" in part or part.startswith("function-")))
-        )
-        kind = err.get("type", "")
-        message = err.get("msg", "invalid value")
-        expected = None
-        found = None
-        if "input" in err and kind != "missing":
-            found = short(err["input"])
-        if kind == "missing":
-            message = "required field is missing"
-        elif kind == "extra_forbidden":
-            message = "unknown field"
-            found = str(shown[-1]) if shown else None
-            expected = "one of the fields documented in `midtrain schema`"
-        elif kind.endswith(("_type", "_parsing")):
-            expected = message.replace("Input should be ", "")
-            message = "wrong type"
-        elif kind in ("literal_error", "enum", "union_tag_invalid"):
-            expected = message.replace("Input should be ", "").replace("Input tag ", "tag ")
-            message = "not an allowed value"
-        elif message.startswith("Value error, "):
-            message = message[len("Value error, ") :]
-        problems.append(
-            Problem(
-                message,
-                file=file,
-                line=lines.line_for(shown),
-                path=format_path(shown) or None,
-                expected=expected,
-                found=found,
-            )
-        )
-    return problems
+
+def problems_from_validation(
+    exc: ValidationError,
+    file: Path | None,
+    lines: LineMap,
+    prefix: tuple[str | int, ...] = (),
+    *,
+    data: Any,
+    model: Any,
+) -> list[Problem]:
+    """Turn a pydantic ValidationError into located problems (all of them, not just the first).
+
+    `model` is the annotation validated (a model class or e.g. `dict[str, DataSource]`) and `data`
+    what was validated: paths name list items, union labels are told from keys, unknown fields get
+    "did you mean" and the fields allowed there (midtrain/schema/locate.py)."""
+    from midtrain.schema.locate import locate_errors
+
+    return [
+        located_problem((*prefix, *item.path), item.message, file, lines, data, item.expected, item.found)
+        for item in locate_errors(exc.errors(include_url=False), data, model)
+    ]

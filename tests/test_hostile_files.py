@@ -184,7 +184,7 @@ def test_count_with_thousands_of_digits_is_refused(repo: Path, tmp_path: Path) -
     bad = tmp_path / "olmo-2-1124-7b.yaml"
     bad.write_text(text.replace("tokens: 50B", "tokens: " + "9" * 50_000 + "x", 1))
     out = midtrain("validate", str(bad), code=1)
-    assert f"{bad}:" in out and "stages[0].tokens" in out and "expected a number such as 50e9" in out
+    assert f"{bad}:" in out and "stages[anneal].tokens" in out and "expected a positive number such as 50e9" in out
 
 
 # ---------------------------------------------------------------- duplicate ids

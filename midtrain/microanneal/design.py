@@ -327,7 +327,9 @@ def read_request(path: Path) -> MicroRequest:
         return MicroRequest.model_validate(data)
     except ValidationError as exc:
         raise MidtrainError(
-            problems_from_validation(exc, path, lines if isinstance(lines, LineMap) else LineMap())
+            problems_from_validation(
+                exc, path, lines if isinstance(lines, LineMap) else LineMap(), data=data, model=MicroRequest
+            )
         ) from None
 
 

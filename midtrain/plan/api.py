@@ -30,7 +30,7 @@ def recipe_for(request: PlanRequest, catalog: Catalog, where: Path | None = None
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:
-        problems = problems_from_validation(exc, where, LineMap())
+        problems = problems_from_validation(exc, where, LineMap(), data=raw, model=Recipe)
         for problem in problems:
             problem.message = f"after overrides {list(request.overrides)}: {problem.message}"
         raise MidtrainError(problems) from None

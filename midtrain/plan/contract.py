@@ -260,6 +260,7 @@ class StagePlan(Strict):
     mixture: dict[str, dict[str, Any]]
     streams: dict[str, float]
     init: str
+    branch: bool = False
 
 
 class MergePlan(Strict):
@@ -397,4 +398,4 @@ def _validate(kind: Any, data: Any, path: Path) -> object:
         adapter: TypeAdapter[object] = TypeAdapter(kind)
         return adapter.validate_python(data)
     except ValidationError as exc:
-        raise MidtrainError(problems_from_validation(exc, path, LineMap())) from None
+        raise MidtrainError(problems_from_validation(exc, path, LineMap(), data=data, model=kind)) from None

@@ -76,7 +76,9 @@ def read_params(root: Path) -> PlanRequest:
         return PlanRequest.model_validate(data)
     except ValidationError as exc:
         raise MidtrainError(
-            problems_from_validation(exc, path, lines if isinstance(lines, LineMap) else LineMap())
+            problems_from_validation(
+                exc, path, lines if isinstance(lines, LineMap) else LineMap(), data=data, model=PlanRequest
+            )
         ) from None
 
 

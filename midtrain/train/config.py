@@ -59,6 +59,23 @@ class NewModel(Strict):
     rope_theta: float = Field(10_000.0, gt=0)
     max_position_embeddings: int = Field(gt=0)
     tie_word_embeddings: bool = False
+    layer_types: list[Literal["full_attention", "sliding_attention"]] | None = Field(
+        None, description="Per-layer attention (the recipe's `attention` pattern at this depth)."
+    )
+    sliding_window: int | None = Field(None, gt=0)
+    no_rope_layers: list[Literal[0, 1]] | None = Field(
+        None, description="Per layer: 1 uses RoPE, 0 is a NoPE layer (SmolLM3 / Llama 4 convention)."
+    )
+
+    @model_validator(mode="after")
+    def _layers(self) -> NewModel:
+        for name in ("layer_types", "no_rope_layers"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.dims.num_hidden_layers:
+                raise ValueError(f"{name} has {len(value)} entries for {self.dims.num_hidden_layers} layers")
+        if self.layer_types and "sliding_attention" in self.layer_types and self.sliding_window is None:
+            raise ValueError("sliding_attention layers need sliding_window")
+        return self
 
 
 class Pretrained(Strict):
@@ -72,6 +89,25 @@ class Polyak(Strict):
     checkpoints: int = Field(
         ge=2, description="How many snapshots, evenly spaced to the end of the stage, are averaged."
     )
+
+
+class FimSpec(Strict):
+    """Fill-in-the-middle as the data path applies it (see midtrain/data/fim.py)."""
+
+    rate: float = Field(ge=0, le=1, description="Share of documents rearranged.")
+    spm_rate: float = Field(0.0, ge=0, le=1, description="Share of the rearranged ones in SPM order.")
+    level: Literal["document", "context"] = "document"
+    prefix: str = Field("<|fim_prefix|>", min_length=1)
+    middle: str = Field("<|fim_middle|>", min_length=1)
+    suffix: str = Field("<|fim_suffix|>", min_length=1)
+    streams: list[StreamName] | None = Field(None, description="Streams it applies to; None: every stream.")
+
+
+class BatchPhase(Strict):
+    """From optimizer step `step` on, `global_batch` sequences per step (a batch ramp)."""
+
+    step: int = Field(gt=0, le=MAX_STEPS)
+    global_batch: int = Field(gt=0, le=MAX_GLOBAL_BATCH)
 
 
 class RunSpec(Strict):
@@ -110,6 +146,22 @@ class RunSpec(Strict):
     threads: int | None = Field(
         None, ge=1, le=MAX_THREADS, description="torch threads per process; default cores / processes."
     )
+    fim: FimSpec | None = None
+    streams_end: dict[StreamName, Share] | None = Field(
+        None, description="A mixture ramp: stream shares at the last step, moving linearly from `streams`."
+    )
+    batch_ramp: list[BatchPhase] = Field(
+        default_factory=list, description="Later batch sizes; `global_batch` is the batch until the first one."
+    )
+    optimizer_from: str | None = Field(
+        None, description="A run directory whose final optimizer state this run continues (optimizer_state: carry)."
+    )
+    save_at: list[int] = Field(
+        default_factory=list, description="Steps after which a model snapshot is kept in OUT/at-step-<step>/model."
+    )
+    upscale: list[tuple[int, int]] | None = Field(
+        None, description="Depth up-scaling: [start, end) layer ranges of the init model, concatenated."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RunSpec:
@@ -133,7 +185,34 @@ class RunSpec(Strict):
             raise ValueError("a from_base schedule needs base_lr")
         if self.polyak is not None and self.polyak.checkpoints > self.steps:
             raise ValueError(f"cannot average {self.polyak.checkpoints} snapshots of a {self.steps}-step stage")
+        self._check_extras()
         return self
+
+    def _check_extras(self) -> None:
+        if self.streams_end is not None:
+            if set(self.streams_end) != set(self.streams):
+                raise ValueError("streams_end must name the same streams as streams")
+            if abs(sum(self.streams_end.values()) - 1.0) > 1e-6:
+                raise ValueError(f"streams_end shares must sum to 1, found {sum(self.streams_end.values()):.6g}")
+        steps = [phase.step for phase in self.batch_ramp]
+        if steps != sorted(set(steps)) or any(step >= self.steps for step in steps):
+            raise ValueError(
+                f"batch_ramp steps must increase and lie inside the run's {self.steps} steps, found {steps}"
+            )
+        for phase in self.batch_ramp:
+            if phase.global_batch % self.micro_batch:
+                raise ValueError(
+                    f"batch_ramp batch {phase.global_batch} is not a multiple of micro_batch {self.micro_batch}"
+                )
+            if phase.global_batch * self.sequence_length > MAX_TOKENS_PER_STEP:
+                raise ValueError(f"batch_ramp batch {phase.global_batch} × sequence_length is over the token limit")
+        if any(not 0 < step <= self.steps for step in self.save_at):
+            raise ValueError(f"save_at steps must lie in 1..{self.steps}, found {self.save_at}")
+        if self.upscale is not None:
+            if not self.upscale or any(not 0 <= a < b for a, b in self.upscale):
+                raise ValueError(f"upscale needs [start, end) ranges with 0 ≤ start < end, found {self.upscale}")
+            if isinstance(self.init, NewModel):
+                raise ValueError("upscale repeats the layers of a saved model; init must be a model path")
 
     @classmethod
     def load(cls, path: Path) -> RunSpec:
@@ -155,4 +234,4 @@ class RunSpec(Strict):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise MidtrainError(problems_from_validation(exc, Path(path), LineMap())) from None
+            raise MidtrainError(problems_from_validation(exc, Path(path), LineMap(), data=data, model=cls)) from None

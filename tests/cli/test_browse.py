@@ -159,7 +159,7 @@ def test_validate_reports_every_problem_and_exits_1(tmp_path: Path, olmo_text: s
     empty = tmp_path / "empty.yaml"
     empty.write_text("")
     result = run("validate", str(bad), str(empty), code=1)
-    assert "stages[0].tokens" in result.output and "titel" in result.output and "file is empty" in result.output
+    assert "stages[anneal].tokens" in result.output and "titel" in result.output and "file is empty" in result.output
     data = run_json("validate", str(bad), code=1)
     assert data["ok"] is False and len(data["problems"]) >= 3
     assert all(p["file"] and p["line"] for p in data["problems"])

@@ -82,38 +82,38 @@ def test_changed_recipes_validate_and_keep_their_audit_fixes() -> None:
 
 CASES = [
     # (old text, new text, message fragment, field path fragment, line needle)
-    ("tokens: 50B", "tokens: fifty", "number such as 50e9", "stages[0].tokens", "tokens: fifty"),
-    ("tokens: 50B", "tokens: -5", "greater than 0", "stages[0].tokens", "tokens: -5"),
-    ("tokens: 50B", "tokens: 1e20", "less than or equal", "stages[0].tokens", "tokens: 1e20"),
+    ("tokens: 50B", "tokens: fifty", "number such as 50e9", "stages[anneal].tokens", "tokens: fifty"),
+    ("tokens: 50B", "tokens: -5", "expected a positive number", "stages[anneal].tokens", "tokens: -5"),
+    ("tokens: 50B", "tokens: 1e20", "at most 1e15", "stages[anneal].tokens", "tokens: 1e20"),
     (
         "sequence_length: 4096",
         "sequence_length: 4096\n    colour: blue",
         "unknown field",
-        "stages[0].colour",
+        "stages[anneal].colour",
         "colour: blue",
     ),
     ("title: OLMo 2 7B", "titel: OLMo 2 7B", "unknown field", "titel", "titel:"),
-    ("    kind: anneal\n", "", "required field is missing", "stages[0].kind", "- name: anneal"),
-    ("normalize: true", "normalize: false", "shares must sum to 1", "stages[0].mixture", "mixture:"),
+    ("    kind: anneal\n", "", "required field is missing", "stages[anneal].kind", "- name: anneal"),
+    ("normalize: true", "normalize: false", "shares must sum to 1", "stages[anneal].mixture", "mixture:"),
     (
         "source: dolmino-math,",
         "source: dolmino-maths,",
         "unknown data source 'dolmino-maths' (did you mean dolmino-math",
-        "stages[0].mixture.components[5].source",
+        "stages[anneal].mixture.components[dolmino-maths].source",
         "dolmino-maths",
     ),
     ("model: olmo-2-1124-7b", "model: olmo-3-7b", "unknown base model", "base.model", "model: olmo-3-7b"),
-    ("kind: anneal\n", "kind: annealing\n", "not an allowed value", "stages[0].kind", "kind: annealing"),
-    ("type: from_base", "type: zigzag", "not an allowed value", "stages[0].schedule", "type: zigzag"),
-    ("seeds: [42, 42069, 666]", "seeds: [42, 42069]", "2 seeds listed for 3 runs", "stages[0].runs", "runs:"),
+    ("kind: anneal\n", "kind: annealing\n", "not an allowed value", "stages[anneal].kind", "kind: annealing"),
+    ("type: from_base", "type: zigzag", "not an allowed value", "stages[anneal].schedule", "type: zigzag"),
+    ("seeds: [42, 42069, 666]", "seeds: [42, 42069]", "2 seeds listed for 3 runs", "stages[anneal].runs", "runs:"),
     (
         "batch: {sequences: 1024, tokens: 4194304}",
         "batch: {sequences: 1024, tokens: 2000000}",
         "disagrees with batch.tokens",
-        "stages[0].batch.tokens",
+        "stages[anneal].batch.tokens",
         "batch:",
     ),
-    ("  lr_at_end: 6.1499e-5\n", "", "from_base schedule needs base.lr_at_end", "stages[0].schedule", "schedule:"),
+    ("  lr_at_end: 6.1499e-5\n", "", "from_base schedule needs base.lr_at_end", "stages[anneal].schedule", "schedule:"),
     (
         '  base.peak_lr: "stated: Table 3"',
         '  base.peek_lr: "stated: Table 3"',
@@ -139,12 +139,12 @@ CASES = [
         "      - {stage: anneal}",
         "      - {stage: anneel}",
         "'anneel' is not a stage",
-        "merges[0].inputs[0].stage",
+        "merges[soup].inputs[0].stage",
         "stage: anneel",
     ),
     ("id: olmo-2-1124-7b", "id: olmo-2-7b", "must match its file name", "id", "id: olmo-2-7b"),
     ("betas: [0.9, 0.95]", "betas: [0.9, 1.5]", "betas must lie in", "optimizer", "optimizer:"),
-    ("schema_version: 1", "schema_version: 7", "newer than this midtrain", "schema_version", "schema_version"),
+    ("schema_version: 2", "schema_version: 7", "newer than this midtrain", "schema_version", "schema_version"),
     ("parameters: 7B", "parameters: [7]", "wrong type", "parameters", "parameters:"),
 ]
 
@@ -172,7 +172,7 @@ def test_all_problems_reported_at_once(repo: Path, olmo_text: str) -> None:
     path.write_text(text)
     problems = problems_for(repo, path)
     rendered = "\n".join(p.render() for p in problems)
-    assert "stages[0].tokens" in rendered and "titel" in rendered and "wikipedia" in rendered
+    assert "stages[anneal].tokens" in rendered and "titel" in rendered and "wikipedia" in rendered
 
 
 def test_rope_scaling_must_cover_sequence_length(repo: Path, olmo_text: str) -> None:
@@ -224,7 +224,7 @@ def test_registry_errors_name_file_and_line(repo: Path) -> None:
 
 
 def test_migration_from_v0(repo: Path, olmo_text: str) -> None:
-    old = olmo_text.replace("schema_version: 1", "schema_version: 0").replace(
+    old = olmo_text.replace("schema_version: 2", "schema_version: 0").replace(
         "    schedule: {type: from_base", "    lr_schedule: {type: from_base"
     )
     path = repo / "recipes" / "olmo-2" / "olmo-2-1124-7b.yaml"
