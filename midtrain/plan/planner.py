@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from midtrain.errors import MidtrainError
-from midtrain.plan import rules
+from midtrain.plan import rules, shapes
 from midtrain.plan.bases import ResolvedBase, resolve_base
 from midtrain.plan.contract import (
     BaseSummary,
@@ -97,6 +97,7 @@ class Target:
     layout: Layout
     init_base: NewModel | Pretrained
     notes: list[str] = field(default_factory=list)
+    layers: int | None = None  # decoder layers of the base, when known (depth up-scaling maps onto them)
 
 
 # ---------------------------------------------------------------- entry points
@@ -133,13 +134,25 @@ def plan_recipe(recipe: Recipe, registry: Registry, scale: str, seed: int = 0) -
 # ---------------------------------------------------------------- targets
 
 
+TRAINABLE_OPTIMIZERS = ("adamw", "adam", "muon", "ademamix")
+
+
 def _trainable_optimizer(settings: Optimizer, notes: list[str]) -> dict[str, Any]:
+    """The recipe's optimizer as the built-in trainer runs it; what it cannot run is named in the notes."""
     data = settings.model_dump(mode="json")
-    if data["type"] not in ("adamw", "adam"):
-        note = f"optimizer {data['type']} runs as AdamW (the built-in trainer implements AdamW/Adam)"
-        if note not in notes:
-            notes.append(note)
-        data["type"] = "adamw"
+
+    def note(text: str) -> None:
+        if text not in notes:
+            notes.append(text)
+
+    if data["type"] not in TRAINABLE_OPTIMIZERS:
+        note(f"optimizer {data['type']} runs as AdamW (the built-in trainer implements AdamW, Adam, Muon and AdEMAMix)")
+        data.update(type="adamw", ademamix=None, muon=None)
+    if data.get("qk_clip"):
+        note("QK-Clip is recorded but not applied by the built-in trainer (it needs each head's attention logits)")
+        data["qk_clip"] = None
+    if data.get("mup") or data.get("mup_width_ratio"):
+        note("µP settings are recorded; the stand-in trains with the recipe's LRs scaled to its own peak, not µP")
     return data
 
 
@@ -165,8 +178,14 @@ def _stand_in_target(recipe: Recipe, registry: Registry, request: PlanRequest, p
             + ("10× the LR where it left off" if recipe.base.lr_at_end else "the recipe's largest LR")
         )
     layout = Layout(data=request.scale, run=recipe.id)
+    family, layer_fields = _stand_in_attention(recipe, family, dims.num_hidden_layers, base_context, notes)
     init = NewModel(
-        family=family, dims=dims.model_dump(), vocab_size=vocab, rope_theta=theta, max_position_embeddings=base_context
+        family=family,
+        dims=dims.model_dump(),
+        vocab_size=vocab,
+        rope_theta=theta,
+        max_position_embeddings=base_context,
+        **layer_fields,
     )
     return Target(
         kind="stand-in",
@@ -192,7 +211,29 @@ def _stand_in_target(recipe: Recipe, registry: Registry, request: PlanRequest, p
         layout=layout,
         init_base=init,
         notes=notes,
+        layers=dims.num_hidden_layers,
     )
+
+
+# Stand-in families whose transformers config has per-layer attention kinds (sliding windows), and the
+# one that also has NoPE layers.
+LAYERED_STAND_INS = ("qwen2", "qwen3", "olmo3", "smollm3")
+
+
+def _stand_in_attention(
+    recipe: Recipe, family: str, layers: int, base_context: int, notes: list[str]
+) -> tuple[str, dict[str, Any]]:
+    """The stand-in family and NewModel fields that carry the recipe's per-layer attention."""
+    attention = recipe.attention
+    if attention is None:
+        return family, {}
+    wanted = "smollm3" if "nope" in attention.pattern else family
+    if wanted not in LAYERED_STAND_INS:
+        wanted = "qwen2"
+    if wanted != family:
+        notes.append(f"attention: the stand-in is {wanted}, not {family}, so that it has per-layer attention kinds")
+    factor = base_context / recipe.base.context_length
+    return wanted, shapes.stand_in_layers(attention, layers, factor, wanted, notes)
 
 
 def _registered_peak_lr(ref: str, recipe: Recipe, registry: Registry, catalog: Catalog | None) -> float | None:
@@ -259,6 +300,7 @@ def _pretrained_target(
         stream_of=stream_of,
         layout=layout,
         init_base=Pretrained(path=ref, revision=base.revision),
+        layers=base.config.get("num_hidden_layers") if isinstance(base.config.get("num_hidden_layers"), int) else None,
         notes=[
             *notes,
             f"base {ref}"
@@ -319,12 +361,12 @@ def _own_base_context(recipe: Recipe, own: OwnBase, base: ResolvedBase, notes: l
         )
     if own.context and own.context < config_context:
         notes.append(f"planning from a {own.context}-token context (--context), not the base's {config_context}")
-    ratio = recipe.final_context() / recipe.base.context_length
-    if ratio > 1 and own.model and base_context >= recipe.final_context():
+    ratio = recipe.longest_context() / recipe.base.context_length
+    if ratio > 1 and own.model and base_context >= recipe.longest_context():
         raise MidtrainError.single(
             f"the base already handles {base_context:,} tokens, as long as or longer than the recipe's target context "
-            f"{recipe.final_context():,}; pass a shorter --context to plan the {ratio:g}× extension from it",
-            expected=f"< {recipe.final_context():,}",
+            f"{recipe.longest_context():,}; pass a shorter --context to plan the {ratio:g}× extension from it",
+            expected=f"< {recipe.longest_context():,}",
             found=f"{base_context:,}",
         )
     return base_context
@@ -388,6 +430,7 @@ def _own_data_layout(
 
 def _plan(recipe: Recipe, registry: Registry, target: Target, request: PlanRequest) -> Plan:
     notes = list(target.notes)
+    shapes.refuse_unknown_budgets(recipe)
     shares = rules.stage_token_shares(recipe)
     max_context = max(rules.sequence_length(s.sequence_length, target.length_factor) for s in recipe.stages)
     max_context = max(max_context, target.base_context)
@@ -397,13 +440,19 @@ def _plan(recipe: Recipe, registry: Registry, target: Target, request: PlanReque
     merges: list[MergePlan] = []
     produced: dict[str, str] = {}
     previous, theta = "base", target.theta
+    layers: dict[str, int | None] = {"base": target.layers}
     total_flops = 0.0
     for stage, share in zip(recipe.stages, shares):
         size = _stage_size(stage, share, target, notes)
+        ramp, size.steps = shapes.batch_ramp(stage, size.global_batch, size.micro_batch, size.steps, notes)
         recipe_steps = stage.total_steps() or size.steps
         token_ratio = size.tokens / max(stage.total_tokens() or 1.0, 1.0)
         schedule = rules.scale_schedule(
-            stage.schedule, target.lr_factor, recipe_steps, token_ratio, size.global_batch * size.sequence_length
+            shapes.planned_schedule(recipe, stage, notes),
+            target.lr_factor,
+            recipe_steps,
+            token_ratio,
+            size.global_batch * size.sequence_length,
         )
         rope = rules.scale_rope(stage.rope, target.length_factor, target.theta_factor)
         if rope and rope.get("theta"):
@@ -411,15 +460,35 @@ def _plan(recipe: Recipe, registry: Registry, target: Target, request: PlanReque
         mixture, streams = _mixture(stage, target)
         names = _run_names(stage, target, notes)
         init = {"base": "base", "previous": previous}.get(stage.init, produced.get(stage.init, stage.init))
-        settings = _StageRuns(stage, size, schedule, rope, streams, max_context)
+        if stage.init_at is not None:
+            init = _branch_point(recipe, stage, stages, runs)
+        depth = layers.get(init.split("@")[0])
+        upscale, layers[stage.name] = None, depth
+        if stage.upscale and depth:
+            upscale, layers[stage.name] = shapes.upscale_segments(stage, depth, notes)
+        elif stage.upscale:
+            notes.append(
+                f"stage {stage.name}: the depth of the model it starts from is unknown; up-scaling not planned"
+            )
+        extras = {
+            "batch_ramp": ramp,
+            "fim": shapes.fim_spec(stage, registry, target.stream_of, target.kind == "stand-in", notes),
+            "streams_end": shapes.streams_end(stage, target.stream_of, streams),
+            "upscale": upscale,
+            "optimizer_from": _optimizer_from(stage, init, target, notes),
+        }
+        settings = _StageRuns(stage, size, schedule, rope, streams, max_context, extras)
         for index, name in enumerate(names):
             runs[name] = _run_spec(recipe, target, request, settings, name, index, notes)
             run_stage[name] = (stage.name, index)
         total_flops += 6 * size.tokens * len(names)
         stages.append(_stage_plan(settings, names, runs[names[0]].schedule, target, theta, mixture, init))
         produced[stage.name] = names[0]
-        previous = _resolve_merges(recipe, stage.name, run_stage, merges, produced)
-    final = recipe.final or (previous if recipe.stages else "base")
+        resolved = _resolve_merges(recipe, stage.name, run_stage, merges, produced)
+        if not stage.branch:
+            previous = resolved
+        layers[names[0]] = layers[stage.name]
+    final = recipe.final or recipe.final_name()
     final = produced.get(final, final)
     return _assemble(recipe, registry, target, request, stages, runs, merges, final, notes, total_flops, max_context)
 
@@ -448,6 +517,39 @@ class _StageRuns:
     rope: dict[str, Any] | None
     streams: dict[str, float]
     max_context: int
+    extras: dict[str, Any] = field(default_factory=dict)  # batch ramp, FIM, mixture ramp, upscale, carry-over
+
+
+def _branch_point(recipe: Recipe, stage: Stage, planned: list[StagePlan], runs: dict[str, RunSpec]) -> str:
+    """`run@step`: the parent's first run keeps a snapshot at the branch point, the branch starts there."""
+    parent_plan = next(p for p in planned if p.name == stage.init)
+    run = parent_plan.runs[0]
+    step = shapes.branch_step(stage, recipe.stage(stage.init), parent_plan.steps)
+    if step >= parent_plan.steps:
+        return run
+    spec = runs[run]
+    runs[run] = spec.model_copy(update={"save_at": sorted({*spec.save_at, step})})
+    return f"{run}@{step}"
+
+
+def _optimizer_from(stage: Stage, init: str, target: Target, notes: list[str]) -> str | None:
+    """optimizer_state: carry → the run directory whose final optimizer state the stage continues."""
+    if stage.optimizer_state != "carry":
+        return None
+    if stage.upscale is not None:
+        notes.append(f"stage {stage.name}: up-scaling changes the parameters, so the optimizer starts fresh")
+        return None
+    if init == "base":
+        if isinstance(target.init_base, NewModel):
+            return target.layout.base_dir
+        notes.append(f"stage {stage.name}: a given base has no optimizer state to carry over; it starts fresh")
+        return None
+    if "@" in init:
+        notes.append(f"stage {stage.name}: a branch from the middle of a stage starts with a fresh optimizer")
+        return None
+    if init.startswith(("http", "/")):
+        return None
+    return target.layout.run_dir(init)
 
 
 def _stage_size(stage: Stage, share: float, target: Target, notes: list[str]) -> _StageSize:
@@ -459,7 +561,7 @@ def _stage_size(stage: Stage, share: float, target: Target, notes: list[str]) ->
     else:
         recipe_tps = stage.tokens_per_step() or DEFAULT_TOKENS_PER_STEP
         if not stage.tokens_per_step():
-            notes.append(f"stage {stage.name}: no batch stated; assuming {DEFAULT_TOKENS_PER_STEP:,} tokens per step")
+            notes.append(f"{shapes.batch_note(stage)}; assuming {DEFAULT_TOKENS_PER_STEP:,} tokens per step")
         if stage_tokens < target.min_steps * seq:
             raise MidtrainError.single(
                 f"stage {stage.name} gets {stage_tokens:,.0f} tokens, fewer than {target.min_steps} steps of one "
@@ -526,13 +628,14 @@ def _run_spec(
             "rope": settings.rope,
             "max_position_embeddings": settings.max_context,
             "z_loss": stage.z_loss,
-            "base_lr": target.base_end if stage.schedule.type == "from_base" else None,
+            "base_lr": target.base_end if settings.schedule.get("type") == "from_base" else None,
             "polyak": {"checkpoints": min(polyak.checkpoints or 3, size.steps)} if polyak else None,
             "ema_decay": ema.ema_decay if ema else None,
             "strategy": target.strategy,
             "activation_checkpointing": target.activation_checkpointing,
             "max_epochs": {},
             "on_repeat": "warn",
+            **{key: value for key, value in settings.extras.items() if value},
         }
     )
 
@@ -570,6 +673,7 @@ def _stage_plan(
         mixture=mixture,
         streams=settings.streams,
         init=init,
+        branch=stage.branch,
     )
 
 
@@ -759,7 +863,11 @@ def _mid_spec(
     """Mid-training: every run starting from the model its stage names, the merges, and the final model."""
     for name, spec in runs.items():
         stage = next(s for s in stages if name in s.runs)
-        init = base_ref if stage.init == "base" else _model_dir(stage.init, layout, merges, base_ref)
+        if "@" in stage.init:
+            run, step = stage.init.split("@")
+            init = ModelUnderTest(path=f"{layout.run_dir(run)}/at-step-{step}/model")
+        else:
+            init = base_ref if stage.init == "base" else _model_dir(stage.init, layout, merges, base_ref)
         runs[name] = spec.model_copy(update={"init": Pretrained(path=init.path, revision=init.revision)})
     merge_specs = {
         m.name: MergeSpec(

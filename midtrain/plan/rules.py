@@ -38,8 +38,15 @@ def recipe_reference_lr(recipe: Recipe) -> float:
                 max(stage.schedule.lr_at(s, steps, recipe.base.lr_at_end) for s in range(0, steps, max(1, steps // 50)))
             )
     top = max(candidates)
+    if top <= 0 and all(stage.schedule.type in ("unknown", "from_base") for stage in recipe.stages):
+        return 1.0  # no LR to scale: unknown schedules start from where the target base left off (noted)
     if top <= 0:
-        raise MidtrainError.single(f"recipe {recipe.id} states no LR at all; it cannot be scaled")
+        raise MidtrainError.single(
+            f"recipe {recipe.id} states no LR at all (no base.peak_lr or base.lr_at_end, and no stage schedule "
+            "with a number); it cannot be scaled (option --set)",
+            expected="an LR, e.g. --set base.lr_at_end=3e-5 (the LR where the base's pre-training left off)",
+            found="no LR",
+        )
     return top
 
 
@@ -57,13 +64,13 @@ def context_mapping(recipe: Recipe, base_context: int, max_context: int | None) 
     """The base context to plan from and the factor mapping recipe lengths onto it, so that the
     recipe's extension ratio (final context / base context) is kept. Shrinks the base context when
     `max_context` cannot hold the ratio; refuses when that leaves too little."""
-    ratio = recipe.final_context() / recipe.base.context_length
+    ratio = recipe.longest_context() / recipe.base.context_length
     note = None
     if max_context and base_context * ratio > max_context:
         shrunk = int(max_context // ratio)
         if shrunk < MIN_BASE_CONTEXT:
             raise MidtrainError.single(
-                f"recipe {recipe.id} extends the context {ratio:g}× ({recipe.base.context_length:,} → {recipe.final_context():,}); "
+                f"recipe {recipe.id} extends the context {ratio:g}× ({recipe.base.context_length:,} → {recipe.longest_context():,}); "
                 f"the longest context here is {max_context} tokens, so the base would get {shrunk} tokens "
                 f"(< {MIN_BASE_CONTEXT}). Use a larger scale or a longer --context",
                 expected=f"extension ratio ≤ {max_context // MIN_BASE_CONTEXT}",

@@ -129,8 +129,10 @@ def print_plan(result: Plan) -> None:
             f"compute {c['flops']:.3g} FLOPs ({c['formula']}); at {c['mfu_assumed']:.0%} MFU ≈ "
             f"{c['gpu_hours']['H100']:,.0f} H100-hours ≈ {c['gpu_hours']['H200']:,.0f} H200-hours"
         )
+    from rich.markup import escape
+
     for note in summary.notes:
-        out.print(f"[yellow]note[/yellow]    {note}")
+        out.print(f"[yellow]note[/yellow]    {escape(note)}")
 
 
 def _model_lines(summary: PlanSummary) -> list[str]:
@@ -168,7 +170,7 @@ def _stage_table(summary: PlanSummary) -> Table:
         )
     for stage in summary.stages:
         table.add_row(
-            stage.name,
+            f"{stage.name} (branch)" if stage.branch else stage.name,
             str(len(stage.runs)),
             human_count(stage.tokens_per_run),
             f"{stage.steps:,}",

@@ -102,8 +102,8 @@ def planned(request: PlanRequest, resolve: bool) -> tuple[PlanRequest, Plan]:
 
     if resolve and request.base is not None and request.base.model:
         request = pin_base(request, Path.cwd())
-    return request, make_plan(
-        request,
-        Path.cwd() if (Path.cwd() / "recipes").is_dir() and (Path.cwd() / "registry").is_dir() else None,
-        resolve=resolve,
-    )
+    import os
+
+    here = Path.cwd() if (Path.cwd() / "recipes").is_dir() and (Path.cwd() / "registry").is_dir() else None
+    root = Path(os.environ["MIDTRAIN_HOME"]) if os.environ.get("MIDTRAIN_HOME") else here  # as find_root orders them
+    return request, make_plan(request, root, resolve=resolve)
