@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from midtrain.data import builtin
 from midtrain.data.decontam import EvalIndex, Report, filter_documents
 from midtrain.data.packing import pack_stream, read_manifest, shard_is_complete, write_manifest
+from midtrain.data.tokenizer import SPECIAL_TOKENS
 from midtrain.errors import MidtrainError
 from midtrain.io import write_json
 from midtrain.progress import progress_bar
@@ -89,6 +90,9 @@ def prepare_tokenizer(options: PrepareOptions, corpora: dict[str, Any]) -> Path:
         "vocab": options.vocab_size,
         "corpora": {n: corpora[n]["splits"]["train"]["sha256"] for n in builtin.BUILTINS},
         "sample": TOKENIZER_SAMPLE_CHARS,
+        # the special tokens (FIM sentinels since version 2) shift every id: a tokenizer trained
+        # without them, and the shards packed with it, are rebuilt rather than silently reused
+        "special_tokens": SPECIAL_TOKENS,
     }
     stamp = directory / "midtrain.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("inputs") == _hash(inputs):

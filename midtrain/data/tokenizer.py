@@ -1,5 +1,8 @@
 """Tokenizers: a byte-level BPE trained on the built-ins at tiny scale, the published one otherwise.
 
+The trained one has the special tokens end-of-text, padding and the three fill-in-the-middle
+sentinels (`<|fim_prefix|>`, `<|fim_middle|>`, `<|fim_suffix|>`, ids 0-4), so tiny runs can use FIM.
+
 The trained tokenizer is saved as a normal Hugging Face tokenizer directory (tokenizer.json plus
 tokenizer_config.json) so `transformers.AutoTokenizer.from_pretrained(dir)` loads it; writing it
 does not need transformers at all.
@@ -20,6 +23,11 @@ if TYPE_CHECKING:
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
+FIM_PREFIX = "<|fim_prefix|>"
+FIM_MIDDLE = "<|fim_middle|>"
+FIM_SUFFIX = "<|fim_suffix|>"
+FIM_TOKENS = [FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX]
+SPECIAL_TOKENS = [EOS, PAD, *FIM_TOKENS]  # in id order; changing it changes every trained tokenizer
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: Path, model_max_length: int = 1_000_000) -> Path:
@@ -35,7 +43,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: Path, model_max_le
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS, PAD],
+        special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -48,12 +56,17 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out_dir: Path, model_max_le
             "bos_token": EOS,
             "pad_token": PAD,
             "unk_token": None,
+            "additional_special_tokens": FIM_TOKENS,
             "model_max_length": model_max_length,
             "clean_up_tokenization_spaces": False,
         }
         (tmp / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
         (tmp / "special_tokens_map.json").write_text(
-            json.dumps({"eos_token": EOS, "bos_token": EOS, "pad_token": PAD}, indent=2) + "\n"
+            json.dumps(
+                {"eos_token": EOS, "bos_token": EOS, "pad_token": PAD, "additional_special_tokens": FIM_TOKENS},
+                indent=2,
+            )
+            + "\n"
         )
     return out_dir
 
@@ -76,6 +89,11 @@ class FastTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def token_id(self, text: str) -> int | None:
+        """The id of `text` as one token of the vocabulary (special or not), or None."""
+        token = self.tokenizer.token_to_id(text)
+        return None if token is None else int(token)
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)

@@ -290,32 +290,48 @@ def _check_optimizer(state: object, file: Path) -> dict[str, Any]:
     return state
 
 
+def _read(path: Path, name: str, reader: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """One file of a checkpoint, any failure to read it a MidtrainError naming it."""
+    file = path / name
+    try:
+        return reader(file)
+    except MidtrainError:
+        raise
+    except Exception as exc:  # safetensors, unpickling (weights_only) and I/O errors alike
+        raise MidtrainError.single(f"checkpoint file cannot be read: {_first_line(exc)}", file=file) from None
+
+
+def _read_optimizer(path: Path) -> dict[str, Any]:
+    import torch
+
+    state = _read(path, "optimizer.pt", lambda f: torch.load(f, map_location="cpu", weights_only=True))
+    return _check_optimizer(state, path / "optimizer.pt")
+
+
+def load_optimizer(path: Path) -> dict[str, Any]:
+    """The optimizer state of a verified checkpoint alone (another run continuing it: optimizer_from)."""
+    problem = verify(path)
+    if problem is not None:
+        raise MidtrainError.single(f"checkpoint is not usable: {problem}", file=path)
+    read_state(path)
+    return _read_optimizer(path)
+
+
 def load(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], dict[str, Any] | None]:
     """(model tensors, optimizer state, state.json, averages or None) of a verified checkpoint.
 
     Raises MidtrainError naming the file for anything that does not verify, parse or validate."""
-    import torch
     from safetensors.torch import load_file
 
     problem = verify(path)
     if problem is not None:
         raise MidtrainError.single(f"checkpoint is not usable: {problem}", file=path)
     state = read_state(path)
-
-    def read(name: str, reader: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        file = path / name
-        try:
-            return reader(file)
-        except MidtrainError:
-            raise
-        except Exception as exc:  # safetensors, unpickling (weights_only) and I/O errors alike
-            raise MidtrainError.single(f"checkpoint file cannot be read: {_first_line(exc)}", file=file) from None
-
-    model_state = _check_tensors(read("model.safetensors", lambda f: load_file(str(f))), path / "model.safetensors")
-    optimizer_state = _check_optimizer(
-        read("optimizer.pt", lambda f: torch.load(f, map_location="cpu", weights_only=True)), path / "optimizer.pt"
+    model_state = _check_tensors(
+        _read(path, "model.safetensors", lambda f: load_file(str(f))), path / "model.safetensors"
     )
+    optimizer_state = _read_optimizer(path)
     averages = None
     if (path / AVERAGES).exists():
-        averages = _check_tensors(read(AVERAGES, lambda f: load_file(str(f))), path / AVERAGES)
+        averages = _check_tensors(_read(path, AVERAGES, lambda f: load_file(str(f))), path / AVERAGES)
     return model_state, optimizer_state, state, averages

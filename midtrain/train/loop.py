@@ -9,6 +9,12 @@ Exactness: the batch at step s is a pure function of (data seed, s, rank, world 
 pure function of s, and a checkpoint holds the model, optimizer, averages and RNG state, so a run
 killed at any point and resumed from its last checkpoint reaches the same weights, bit for bit on
 the CPU, as one that was never interrupted.
+
+A batch ramp (RunSpec.batch_ramp) changes the sequences per step from a step on: the micro-batch
+stays, gradient accumulation grows, the loss stays a mean over the step's tokens and the data
+position advances by the sequences each step consumed (the sampler's step -> positions mapping).
+`save_at` keeps model snapshots in out/at-step-<step>/model (saving.py); `optimizer_from` starts the
+optimizer from another run's final state (resume.py:carry_optimizer), unless the run resumes.
 """
 
 from __future__ import annotations
@@ -17,17 +23,18 @@ import contextlib
 import math
 import os
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from midtrain.data.mixture import gather
 from midtrain.errors import MidtrainError
 from midtrain.train import saving
 from midtrain.train.callbacks import Averaging, Callback, with_defaults
 from midtrain.train.config import RunSpec
 from midtrain.train.distributed import Dist, all_reduce_sum, choose_strategy, setup, threads_per_process, wrap
+from midtrain.train.optim import set_lr
 from midtrain.train.workspace import check_writable, claim, open_data
 
 if TYPE_CHECKING:
@@ -102,6 +109,7 @@ class Trainer:
         spec = self.spec
         self.tokenizer = load_tokenizer(spec.tokenizer)
         self.sampler, self.shards, _ = open_data(spec)
+        self._check_batches()
         self.sampler.check_repetition(spec.steps)
         config = model_config(spec)
         self.parameters = count_parameters(config)
@@ -118,7 +126,29 @@ class Trainer:
         self.forward = torch.compile(self.model) if spec.compile else self.model
         self.optimizer = build_optimizer(self.model, spec.optimizer, lr=self.lr(0))
 
+    def _check_batches(self) -> None:
+        """Every batch of the run (global_batch, then each batch_ramp phase) must split evenly over the ranks."""
+        world = self.dist.world
+        batches = [("global_batch", self.spec.global_batch)]
+        batches += [(f"batch_ramp[{i}].global_batch", p.global_batch) for i, p in enumerate(self.spec.batch_ramp)]
+        for where, size in batches:
+            if size % world:
+                raise MidtrainError.single(
+                    f"a batch of {size} sequences does not split evenly over {world} ranks",
+                    path=where,
+                    expected=f"a multiple of {world} (the number of processes)",
+                    found=str(size),
+                )
+
     # ---- state ----
+
+    def global_batch(self, step: int) -> int:
+        """Sequences in optimizer step `step` (0-based): global_batch, or the batch_ramp phase it falls in."""
+        size = self.spec.global_batch
+        for phase in self.spec.batch_ramp:
+            if step >= phase.step:
+                size = phase.global_batch
+        return size
 
     @property
     def averages(self) -> Averaging:
@@ -156,14 +186,17 @@ class Trainer:
 
         spec, dist = self.spec, self.dist
         start = time.perf_counter()
-        lr = self.lr(step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        windows = torch.from_numpy(
-            gather(self.shards, self.sampler.batch(step, dist.rank, dist.world), spec.sequence_length)
-        )
+        set_lr(self.optimizer, self.lr(step))
+        sequences = self.global_batch(step)
+        # this rank's token windows (FIM applied where the run has it): a pure function of the step
+        windows = torch.from_numpy(self.sampler.read(self.shards, step, dist.rank, dist.world))
+        if windows.shape[0] * dist.world != sequences:
+            raise MidtrainError.single(
+                f"the data sampler gave {windows.shape[0]} sequences × {dist.world} ranks for step {step}, "
+                f"but the run's batch there is {sequences} (global_batch / batch_ramp)"
+            )
         windows = windows.to(dist.device, non_blocking=True)
-        targets_global = spec.global_batch * spec.sequence_length
+        targets_global = sequences * spec.sequence_length
         micro = [windows[i : i + spec.micro_batch] for i in range(0, windows.shape[0], spec.micro_batch)]
         # Gradients are sums over this rank's tokens / all tokens of the global batch; DDP and FSDP
         # average over ranks, so each rank's loss is scaled by the world size to make it a sum.
@@ -195,9 +228,24 @@ class Trainer:
 
     # ---- the run ----
 
+    def _check_snapshots(self) -> None:
+        """A resumed run cannot rebuild the snapshots of steps it has passed: say so if one is gone."""
+        lost = [step for step in self.spec.save_at if step <= self.step and not saving.has_snapshot(self, step)]
+        if lost and self.dist.main:
+            warnings.warn(
+                f"{self.spec.name}: the model snapshots of steps {lost} (save_at) are missing from {self.out} and "
+                "cannot be rebuilt by resuming past them; rerun the stage from scratch to get them",
+                stacklevel=3,
+            )
+
     def fit(self, resume: bool = True) -> dict[str, Any]:
         spec = self.spec
         resumed = self.resume() if resume else False
+        if spec.optimizer_from is not None and not resumed and self.step == 0:  # a fresh start, not a resumed run
+            from midtrain.train.resume import carry_optimizer
+
+            carry_optimizer(self)
+        self._check_snapshots()
         self._call("on_fit_start")
         last: StepResult | None = None
         try:
@@ -208,6 +256,8 @@ class Trainer:
                 self.tokens_seen += result.tokens
                 self._call("on_step_end", self.step, result)
                 last = result
+                if self.step in spec.save_at:  # before the checkpoint of this step: a resume past it never rewrites it
+                    saving.save_snapshot(self)
                 if self.step % spec.checkpoint_every == 0 and self.step < spec.steps:
                     self.save_checkpoint()
         finally:

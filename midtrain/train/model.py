@@ -16,20 +16,39 @@ if TYPE_CHECKING:
     import torch
     from transformers import PretrainedConfig, PreTrainedModel
 
-CONFIG_CLASSES = {"llama": "LlamaConfig", "qwen2": "Qwen2Config", "qwen3": "Qwen3Config", "olmo2": "Olmo2Config"}
+CONFIG_CLASSES = {
+    "llama": "LlamaConfig",
+    "qwen2": "Qwen2Config",
+    "qwen3": "Qwen3Config",
+    "olmo2": "Olmo2Config",
+    "olmo3": "Olmo3Config",
+    "smollm3": "SmolLM3Config",
+}
+# What a stand-in's config can express beyond full-attention RoPE layers (NewModel.layer_types,
+# sliding_window, no_rope_layers), and which stand-ins keep RoPE parameters per layer type.
+SLIDING_WINDOW_STAND_INS = ("qwen2", "qwen3", "olmo3", "smollm3")
+NO_ROPE_STAND_INS = ("smollm3",)
+ROPE_PER_LAYER_TYPE = ("olmo3",)
 
 
 def new_config(spec: NewModel) -> PretrainedConfig:
     """A `transformers` config of the family's tiny/small stand-in architecture."""
+    return stand_in_config(FAMILY_ARCHITECTURES[spec.family][1], spec)
+
+
+def stand_in_config(stand_in: str, spec: NewModel) -> PretrainedConfig:
+    """A `transformers` config of the stand-in architecture `stand_in` (a key of CONFIG_CLASSES)."""
     import transformers
 
-    family = FAMILY_ARCHITECTURES[spec.family][1]
-    cls = getattr(transformers, CONFIG_CLASSES[family])
+    check_layer_kinds(stand_in, spec)
+    cls = getattr(transformers, CONFIG_CLASSES[stand_in])
+    layers = spec.dims.num_hidden_layers
+    rope = {"rope_type": "default", "rope_theta": spec.rope_theta}
     kwargs: dict[str, Any] = dict(
         vocab_size=spec.vocab_size,
         max_position_embeddings=spec.max_position_embeddings,
         tie_word_embeddings=spec.tie_word_embeddings,
-        rope_parameters={"rope_type": "default", "rope_theta": spec.rope_theta},
+        rope_parameters=rope,
         # a stand-in's special ids come from its own tokenizer when it is saved, never the published
         # model's (OLMo 2's EOS 100257 would lie outside a 2K vocabulary)
         bos_token_id=None,
@@ -37,24 +56,65 @@ def new_config(spec: NewModel) -> PretrainedConfig:
         pad_token_id=None,
         **spec.dims.model_dump(),
     )
-    if family == "qwen3":
+    if stand_in == "qwen3":
         kwargs["head_dim"] = spec.dims.hidden_size // spec.dims.num_attention_heads
+    if stand_in in SLIDING_WINDOW_STAND_INS:
+        # always explicit: OLMo 3's default is 3 sliding layers in 4, SmolLM3's every 4th layer NoPE
+        layer_types = list(spec.layer_types or ["full_attention"] * layers)
+        sliding = "sliding_attention" in layer_types
+        kwargs.update(layer_types=layer_types, sliding_window=spec.sliding_window if sliding else None)
+        if stand_in == "olmo3":  # builds the sliding mask even with no sliding layer: any window will do
+            kwargs["sliding_window"] = spec.sliding_window or spec.max_position_embeddings
+        else:
+            kwargs["use_sliding_window"] = sliding
+    if stand_in in NO_ROPE_STAND_INS:
+        kwargs["no_rope_layers"] = list(spec.no_rope_layers or [1] * layers)
+    if stand_in in ROPE_PER_LAYER_TYPE:
+        kwargs["rope_parameters"] = {kind: dict(rope) for kind in ("full_attention", "sliding_attention")}
     config = cls(**kwargs)
     config.use_cache = False
     return config
 
 
+def check_layer_kinds(stand_in: str, spec: NewModel) -> None:
+    """Refuse per-layer attention kinds the stand-in architecture cannot build (never drop them silently)."""
+    if spec.layer_types and "sliding_attention" in spec.layer_types and stand_in not in SLIDING_WINDOW_STAND_INS:
+        raise MidtrainError.single(
+            f"init.layer_types has sliding-window layers, but the stand-in architecture of family "
+            f"{spec.family.value!r} is {stand_in!r}, which has no sliding-window attention",
+            path="init.layer_types",
+            expected=f"a family whose stand-in is one of {', '.join(SLIDING_WINDOW_STAND_INS)}",
+            found=stand_in,
+        )
+    if spec.no_rope_layers and 0 in spec.no_rope_layers and stand_in not in NO_ROPE_STAND_INS:
+        raise MidtrainError.single(
+            f"init.no_rope_layers has NoPE layers, but the stand-in architecture of family "
+            f"{spec.family.value!r} is {stand_in!r}, which applies RoPE in every layer",
+            path="init.no_rope_layers",
+            expected=f"a family whose stand-in is one of {', '.join(NO_ROPE_STAND_INS)}",
+            found=stand_in,
+        )
+
+
 def apply_rope(config: PretrainedConfig, spec: RunSpec) -> PretrainedConfig:
-    """Set the stage's RoPE base / scaling and max positions on the config (persisted when saved)."""
+    """Set the stage's RoPE base / scaling and max positions on the config (persisted when saved).
+
+    Where the config keeps RoPE parameters per layer type (OLMo 3: `{"full_attention": {...},
+    "sliding_attention": {...}}`), the stage's settings go to the full-attention layers and the
+    sliding-window layers keep theirs, as OLMo 3 and Gemma 3 extend context."""
     current = dict(getattr(config, "rope_parameters", None) or {})
-    theta = current.get("rope_theta", getattr(config, "rope_theta", 10_000.0))
+    per_type = bool(current) and all(isinstance(value, dict) for value in current.values())
     if spec.rope is not None:
-        if spec.rope.theta is not None:
-            theta = spec.rope.theta
-        params = spec.rope.to_hf(theta)
-        if spec.rope.scaling is None and current.get("rope_type", "default") != "default":
-            params = {**current, "rope_theta": theta}  # a base change keeps an earlier scaling
-        config.rope_parameters = params
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        if per_type:
+            kinds = ["full_attention"] if "full_attention" in current else list(current)
+            fallback = getattr(config, "rope_theta", 10_000.0)
+            config.rope_parameters = {
+                **current,
+                **{kind: _stage_rope(dict(current[kind]), spec, head_dim, fallback) for kind in kinds},
+            }
+        else:
+            config.rope_parameters = _stage_rope(current, spec, head_dim, getattr(config, "rope_theta", 10_000.0))
     if spec.max_position_embeddings:
         config.max_position_embeddings = max(spec.max_position_embeddings, spec.sequence_length)
     elif config.max_position_embeddings < spec.sequence_length:
@@ -62,8 +122,28 @@ def apply_rope(config: PretrainedConfig, spec: RunSpec) -> PretrainedConfig:
     return config
 
 
+def _stage_rope(current: dict[str, Any], spec: RunSpec, head_dim: int, fallback_theta: float) -> dict[str, Any]:
+    """One set of `transformers` RoPE parameters after the stage's change to `current`."""
+    assert spec.rope is not None
+    theta = spec.rope.theta if spec.rope.theta is not None else current.get("rope_theta", fallback_theta)
+    if spec.rope.scaling is None and current.get("rope_type", "default") != "default":
+        return {**current, "rope_theta": theta}  # a base change keeps an earlier scaling
+    return spec.rope.to_hf(theta, head_dim)
+
+
 def model_config(spec: RunSpec) -> PretrainedConfig:
-    """The config of the model a run trains, with the run's RoPE settings applied (nothing allocated)."""
+    """The config of the model a run trains, with the run's RoPE settings and depth up-scaling
+    applied (nothing allocated)."""
+    config = _init_config(spec)
+    if spec.upscale is not None and isinstance(spec.init, Pretrained):
+        from midtrain.train.upscale import upscaled_config
+
+        config = upscaled_config(config, spec.upscale, spec.init.path)
+    return config
+
+
+def _init_config(spec: RunSpec) -> PretrainedConfig:
+    """The config of the init model, with the run's RoPE settings applied (before any up-scaling)."""
     from transformers import AutoConfig
 
     init = spec.init
@@ -94,7 +174,10 @@ def count_parameters(config: PretrainedConfig) -> int:
 
 
 def load_model(spec: RunSpec, init_override: Path | None = None) -> PreTrainedModel:
-    """The model a run starts from, with the run's RoPE settings applied, in fp32 on the CPU."""
+    """The model a run starts from, with the run's RoPE settings applied, in fp32 on the CPU.
+
+    With `spec.upscale`, the init model's decoder layers are up-scaled (midtrain/train/upscale.py):
+    this is the architecture a resumed run builds and then loads its checkpoint into."""
     import torch
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -105,13 +188,18 @@ def load_model(spec: RunSpec, init_override: Path | None = None) -> PreTrainedMo
         config = apply_rope(new_config(init), spec)
         torch.manual_seed(spec.seed)
         return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    config = model_config(spec.model_copy(update={"init": init}))
+    config = _init_config(spec.model_copy(update={"init": init}))
     try:
-        return AutoModelForCausalLM.from_pretrained(
+        model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
             init.path, revision=init.revision, config=config, dtype=torch.float32, trust_remote_code=False
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise MidtrainError.single(f"cannot load model weights from {init.path!r}: {exc}") from None
+    if spec.upscale is not None:
+        from midtrain.train.upscale import upscale
+
+        upscale(model, spec.upscale, init.path)
+    return model
 
 
 def check_vocab(model: PreTrainedModel, tokenizer_vocab: int, tokenizer_path: Path) -> None:

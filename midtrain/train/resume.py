@@ -7,6 +7,11 @@ one is tried; with none usable the run starts afresh. Every rank reads the same 
 ranks agree on each decision, so all of them resume from the same checkpoint (or none). A
 checkpoint that fails half-way through being applied leaves nothing behind: with no other to fall
 back to, the initial weights, a fresh optimizer, the initial callback state and RNG are restored.
+
+`carry_optimizer` starts a run that does not resume from the final optimizer state of an earlier
+run (RunSpec.optimizer_from): its last checkpoint's optimizer, checked against this run's groups,
+parameters, shapes and state kinds; the hyper-parameters (LR, betas, weight decay, ...) stay this
+run's own.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from __future__ import annotations
 import dataclasses
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from midtrain.errors import MidtrainError, short
 from midtrain.train import checkpoint as ckpt
 from midtrain.train.distributed import Dist, all_reduce_sum
+from midtrain.train.optim import parts, set_lr
 
 if TYPE_CHECKING:
     from midtrain.train.callbacks import Callback
@@ -105,7 +111,7 @@ def read_checkpoint(trainer: Trainer, path: Path) -> Loaded:
     return model_state, optimizer_state, state, files
 
 
-def check_optimizer_state(trainer: Trainer, optimizer_state: dict[str, Any], file: Path) -> None:
+def check_optimizer_state(trainer: Trainer, optimizer_state: dict[str, Any], file: Path, what: str = "") -> None:
     """The saved optimizer state must have this optimizer's groups, parameters and shapes."""
     from midtrain.train.model import named_parameters
 
@@ -115,18 +121,18 @@ def check_optimizer_state(trainer: Trainer, optimizer_state: dict[str, Any], fil
     saved = [group["params"] for group in optimizer_state["param_groups"]]
     if saved != groups:
         raise MidtrainError.single(
-            "optimizer state does not match this model's parameter groups",
+            f"optimizer state does not match this model's parameter groups{what}",
             file=file,
             expected=f"{len(groups)} groups of {[len(g) for g in groups]} parameters",
             found=f"{len(saved)} groups of {[len(g) if isinstance(g, list) else g for g in saved]} parameters",
         )
     for name, entry in optimizer_state["state"].items():
         if name not in shapes:
-            raise MidtrainError.single(f"optimizer state holds an unknown parameter {short(name)}", file=file)
+            raise MidtrainError.single(f"optimizer state holds an unknown parameter {short(name)}{what}", file=file)
         for key, value in entry.items():
             if getattr(value, "ndim", 0) and tuple(value.shape) != shapes[name]:
                 raise MidtrainError.single(
-                    f"optimizer state {name}.{key} has the wrong shape",
+                    f"optimizer state {name}.{key} has the wrong shape{what}",
                     file=file,
                     expected=str(shapes[name]),
                     found=str(tuple(value.shape)),
@@ -157,7 +163,7 @@ def apply_checkpoint(trainer: Trainer, loaded: Loaded) -> None:
     model_state, optimizer_state, state, files = loaded
     set_state_dict(
         trainer.model,
-        trainer.optimizer,
+        parts(trainer.optimizer),
         model_state_dict=model_state,
         optim_state_dict=optimizer_state,
         options=StateDictOptions(full_state_dict=True),
@@ -186,6 +192,87 @@ def reset_to_initial(trainer: Trainer, rng: dict[str, Any]) -> None:
     ckpt.set_rng_state(rng)
     trainer.step = 0
     trainer.tokens_seen = 0
+
+
+def carry_optimizer(trainer: Trainer) -> None:
+    """Load the final optimizer state of the run in `spec.optimizer_from` into this run's fresh optimizer.
+
+    Every problem is a MidtrainError naming the field and the file: a carried state that does not fit
+    (another model after an upscale, other no-decay groups, another optimizer type) is never applied."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    source = Path(str(trainer.spec.optimizer_from))
+    checkpoint = final_checkpoint(source)
+    file = checkpoint / "optimizer.pt"
+    saved = ckpt.load_optimizer(checkpoint)
+    what = f" (optimizer_from: the final optimizer state of {source})"
+    check_optimizer_state(trainer, saved, file, what)
+    optimizers = parts(trainer.optimizer)
+    # the kinds of state each parameter has (exp_avg, momentum_buffer, ...): from a fresh state, which
+    # DCP makes with a zero-gradient step at LR 0 (as set_optimizer_state_dict does before loading);
+    # local (sharded) tensors suffice for the names
+    local = get_optimizer_state_dict(trainer.model, optimizers, options=StateDictOptions())["state"]
+    fresh: dict[str, list[str]] = {
+        name: sorted(entry) for name, entry in cast("dict[str, dict[str, Any]]", local).items()
+    }
+    missing = sorted(set(fresh) - set(saved["state"]))
+    if missing:
+        raise MidtrainError.single(
+            f"optimizer state lacks the state of {len(missing)} parameters{what}",
+            file=file,
+            path="optimizer_from",
+            expected=f"state for every trained parameter, e.g. {missing[0]}",
+            found=f"{len(saved['state'])} of {len(fresh)}",
+        )
+    for name, entry in saved["state"].items():
+        if sorted(entry) != fresh.get(name, []):
+            raise MidtrainError.single(
+                f"optimizer state of another optimizer type{what}",
+                file=file,
+                path="optimizer_from",
+                expected=f"{name}: {', '.join(fresh.get(name, []))} (optimizer.type {trainer.spec.optimizer.type})",
+                found=f"{name}: {', '.join(sorted(entry))}",
+            )
+    settings = [{k: v for k, v in group.items() if k != "params"} for group in trainer.optimizer.param_groups]
+    set_optimizer_state_dict(trainer.model, optimizers, saved, options=StateDictOptions(full_state_dict=True))
+    for group, own in zip(trainer.optimizer.param_groups, settings, strict=True):
+        group.update(own)  # this run's hyper-parameters; only the state (moments, step counts) is carried
+    set_lr(trainer.optimizer, trainer.lr(trainer.step))
+
+
+def final_checkpoint(run: Path) -> Path:
+    """The last checkpoint of a finished run directory (its summary.json's steps), or a MidtrainError."""
+    import json
+
+    def bad(message: str, file: Path) -> MidtrainError:
+        return MidtrainError.single(message, file=file, path="optimizer_from")
+
+    if not run.is_dir():
+        raise bad("optimizer_from: run directory not found", run)
+    summary_file = run / "summary.json"
+    try:
+        summary = json.loads(summary_file.read_text())
+    except FileNotFoundError:
+        raise bad("optimizer_from: the run has not finished (no summary.json); finish it first", summary_file) from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise bad(f"optimizer_from: summary.json is not readable: {str(exc)[:200]}", summary_file) from None
+    steps = summary.get("steps") if isinstance(summary, dict) else None
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise bad(f"optimizer_from: summary.json has no step count (found {short(steps)})", summary_file)
+    checkpoint = run / "checkpoints" / f"step-{steps:07d}"
+    if not checkpoint.is_dir():
+        raise MidtrainError.single(
+            "optimizer_from: the run's final checkpoint, which holds its optimizer state, is missing",
+            file=checkpoint,
+            path="optimizer_from",
+            expected=f"checkpoints/step-{steps:07d} (the run's {steps} steps)",
+            found=", ".join(p.name for p in ckpt.list_checkpoints(run / "checkpoints")) or "no checkpoints",
+        )
+    return checkpoint
 
 
 def agree(problem: str | None, dist: Dist) -> str | None:

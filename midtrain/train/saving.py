@@ -1,23 +1,72 @@
-"""What a run writes: a checkpoint every `checkpoint_every` steps, and at its end the final model and
-summary.json. Reading checkpoints back, with every check and fallback, is midtrain/train/resume.py."""
+"""What a run writes: a checkpoint every `checkpoint_every` steps, model snapshots after the `save_at`
+steps (`out/at-step-<step>/model`), and at its end the final checkpoint, the final model and
+summary.json. Reading checkpoints back, with every check and fallback, is midtrain/train/resume.py.
+
+The final checkpoint (`checkpoints/step-<steps>`, the newest, so never pruned) is what a later run
+with `optimizer_from` continues the optimizer state of."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
-from midtrain.io import write_json
+from midtrain.io import remove_stale_temporaries, write_json
 from midtrain.train import checkpoint as ckpt
+from midtrain.train.distributed import all_reduce_sum
+from midtrain.train.optim import parts
 
 if TYPE_CHECKING:
+    import torch
+
     from midtrain.train.loop import StepResult, Trainer
 
 
 def state_dicts(trainer: Trainer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Full (unsharded) model and optimizer state on the CPU; collective under FSDP: every rank calls it."""
+    """Full (unsharded) model and optimizer state on the CPU; collective under FSDP: every rank calls it.
+    A Muon run's two optimizers give one name-keyed state (Muon's groups, then AdamW's)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_state_dict(trainer.model, trainer.optimizer, options=options)
+    return get_state_dict(trainer.model, parts(trainer.optimizer), options=options)
+
+
+def save_model(trainer: Trainer, out: Path, extra: dict[str, Any]) -> None:
+    """The model as it is now, an HF folder at `out` written atomically (rank 0); collective under FSDP."""
+    from midtrain.train.model import save_pretrained, unsharded_copy, unwrapped
+
+    if trainer.strategy == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = cast("dict[str, torch.Tensor]", get_model_state_dict(trainer.model, options=options))
+        if trainer.dist.main:
+            save_pretrained(unsharded_copy(trainer.spec, model_state), trainer.spec.tokenizer, out, extra)
+    elif trainer.dist.main:
+        save_pretrained(unwrapped(trainer.model), trainer.spec.tokenizer, out, extra)
+
+
+def snapshot_dir(out: Path, step: int) -> Path:
+    """Where the model snapshot after optimizer step `step` (RunSpec.save_at) is kept."""
+    return out / f"at-step-{step}" / "model"
+
+
+def has_snapshot(trainer: Trainer, step: int) -> bool:
+    """Written atomically: present means complete."""
+    return (snapshot_dir(trainer.out, step) / "config.json").is_file()
+
+
+def save_snapshot(trainer: Trainer) -> None:
+    """Keep the model after this step in out/at-step-<step>/model, unless it is there already: a run
+    that resumes from before a snapshot reaches the same weights again and leaves it untouched."""
+    present = has_snapshot(trainer, trainer.step) if trainer.dist.main else False
+    if all_reduce_sum(1.0 if present else 0.0, trainer.dist):  # rank 0 decides for every rank
+        return
+    target = snapshot_dir(trainer.out, trainer.step)
+    if trainer.dist.main:
+        remove_stale_temporaries(target.parent)  # a write killed half-way leaves its temporary behind
+    extra = {"run": trainer.spec.name, "steps": trainer.step, "tokens_seen": trainer.tokens_seen, "snapshot": True}
+    save_model(trainer, target, extra)
+    trainer.barrier()
 
 
 def save_checkpoint(trainer: Trainer) -> None:
@@ -48,9 +97,8 @@ def save_checkpoint(trainer: Trainer) -> None:
 
 def save_final_model(trainer: Trainer, last: StepResult | None, resumed: bool) -> dict[str, Any]:
     """Save the final model to `out/model`; returns the run's summary, which the callbacks then complete."""
-    from midtrain.train.model import save_pretrained, unsharded_copy, unwrapped
-
-    model_state, _ = state_dicts(trainer)
+    extra = {"run": trainer.spec.name, "steps": trainer.step, "tokens_seen": trainer.tokens_seen}
+    save_model(trainer, trainer.out / "model", extra)
     summary = {
         "run": trainer.spec.name,
         "steps": trainer.step,
@@ -62,10 +110,6 @@ def save_final_model(trainer: Trainer, last: StepResult | None, resumed: bool) -
         "strategy": trainer.strategy,
         "world_size": trainer.dist.world,
     }
-    if trainer.dist.main:
-        inner = unsharded_copy(trainer.spec, model_state) if trainer.strategy == "fsdp" else unwrapped(trainer.model)
-        extra = {"run": trainer.spec.name, "steps": trainer.step, "tokens_seen": trainer.tokens_seen}
-        save_pretrained(inner, trainer.spec.tokenizer, trainer.out / "model", extra)
     return summary
 
 

@@ -38,8 +38,7 @@ def claim(out: Path, spec: RunSpec) -> None:
         except json.JSONDecodeError:
             previous = None
         if previous != current:
-            for name in RUN_OUTPUTS:
-                target = out / name
+            for target in [*(out / name for name in RUN_OUTPUTS), *out.glob("at-step-*")]:  # save_at snapshots
                 shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
             print(f"{spec.name}: settings changed since the last run in {out}; starting afresh", flush=True)
     write_json(path, current)
@@ -57,6 +56,12 @@ def open_data(spec: RunSpec) -> tuple[MixtureSampler, dict[str, Any], dict[str, 
             expected=", ".join(sorted(streams)),
             found=", ".join(missing),
         )
+    fim = None
+    if spec.fim is not None and spec.fim.rate > 0:
+        from midtrain.data.fim import resolve_fim
+        from midtrain.data.tokenizer import load_tokenizer
+
+        fim = resolve_fim(spec.fim, load_tokenizer(spec.tokenizer), spec.data_seed, list(spec.streams))
     sampler = MixtureSampler(
         {n: streams[n]["tokens"] for n in spec.streams},
         spec.streams,
@@ -65,6 +70,10 @@ def open_data(spec: RunSpec) -> tuple[MixtureSampler, dict[str, Any], dict[str, 
         seed=spec.data_seed,
         max_epochs=spec.max_epochs,
         on_repeat=spec.on_repeat,
+        shares_end=spec.streams_end,
+        steps=spec.steps,
+        batch_ramp=[(phase.step, phase.global_batch) for phase in spec.batch_ramp],
+        fim=fim,
     )
     shards = {n: open_shard(shard_dir, streams[n]) for n in spec.streams}
     return sampler, shards, manifest
