@@ -153,8 +153,8 @@ def anneal_without_decay(recipe: Recipe, registry: Registry) -> list[Finding]:
     findings = []
     base_lr = recipe.base.lr_at_end
     for stage in recipe.stages:
-        if stage.kind.value not in ANNEAL_KINDS:
-            continue
+        if stage.kind.value not in ANNEAL_KINDS or stage.schedule.type == "unknown":
+            continue  # an `unknown` schedule cannot be checked; `show` and `plan` flag it as unknown
         steps = max(stage.total_steps() or NOMINAL_STEPS, 2)
         try:
             start = lr_after_warmup(stage.schedule, steps, base_lr)

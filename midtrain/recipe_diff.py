@@ -1,7 +1,7 @@
 """`midtrain diff` as plain data: overview fields, then stages paired by name and kind.
 
 Stages are paired, not lined up by position: first the stages with the same name, then, among the
-rest, stages of the same kind in their order. A stage left without a partner is `removed` (only in
+rest, stages of the same kind in their order, a side branch (`branch: true`) only with a side branch. A stage left without a partner is `removed` (only in
 the first recipe) or `added` (only in the second). Position pairing compared OLMo 2's anneal with
 Llama 3.1's long-context stage just because both came first.
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from midtrain.lineage import theta_at_start
 from midtrain.summary import STAGE_DIFF_FIELDS, _overview, _same, stage_facts
 
 if TYPE_CHECKING:
@@ -36,7 +35,14 @@ def pair_stages(a: list[Stage], b: list[Stage]) -> list[tuple[int | None, int | 
     for j, stage in enumerate(b):
         if j in partner:
             continue
-        i = next((i for i, other in enumerate(a) if i not in taken and other.kind == stage.kind), None)
+        i = next(
+            (
+                i
+                for i, other in enumerate(a)
+                if i not in taken and other.kind == stage.kind and _branch(other) == _branch(stage)
+            ),
+            None,
+        )
         if i is not None:
             partner[j] = (i, "kind")
             taken.add(i)
@@ -54,14 +60,6 @@ def pair_stages(a: list[Stage], b: list[Stage]) -> list[tuple[int | None, int | 
         out.append((i, j, how))
     out.extend((k, None, None) for k in range(len(a)) if k not in taken and k not in emitted)
     return out
-
-
-def _facts(recipe: Recipe, registry: Registry | None) -> list[dict[str, Any]]:
-    """stage_facts, with each RoPE change read from the θ the stage's `init` ended with."""
-    facts = stage_facts(recipe, registry)
-    for index, (stage, fact) in enumerate(zip(recipe.stages, facts)):
-        fact["rope"] = stage.rope.describe(theta_at_start(recipe, index)) if stage.rope else "unchanged"
-    return facts
 
 
 def _stage_changes(fa: dict[str, Any], fb: dict[str, Any]) -> dict[str, Any]:
@@ -84,7 +82,7 @@ def diff_recipes(a: Recipe, b: Recipe, registry: Registry | None) -> dict[str, A
     """What changes from `a` to `b`: overview fields, then each pair of stages (see `pair_stages`)."""
     over_a, over_b = _overview(a), _overview(b)
     overview = [{"field": k, "a": over_a[k], "b": over_b[k]} for k in over_a if not _same(over_a[k], over_b[k])]
-    facts_a, facts_b = _facts(a, registry), _facts(b, registry)
+    facts_a, facts_b = stage_facts(a, registry), stage_facts(b, registry)
     stages = []
     for index, (i, j, how) in enumerate(pair_stages(a.stages, b.stages)):
         fa = facts_a[i] if i is not None else None
@@ -103,5 +101,11 @@ def diff_recipes(a: Recipe, b: Recipe, registry: Registry | None) -> dict[str, A
             entry["only_in"] = "a" if fa else "b"
             entry["status"] = "removed" if fa else "added"
             entry["kind"] = (fa or fb or {}).get("kind")
+        entry["branch"] = bool((fa or {}).get("branch") or (fb or {}).get("branch"))
         stages.append(entry)
     return {"a": a.id, "b": b.id, "overview": overview, "stages": stages}
+
+
+def _branch(stage: Stage) -> bool:
+    """A side branch (stand-ins in tests may leave the field out)."""
+    return bool(getattr(stage, "branch", False))

@@ -17,11 +17,12 @@ IDS = sorted(CATALOG.recipes)
 
 
 def test_catalogue_size_and_provenance_goals() -> None:
-    assert len(IDS) >= 30
+    assert len(IDS) >= 40
+    assert len({CATALOG.get(i).organization for i in IDS}) >= 22
     covs = [coverage(CATALOG.get(i)) for i in IDS]
     numbers = sum(c["numbers"] for c in covs)
-    assert sum(c["tagged"] * c["numbers"] for c in covs) / numbers >= 0.95
-    assert sum(c["stated"] * c["numbers"] for c in covs) / numbers >= 0.80
+    assert sum(c["tagged"] * c["numbers"] for c in covs) / numbers >= 0.97
+    assert sum(c["stated"] * c["numbers"] for c in covs) / numbers >= 0.82
 
 
 @pytest.mark.parametrize("recipe_id", IDS)
@@ -50,6 +51,8 @@ def test_every_stage_of_every_recipe_trains_a_few_steps_at_tiny_scale(
         "intermediate_size": 64,
     }
     base = plan.base.spec.model_dump(mode="json")
+    if base["init"].get("layer_types") or any(plan.mid.runs[s.runs[0]].upscale for s in plan.stages):
+        dims["num_hidden_layers"] = base["init"]["dims"]["num_hidden_layers"]  # the layouts are planned for this depth
     base.update(data=str(prepared), tokenizer=str(prepared / "tokenizer"))
     scale_down = {"steps": 2, "checkpoint_every": 2, "threads": 1, "precision": "fp32"}
     base.update(scale_down, out=str(tmp_path / "base"), init={**base["init"], "dims": dims, "vocab_size": 512})
@@ -75,6 +78,9 @@ def test_every_stage_of_every_recipe_trains_a_few_steps_at_tiny_scale(
         spec["max_position_embeddings"] = max(spec["sequence_length"], 64)
         spec["global_batch"], spec["micro_batch"] = 2, 1
         spec.pop("polyak", None)
+        spec.update(save_at=[], batch_ramp=[])  # both are steps of the planned run, which is cut to 2 here
+        if spec.get("optimizer_from"):
+            spec["optimizer_from"] = str(previous.parent)  # carry over from the run this one starts from
         summary = train(RunSpec.model_validate(spec), progress=False)
         assert summary["steps"] == 2 and summary["final_loss"] == summary["final_loss"]  # not NaN
         previous = tmp_path / stage.runs[0] / "model"
@@ -120,11 +126,14 @@ def test_static_site(tmp_path: Path) -> None:
     from midtrain.schema.provenance import Contradiction
     from midtrain.schema.recipe import Result
 
-    internlm = CATALOG.get("internlm2-7b")  # stage 1 is from_base; drop the base LR it starts from
+    # internlm2-7b: stage 1 is from_base and stage 2's schedule is `unknown`; without the base LR both
+    # stages' LR cannot be known (with it, stage 2 is drawn as plan's default, dashed)
+    internlm = CATALOG.get("internlm2-7b")
+    assert [s.schedule.type for s in internlm.stages] == ["from_base", "unknown"]
     unknown = recipe_page(
         internlm.model_copy(update={"base": internlm.base.model_copy(update={"lr_at_end": None})}), CATALOG.registry
     )
-    assert unknown.count("class=lr-unknown ") == 1 and unknown.count("class=lr-stage") == len(internlm.stages) - 1
+    assert unknown.count("class=lr-unknown ") == 2 and unknown.count("class=lr-stage") == len(internlm.stages) - 2
     assert "LR unknown" in unknown and unknown.count("class=stage-label") == len(internlm.stages)
 
     evil = "<script>alert(1)</script>"

@@ -10,7 +10,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from midtrain.lineage import theta_at_start
+from midtrain.lineage import branch_point, theta_at_start
 from midtrain.units import fmt_context, fmt_tokens, human_count
 
 if TYPE_CHECKING:
@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     from rich.console import JustifyMethod, RenderableType
 
     from midtrain.schema.provenance import Entry
-    from midtrain.schema.recipe import Recipe
+    from midtrain.schema.recipe import Recipe, Reported, Revision
     from midtrain.schema.registry import Registry
     from midtrain.schema.rope import Rope
-    from midtrain.schema.stage import Optimizer, Stage
+    from midtrain.schema.stage import Fim, Optimizer, Stage
 
 MARKS = {"stated": "●", "derived": "◐", "assumed": "○", None: "·"}
 
@@ -41,6 +41,9 @@ CATEGORY_STYLE = {
     "multilingual": "bright_blue",
 }
 BAR_WIDTH = 28
+UNKNOWN_STYLE = "bold red"  # a value the sources do not give, written `unknown` in the recipe
+REPORTED_STYLE = "yellow"  # a number as the paper prints it, beside the one the recipe uses
+BRANCH_MARK = "⑂"
 
 
 def console() -> Console:
@@ -67,11 +70,19 @@ class Marker:
     """
 
     def __init__(self, recipe: Recipe):
-        from midtrain.schema.provenance import numeric_items
+        from midtrain.schema.provenance import numeric_items, path_aliases
 
         self.entries = recipe.canonical_provenance()
         data = recipe.model_dump(mode="json", exclude_unset=True, exclude={"provenance", "contradictions"})
         self.written = [path for path, _ in numeric_items(data)]
+        aliases = path_aliases(
+            recipe.model_dump(mode="json", exclude={"provenance", "contradictions"}, exclude_none=True)
+        )
+        # numbers as the paper prints them, by the canonical path of the value the recipe uses
+        self.reported: list[tuple[str, Reported]] = [(aliases.get(r.path, r.path), r) for r in recipe.reported]
+        self.shown: set[int] = set()  # indices into `reported` already printed beside their value
+        self.revised: list[tuple[str, Revision]] = [(aliases.get(r.path, r.path), r) for r in recipe.revisions]
+        self.revised_shown: set[int] = set()
 
     def entry(self, path: str) -> Entry | None:
         from midtrain.schema.provenance import covering_entry
@@ -100,11 +111,48 @@ class Marker:
             return ""
         return BOUND_PREFIX[bounds.pop()] if len(bounds) == 1 else "≈"
 
-    def __call__(self, text: str, path: str) -> Text:
+    def __call__(self, text: str, path: str, unit: str = "") -> Text:
+        """'1,000● steps (paper prints 1,024, §2.5: why)': the value, its mark, its unit, and any number
+        the paper prints differently for it."""
         status = self.status(path)
         out = Text(self.bound(path) + text)
         out.append(MARKS[status], style=STATUS_STYLE[status])
+        return out.append(unit).append_text(self.reported_note(path))
+
+    def reported_note(self, path: str) -> Text:
+        """' (paper prints 768, §2.5: why)' for each number printed differently at or under `path`, and
+        ' (✎ was 4.142e-4 until PR #481)' for each erratum there; each once (errata are also in their panel)."""
+        from midtrain.summary import fmt_value, reported_text
+
+        def under(at: str) -> bool:
+            return at == path or at.startswith((path + ".", path + "["))
+
+        out = Text()
+        for index, (at, item) in enumerate(self.reported):
+            if index in self.shown or not under(at):
+                continue
+            self.shown.add(index)
+            out.append(f" ({reported_text(item, at[len(path) :].lstrip('.') or None)})", style=REPORTED_STYLE)
+        for index, (at, revision) in enumerate(self.revised):
+            if index in self.revised_shown or not under(at):
+                continue
+            self.revised_shown.add(index)
+            field = at[len(path) :].lstrip(".")
+            out.append(
+                f" (✎ {field + ' ' if field else ''}was {fmt_value(revision.old)} until {revision.where})",
+                style=REPORTED_STYLE,
+            )
         return out
+
+    def unknown(self, path: str, what: str = "") -> Text:
+        """A value written `unknown`: styled, never a number; marked only when an entry covers it."""
+        out = Text("unknown", style=UNKNOWN_STYLE)
+        entry = self.entry(path)
+        if entry is not None:
+            out.append(MARKS[entry.status], style=STATUS_STYLE[entry.status])
+        if what:
+            out.append(f" {what}")
+        return out.append_text(self.reported_note(path))
 
     @staticmethod
     def default(text: str) -> Text:
@@ -123,7 +171,10 @@ def legend() -> Text:
         text.append(f" {status or 'untagged'}  ", style="dim")
     text.append(DEFAULT_MARK, style="dim")
     text.append(" schema default (not in the recipe)  ", style="dim")
-    text.append("≈ about  ≥ at least  ≤ at most", style="dim")
+    text.append("≈ about  ≥ at least  ≤ at most  ", style="dim")
+    text.append("unknown", style=UNKNOWN_STYLE)
+    text.append(" not given by the sources  ", style="dim")
+    text.append(f"{BRANCH_MARK} side branch (not in totals)", style="dim")
     text.append("\na mark after several numbers is the weakest of theirs: ● only when all are stated", style="dim")
     return text
 
@@ -138,7 +189,10 @@ def _context(tokens: int, path: str, mark: Marker) -> Text:
 
 
 def catalogue_table(rows: list[dict[str, Any]], width: int = 120) -> Table:
-    """The catalogue; on narrow terminals the organisation (< 100 columns) and objectives (< 120) are left out."""
+    """The catalogue; on narrow terminals the organisation (< 100 columns) and objectives (< 120) are left out.
+
+    `stages` counts the main line, with `+N⑂` for side branches (whose tokens are not in the totals);
+    `open` counts the values the sources leave unknown (`?`) and the errata (`✎`)."""
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
     columns: list[tuple[str, JustifyMethod]] = [
         ("id", "left"),
@@ -148,6 +202,7 @@ def catalogue_table(rows: list[dict[str, Any]], width: int = 120) -> Table:
         ("stages", "right"),
         ("mid-training tokens", "right"),
         ("context", "right"),
+        ("open", "left"),
         ("objectives", "left"),
     ]
     if width < 120:
@@ -162,15 +217,38 @@ def catalogue_table(rows: list[dict[str, Any]], width: int = 120) -> Table:
             f"{row['model']} {human_count(row['parameters'])}",
             short_org(row["organization"]),
             str(row["year"]),
-            str(row["stages"]),
-            fmt_tokens(row["mid_training_tokens"]),
+            _stages_cell(row),
+            _tokens_cell(row["mid_training_tokens"]),
             fmt_context(row["final_context"]),
+            _open_cell(row),
             ", ".join(row["objectives"]),
         ]
         if width < 100:
             cells = cells[:2] + cells[3:]
         table.add_row(*cells[: len(columns)])
     return table
+
+
+def _stages_cell(row: dict[str, Any]) -> Text:
+    out = Text(str(row["stages"]))
+    if row.get("branches"):
+        out.append(f"+{row['branches']}{BRANCH_MARK}", style="yellow")
+    return out
+
+
+def _tokens_cell(tokens: float | None) -> Text:
+    """A total, or a styled 'unknown' when a counted stage's budget is unknown."""
+    return Text("unknown", style=UNKNOWN_STYLE) if tokens is None else Text(fmt_tokens(tokens))
+
+
+def _open_cell(row: dict[str, Any]) -> Text:
+    """'2? 1✎': values written `unknown`, and errata."""
+    out = Text()
+    if row.get("unknowns"):
+        out.append(f"{row['unknowns']}?", style=UNKNOWN_STYLE)
+    if row.get("revisions"):
+        out.append(" " if out else "").append(f"{row['revisions']}✎", style=REPORTED_STYLE)
+    return out
 
 
 def short_org(name: str) -> str:
@@ -185,13 +263,19 @@ def short_org(name: str) -> str:
 
 
 def mixture_chart(recipe: Recipe, stage_index: int, registry: Registry, mark: Marker, width: int = 120) -> Table:
+    """One row per source: share bar, share (→ end share when the mixture ramps within the stage),
+    tokens of one run, max epochs, category."""
     stage = recipe.stages[stage_index]
     shares = stage.mixture.shares()
+    ramped = stage.mixture.is_ramped()
+    ends = stage.mixture.end_shares() if ramped else shares
     tokens = stage.total_tokens()
     table = Table(box=None, show_header=True, header_style="dim", pad_edge=False, padding=(0, 1))
     table.add_column("source", no_wrap=True)
     table.add_column("share", no_wrap=True)
     table.add_column("", justify="right")
+    if ramped:
+        table.add_column("→ at end", justify="right", no_wrap=True)
     table.add_column("tokens", justify="right")
     narrow = width < 110
     bar_width = 12 if narrow else BAR_WIDTH
@@ -212,14 +296,28 @@ def mixture_chart(recipe: Recipe, stage_index: int, registry: Registry, mark: Ma
             component.source,
             bar,
             mark(f"{share:6.1%}", f"{path}.share" if component.share is not None else f"{path}.tokens"),
-            fmt_tokens(share * tokens) if tokens else "?",
+        ]
+        if ramped:
+            cells.append(
+                Text("→ ", style="dim").append_text(mark(f"{ends[component.source]:6.1%}", f"{path}.share_end"))
+            )
+        cells += [
+            _share_tokens(share, ends[component.source], tokens),
             mark(f"{component.max_epochs:g}", f"{path}.max_epochs")
             if component.max_epochs is not None
             else Text("-", style="dim"),
-            category,
         ]
-        table.add_row(*cells[: 5 if narrow else 6])
+        if not narrow:
+            cells.append(category)
+        table.add_row(*cells)
     return table
+
+
+def _share_tokens(start: float, end: float, tokens: float | None) -> Text:
+    """Tokens of a source in one run: a linear ramp averages its start and end shares."""
+    if not tokens:
+        return Text("?" if tokens is None else "-", style="dim")
+    return Text(fmt_tokens((start + end) / 2 * tokens))
 
 
 def _kv(rows: Sequence[tuple[str, object]]) -> Table:
@@ -234,17 +332,21 @@ def _kv(rows: Sequence[tuple[str, object]]) -> Table:
 
 
 def show(recipe: Recipe, registry: Registry, width: int = 120) -> Group:
-    """`midtrain show`: identity, base, one panel per stage, merges, results, inference, contradictions, notes."""
-    from midtrain.summary import stage_facts
+    """`midtrain show`: identity, base, one panel per stage (the main line, then side branches), merges,
+    results, inference, numbers as printed, errata, contradictions, notes."""
+    from midtrain.summary import stage_facts, stage_order
 
     mark = Marker(recipe)
     parts: list[RenderableType] = [_identity_panel(recipe, mark), _base_panel(recipe, registry, mark)]
-    for index, fact in enumerate(stage_facts(recipe, registry)):
-        parts.append(_stage_panel(recipe, index, fact, registry, mark, width))
+    facts = stage_facts(recipe, registry)
+    for index in stage_order(recipe):
+        parts.append(_stage_panel(recipe, index, facts[index], registry, mark, width))
     for panel in (
         _merges_panel(recipe),
         _results_panel(recipe),
         _inference_panel(recipe, mark),
+        _reported_panel(recipe, mark),
+        _errata_panel(recipe),
         _contradictions_panel(recipe),
     ):
         if panel is not None:
@@ -276,6 +378,7 @@ def _identity_panel(recipe: Recipe, mark: Marker) -> Panel:
                 ),
             ),
             ("architecture", recipe.architecture),
+            ("attention", _attention_text(recipe, mark)),
             (
                 "paper",
                 f"{recipe.source.title} ({recipe.source.year})"
@@ -284,11 +387,77 @@ def _identity_panel(recipe: Recipe, mark: Marker) -> Panel:
             ("url", recipe.source.url),
             ("objectives", ", ".join(o.value for o in recipe.objectives)),
             ("techniques", ", ".join(t.value for t in recipe.techniques)),
+            ("main line", _main_line(recipe)),
+            ("side branches", _branches_line(recipe)),
+            ("final model", recipe.final_name() if recipe.final or any(s.branch for s in recipe.stages) else None),
+            ("unknown", _unknowns_line(recipe)),
         ]
     )
     for ref in recipe.source.references:
         identity.add_row("reference", f"{ref.title}" + (f" <{ref.url}>" if ref.url else ""))
     return Panel(Group(head, identity), box=box.ROUNDED)
+
+
+def _attention_text(recipe: Recipe, mark: Marker) -> Text | None:
+    """'5 sliding : 1 full per 6 layers, window 1,024●; 62 layers' from the recipe's `attention`."""
+    att = recipe.attention
+    if att is None:
+        return None
+    out = mark(att.describe(), "attention")
+    if att.layers:
+        kinds = att.layer_kinds(att.layers)
+        counts = ", ".join(f"{kinds.count(kind)} {kind}" for kind in dict.fromkeys(kinds))
+        out.append(f"; {att.layers} layers: {counts}", style="dim")
+    if att.note:
+        out.append(f" ({att.note})", style="dim")
+    return out
+
+
+def _main_line(recipe: Recipe) -> Text:
+    """'pretrain 4T → anneal 50B = 4.05T (mid-training 50B)': the stages the totals count, in order."""
+    out = Text()
+    for n, stage in enumerate(recipe.main_stages()):
+        if n:
+            out.append(" → ")
+        out.append(stage.name)
+        tokens = stage.total_tokens()
+        out.append(" ").append_text(
+            Text(fmt_tokens(tokens), style="dim") if tokens is not None else Text("unknown", style=UNKNOWN_STYLE)
+        )
+        if stage.runs.count > 1:
+            out.append(f" ×{stage.runs.count}", style="dim")
+    total, mid = recipe.total_tokens(), recipe.mid_training_tokens()
+    out.append(" = ").append_text(_tokens_cell(total))
+    if mid != total:
+        out.append(" (mid-training ").append_text(_tokens_cell(mid)).append(")")
+    return out
+
+
+def _branches_line(recipe: Recipe) -> Text | None:
+    """'long-ctx 20B, from pretrain at 3T tokens' per side branch, and their tokens (not in the totals)."""
+    branches = [i for i, stage in enumerate(recipe.stages) if stage.branch]
+    if not branches:
+        return None
+    out = Text(f"{BRANCH_MARK} ", style="yellow")
+    for n, index in enumerate(branches):
+        stage = recipe.stages[index]
+        point = branch_point(recipe, index)
+        if n:
+            out.append("; ")
+        tokens = stage.total_tokens()
+        out.append(stage.name).append(" ").append_text(_tokens_cell(tokens))
+        out.append(f", from {recipe.init_of(index)}" + (f" {point}" if point else ""), style="dim")
+    out.append(" · not in the totals (").append_text(_tokens_cell(recipe.branch_tokens())).append(" in all)")
+    return out
+
+
+def _unknowns_line(recipe: Recipe) -> Text | None:
+    paths = recipe.unknowns()
+    if not paths:
+        return None
+    return Text(f"{len(paths)} ", style=UNKNOWN_STYLE).append(
+        f"value{'s' if len(paths) > 1 else ''} the sources do not give: " + ", ".join(paths)
+    )
 
 
 def _base_panel(recipe: Recipe, registry: Registry, mark: Marker) -> Panel:
@@ -316,7 +485,8 @@ def _base_panel(recipe: Recipe, registry: Registry, mark: Marker) -> Panel:
 
 
 def _optimizer_text(opt: Optimizer, path: str, mark: Marker) -> Text:
-    """'adamw β=0.9,0.95● ε=1e-08□ wd=0.1● clip=1●': each number marked on its own, defaults dim with □."""
+    """'adamw β=0.9,0.95● ε=1e-08□ wd=0.1● clip=1●': each number marked on its own, defaults dim with □;
+    then µP, Muon, QK-Clip and AdEMAMix settings, likewise."""
     out = Text(opt.type) if "type" in opt.model_fields_set else Text(opt.type, style="dim")
     numbers = [
         ("β", "betas", f"{opt.betas[0]:g},{opt.betas[1]:g}"),
@@ -330,38 +500,166 @@ def _optimizer_text(opt: Optimizer, path: str, mark: Marker) -> Text:
         out.append(f" no decay on {', '.join(opt.no_decay)}")
     if opt.mup_width_ratio:
         out.append(" µP width ratio ").append_text(mark(f"{opt.mup_width_ratio:g}", f"{path}.mup_width_ratio"))
+    if opt.mup is not None:
+        out.append("; µP")
+        if opt.mup.base_width:
+            out.append(" base width ").append_text(mark(f"{opt.mup.base_width:,}", f"{path}.mup.base_width"))
+        for name, value in opt.mup.multipliers.items():
+            out.append(f" {name} ×").append_text(mark(f"{value:g}", f"{path}.mup.multipliers.{name}"))
+    if opt.muon is not None:
+        _settings(
+            out,
+            "Muon",
+            opt.muon,
+            f"{path}.muon",
+            mark,
+            [
+                ("momentum", "momentum", f"{opt.muon.momentum:g}"),
+                ("Nesterov", "nesterov", "yes" if opt.muon.nesterov else "no"),
+                ("Newton-Schulz steps", "ns_steps", str(opt.muon.ns_steps)),
+                ("update RMS", "rms_match", None if opt.muon.rms_match is None else f"{opt.muon.rms_match:g}"),
+            ],
+        )
+    if opt.qk_clip is not None:
+        _settings(
+            out,
+            "QK-Clip",
+            opt.qk_clip,
+            f"{path}.qk_clip",
+            mark,
+            [
+                ("τ", "tau", f"{opt.qk_clip.tau:g}"),
+                ("α", "alpha", f"{opt.qk_clip.alpha:g}"),
+            ],
+        )
+    if opt.ademamix is not None:
+        warmup = opt.ademamix.warmup_steps
+        _settings(
+            out,
+            "AdEMAMix",
+            opt.ademamix,
+            f"{path}.ademamix",
+            mark,
+            [
+                ("α", "alpha", f"{opt.ademamix.alpha:g}"),
+                ("β3", "beta3", f"{opt.ademamix.beta3:g}"),
+                ("warmup steps", "warmup_steps", None if warmup is None else f"{warmup:,}"),
+            ],
+        )
     return out
+
+
+def _settings(
+    out: Text, title: str, model: Any, path: str, mark: Marker, items: list[tuple[str, str, str | None]]
+) -> None:
+    """'; Muon momentum 0.95● Nesterov yes□ …': one marked value per setting (defaults dim with □)."""
+    out.append(f"; {title}")
+    for label, name, text in items:
+        if text is not None:
+            out.append(f" {label} ").append_text(mark.field(model, name, text, f"{path}.{name}"))
 
 
 def _stage_budget(stage: Stage, fact: dict[str, Any], p: str, mark: Marker) -> Text:
     budget = Text()
-    if stage.tokens is not None:
-        budget.append_text(mark(fmt_tokens(stage.tokens), f"{p}.tokens"))
-        budget.append(" tokens")
+    if stage.tokens == "unknown":
+        budget.append_text(mark.unknown(f"{p}.tokens", "tokens"))
+        if fact["tokens"]:
+            budget.append(f" (≈ {fmt_tokens(fact['tokens'])} from steps × batch)", style="dim")
+    elif stage.known_tokens is not None:
+        budget.append_text(mark(fmt_tokens(stage.known_tokens), f"{p}.tokens", " tokens"))
     elif fact["tokens"]:
         budget.append(f"{fmt_tokens(fact['tokens'])} tokens (from steps)")
-    if stage.steps is not None:
-        budget.append(", ").append_text(mark(f"{stage.steps:,}", f"{p}.steps")).append(" steps")
+    if stage.steps == "unknown":
+        budget.append(", ").append_text(mark.unknown(f"{p}.steps", "steps"))
+        if fact["steps"]:
+            budget.append(f" (≈ {fact['steps']:,} from tokens ÷ batch)", style="dim")
+    elif stage.known_steps is not None:
+        budget.append(", ").append_text(mark(f"{stage.known_steps:,}", f"{p}.steps", " steps"))
     elif fact["steps"]:
         budget.append(f" ≈ {fact['steps']:,} steps")
     if stage.runs.count > 1:
         budget.append(" × ").append_text(mark(str(stage.runs.count), f"{p}.runs.count")).append(
             f" runs ({stage.runs.vary})"
         )
+    if fact["tokens"] is None and "unknown" in (stage.tokens, stage.steps):
+        budget.append(f" → plan cannot size it without one (--set stages.{stage.name}.tokens=…)", style="dim")
     return budget
 
 
 def _stage_batch(stage: Stage, p: str, mark: Marker) -> Text | None:
-    if not stage.batch:
+    if stage.batch is None:
         return None
+    if stage.batch == "unknown":
+        return mark.unknown(f"{p}.batch")
     batch = Text()
-    if stage.batch.sequences:
-        batch.append_text(mark(f"{stage.batch.sequences:,}", f"{p}.batch.sequences")).append(" sequences")
-    if stage.batch.sequences is None and stage.batch.tokens:
-        batch.append_text(mark(human_count(stage.batch.tokens), f"{p}.batch.tokens")).append(" tokens/step")
+    known = stage.known_batch
+    if known is None:
+        return None
+    if known.sequences:
+        batch.append_text(mark(f"{known.sequences:,}", f"{p}.batch.sequences", " sequences"))
+    if known.sequences is None and known.tokens:
+        batch.append_text(mark(human_count(known.tokens), f"{p}.batch.tokens", " tokens/step"))
     elif stage.tokens_per_step():
         batch.append(f" = {human_count(stage.tokens_per_step())} tokens/step")
+    if known.ramp:
+        batch.append(" at the start", style="dim")
     return batch
+
+
+def _batch_ramp(stage: Stage, p: str, mark: Marker) -> Text | None:
+    """'→ 2,048 sequences (8.39M tokens/step) after 100B tokens●; → …': each later batch, marked."""
+    known = stage.known_batch
+    if known is None or not known.ramp:
+        return None
+    out = Text()
+    for index, step in enumerate(known.ramp):
+        if index:
+            out.append("; ")
+        if step.sequences:
+            size = f"{step.sequences:,} sequences ({human_count(step.sequences * stage.sequence_length)} tokens/step)"
+        else:
+            size = f"{human_count(step.tokens or 0)} tokens/step"
+        when = f" after {fmt_tokens(step.after_tokens)} tokens" if step.after_tokens is not None else ""
+        if step.when:
+            when += f" ({step.when})" if when else f" when {step.when}"
+        out.append("→ ").append_text(mark(size + when, f"{p}.batch.ramp[{index}]"))
+    return out
+
+
+def _fim_text(fim: Fim, p: str, mark: Marker) -> Text:
+    """'rate 0.5● · SPM 0.5● of those · document level□ · <|fim_prefix|> … · on code sources□'."""
+    out = Text("rate ").append_text(mark(f"{fim.rate:g}", f"{p}.fim.rate"))
+    out.append(" · SPM ").append_text(mark.field(fim, "spm_rate", f"{fim.spm_rate:g}", f"{p}.fim.spm_rate"))
+    out.append(" of those (the rest PSM) · ").append_text(mark.field(fim, "level", fim.level, f"{p}.fim.level"))
+    out.append(" level · ")
+    if fim.tokens is not None:
+        out.append(f"{fim.tokens.prefix} {fim.tokens.middle} {fim.tokens.suffix}")
+    else:
+        out.append_text(Marker.default("<|fim_prefix|> <|fim_middle|> <|fim_suffix|>"))
+    out.append(" · on ")
+    if fim.applies_to:
+        out.append(", ".join(fim.applies_to))
+    else:
+        out.append_text(Marker.default("code sources"))
+    return out
+
+
+def _schedule_row(recipe: Recipe, stage: Stage, fact: dict[str, Any], p: str, mark: Marker) -> Text:
+    """The schedule, marked; an unknown one is styled and says what `plan` fills in."""
+    schedule = stage.schedule
+    if schedule.type == "unknown":
+        from midtrain.summary import unknown_schedule_fill
+
+        row = mark.unknown(f"{p}.schedule")
+        if schedule.shape:
+            row.append(f" (the paper says {schedule.shape})")
+        if schedule.note:
+            row.append(f" {schedule.note}", style="dim")
+        return row.append(f" → {unknown_schedule_fill(recipe, schedule)}", style="dim")
+    row = mark(schedule.describe(), f"{p}.schedule").append_text(_defaults_note(schedule))
+    if fact["lr_start"] is not None:
+        row.append(f"  (start {fact['lr_start']:.3g}, end {fact['lr_end']:.3g})", style="dim")
+    return row
 
 
 def _defaults_note(model: Any) -> Text:
@@ -413,6 +711,9 @@ def _rope_text(rope: Rope, path: str, previous_theta: float | None, mark: Marker
             llama.append_text(num("low_freq_factor", f"{s.low_freq_factor:g}")).append(", high ")
             llama.append_text(num("high_freq_factor", f"{s.high_freq_factor:g}")).append(")")
             parts.append(llama)
+        elif s.type == "ntk-alpha":
+            base = f"θ {previous_theta:,.0f}" if previous_theta is not None and rope.theta is None else "θ"
+            parts.append(Text(f"NTK-aware α {s.alpha:g}").append(f" ({base} × α^(d/(d−2)), head dim d)", style="dim"))
         else:
             scaled = Text(f"{'PI' if s.type == 'linear' else 'dynamic NTK'} ×{s.factor:g}")
             if s.original_max_position_embeddings:
@@ -424,20 +725,41 @@ def _rope_text(rope: Rope, path: str, previous_theta: float | None, mark: Marker
         return Text("unchanged", style="dim")
     line = Text(mark.bound(path)).append_text(Text("; ").join(parts))
     status = mark.status(path)
-    return line.append(MARKS[status], style=STATUS_STYLE[status])
+    return line.append(MARKS[status], style=STATUS_STYLE[status]).append_text(mark.reported_note(path))
+
+
+def _starts_from(recipe: Recipe, index: int, mark: Marker) -> Text:
+    """'anneal', 'base', 'side branch of pretrain at 3T tokens● (not in totals)'."""
+    stage = recipe.stages[index]
+    p = f"stages[{stage.name}]"
+    init = recipe.init_of(index)
+    out = Text(f"side branch of {init}" if stage.branch else init)
+    if stage.init_at is not None:  # a branch point inside the init stage
+        at = stage.init_at
+        text = f"at {fmt_tokens(at.tokens)} tokens" if at.tokens is not None else f"at {at.fraction:.0%}"
+        out.append(" ").append_text(mark(text, f"{p}.init_at"))
+    if stage.branch:
+        out.append(" (not in the totals)", style="yellow")
+    elif stage.init == "previous" and index and recipe.stages[index - 1].branch:
+        out.append(" (the main line: the side branch above is skipped)", style="dim")
+    return out
 
 
 def _stage_rows(recipe: Recipe, index: int, fact: dict[str, Any], mark: Marker) -> list[tuple[str, Any]]:
+    from midtrain.summary import optimizer_state_text, upscale_text
+
     stage = recipe.stages[index]
     p = f"stages[{stage.name}]"
-    lr_row = mark(stage.schedule.describe(), f"{p}.schedule").append_text(_defaults_note(stage.schedule))
-    if fact["lr_start"] is not None:
-        lr_row.append(f"  (start {fact['lr_start']:.3g}, end {fact['lr_end']:.3g})", style="dim")
+    if stage.branch:
+        share: Text | str | None = Text(f"{BRANCH_MARK} side branch: not in the totals", style="yellow")
+    else:
+        share = f"{fact['share_start']:.0%} → {fact['share_end']:.0%}" if fact["share_start"] is not None else None
     return [
         ("budget", _stage_budget(stage, fact, p, mark)),
         ("context", _context(stage.sequence_length, f"{p}.sequence_length", mark)),
         ("batch", _stage_batch(stage, p, mark)),
-        ("schedule", lr_row),
+        ("batch ramp", _batch_ramp(stage, p, mark)),
+        ("schedule", _schedule_row(recipe, stage, fact, p, mark)),
         (
             "RoPE",
             _rope_text(stage.rope, f"{p}.rope", theta_at_start(recipe, index), mark)
@@ -445,6 +767,11 @@ def _stage_rows(recipe: Recipe, index: int, fact: dict[str, Any], mark: Marker) 
             else Text("unchanged", style="dim"),
         ),
         ("optimizer", _optimizer_text(stage.optimizer, f"{p}.optimizer", mark) if stage.optimizer else None),
+        (
+            "optimizer state",
+            mark(optimizer_state_text(recipe, index) or "", f"{p}.optimizer_state") if stage.optimizer_state else None,
+        ),
+        ("depth up-scaling", mark(upscale_text(stage) or "", f"{p}.upscale") if stage.upscale else None),
         ("z-loss", mark(f"{stage.z_loss:g}", f"{p}.z_loss") if stage.z_loss is not None else None),
         (
             "other losses",
@@ -452,13 +779,10 @@ def _stage_rows(recipe: Recipe, index: int, fact: dict[str, Any], mark: Marker) 
             if stage.aux_losses
             else None,
         ),
-        ("FIM rate", mark(f"{stage.fim_rate:g}", f"{p}.fim_rate") if stage.fim_rate is not None else None),
+        ("FIM", _fim_text(stage.fim, p, mark) if stage.fim is not None else None),
         ("advance when", stage.advance_when),
-        ("starts from", stage.init),
-        (
-            "share of mid-training",
-            f"{fact['share_start']:.0%} → {fact['share_end']:.0%}" if fact["share_start"] is not None else None,
-        ),
+        ("starts from", _starts_from(recipe, index, mark)),
+        ("share of mid-training", share),
     ]
 
 
@@ -482,9 +806,13 @@ def _stage_panel(
                     f"stages[{stage.name}].mixture.components[{component.source}].length_buckets",
                 )
             )
+    if stage.mixture.is_ramped():
+        body.append(Text("shares move linearly from the start to the end of the stage", style="dim"))
     if stage.mixture.note:
         body.append(Text(stage.mixture.note, style="dim"))
     title = f"[bold]stage {index + 1}: {stage.name}[/bold] [dim]({stage.kind.value})[/dim]"
+    if stage.branch:
+        title += f" [yellow]{BRANCH_MARK} side branch of {recipe.init_of(index)}[/yellow]"
     return Panel(Group(*body), title=title, title_align="left", box=box.ROUNDED)
 
 
@@ -514,24 +842,35 @@ def _merges_panel(recipe: Recipe) -> Panel | None:
 
 
 def _results_panel(recipe: Recipe) -> Panel | None:
+    """Reported before/after scores; a result measured part-way through a stage names its checkpoint."""
+    from midtrain.summary import checkpoint_text
+
     if not recipe.results:
         return None
+    with_checkpoints = any(result.at is not None for result in recipe.results)
     table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for column in ("benchmark", "before", "after", "Δ", "model", "where"):
+    columns = ["benchmark", "before", "after", "Δ", "model", *(["checkpoint"] if with_checkpoints else []), "where"]
+    for column in columns:
         table.add_column(column, justify="right" if column in ("before", "after", "Δ") else "left")
     for result in recipe.results:
         delta = result.delta
         if delta is None and result.before is not None and result.after is not None:
             delta = result.after - result.before
         suffix = "%" if result.delta_kind == "relative" else ""
-        table.add_row(
+        cells: list[Text | str] = [
             result.benchmark,
             f"{result.before:g}" if result.before is not None else "-",
             f"{result.after:g}" if result.after is not None else "-",
             Text(f"{delta:+.1f}{suffix}", style="green" if delta >= 0 else "red") if delta is not None else "",
             result.model or "",
-            result.where,
-        )
+        ]
+        if with_checkpoints:
+            checkpoint = checkpoint_text(result)
+            cells.append(
+                Text(f"intermediate: {checkpoint}", style="yellow") if checkpoint else Text("final", style="dim")
+            )
+        cells.append(result.where)
+        table.add_row(*cells)
     return Panel(table, title="[bold]reported results[/bold]", title_align="left", box=box.ROUNDED)
 
 
@@ -545,6 +884,45 @@ def _inference_panel(recipe: Recipe, mark: Marker) -> Panel | None:
         ("note", inf.note),
     ]
     return Panel(_kv(rows), title="[bold]at inference only (not trained)[/bold]", title_align="left", box=box.ROUNDED)
+
+
+def _reported_panel(recipe: Recipe, mark: Marker) -> Panel | None:
+    """Numbers as the paper prints them that no row above showed beside its used value."""
+    from midtrain.summary import reported_text
+
+    left = [(at, item) for index, (at, item) in enumerate(mark.reported) if index not in mark.shown]
+    if not left:
+        return None
+    lines = Text()
+    for at, item in left:
+        lines.append(f"• {at}: ", style="bold").append(reported_text(item) + "\n", style=REPORTED_STYLE)
+    return Panel(
+        lines,
+        title="[bold]as the paper prints it (the recipe uses other values)[/bold]",
+        title_align="left",
+        box=box.ROUNDED,
+    )
+
+
+def _errata_panel(recipe: Recipe) -> Panel | None:
+    """Values corrected upstream after first publication: path, old → new, where, when, why."""
+    if not recipe.revisions:
+        return None
+    from midtrain.summary import fmt_value
+
+    table = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    for column in ("field", "old", "new", "where", "date", "note"):
+        table.add_column(column, justify="right" if column in ("old", "new") else "left")
+    for item in recipe.revisions:
+        table.add_row(
+            Text(item.path),
+            Text(fmt_value(item.old), style="red"),
+            Text(fmt_value(item.new), style="green"),
+            Text(item.where),
+            item.date.isoformat() if item.date else "",
+            Text(item.note or "", style="dim"),
+        )
+    return Panel(table, title="[bold]Errata (values corrected upstream)[/bold]", title_align="left", box=box.ROUNDED)
 
 
 def _contradictions_panel(recipe: Recipe) -> Panel | None:
@@ -588,6 +966,8 @@ def provenance_table(recipe: Recipe, paths: dict[str, Any]) -> Table:
 def _fmt(value: object) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
     if isinstance(value, float):
         if value == 0:
             return "0"
@@ -621,6 +1001,7 @@ def _diff_title(stage: dict[str, Any], result: dict[str, Any]) -> Text:
             (f"{stage['status']}: ", "bold yellow"),
             (f"stage {stage[side + '_index'] + 1}: {stage[side]}", "red" if side == "a" else "green"),
             (f" ({stage.get('kind')})", "dim"),
+            (f" {BRANCH_MARK} side branch" if stage.get("branch") else "", "yellow"),
         )
     how = "same name" if stage.get("paired_by") == "name" else "same kind"
     return Text.assemble(
@@ -629,6 +1010,7 @@ def _diff_title(stage: dict[str, Any], result: dict[str, Any]) -> Text:
         " → ",
         (f"{stage['b_index'] + 1}: {stage['b']}", "green"),
         (f" (paired by {how})", "dim"),
+        (f" {BRANCH_MARK} side branch" if stage.get("branch") else "", "yellow"),
     )
 
 
@@ -682,7 +1064,9 @@ def diff_view(result: dict[str, Any]) -> Group:
                 Text(row["key"]), f"{row['a']:.1%}", f"{row['b']:.1%}", Text(f"{row['delta']:+.1%}", style=style)
             )
         body: list[Table | Text] = (
-            [table] if stage["changes"] else [Text("no changes in budget, context, schedule or RoPE", style="dim")]
+            [table]
+            if stage["changes"]
+            else [Text("no changes in budget, context, batch, schedule, RoPE or other settings", style="dim")]
         )
         body.append(mixture if stage["mixture"] else Text("same mixture", style="dim"))
         parts.append(Panel(Group(*body), title=title, title_align="left", box=box.ROUNDED))

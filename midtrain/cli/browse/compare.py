@@ -26,7 +26,8 @@ def compare(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Recipes side by side.
+    """Recipes side by side. Token totals count the main line; side branches have their own row, and
+    `unknowns` and `errata` count the values the sources do not give and those corrected upstream.
 
     [bold]Examples[/bold]
 

@@ -16,10 +16,11 @@ def diff(
 ) -> None:
     """Semantic difference of two recipes, stage by stage.
 
-    Stages are paired by name first, then by kind in order; a stage without a partner is shown as
-    removed (only in the first recipe) or added (only in the second). For each pair: budgets, stage
-    boundaries, LR at stage start, context and RoPE, and mixture deltas (by source, and by category
-    when the sources differ).
+    Stages are paired by name first, then by kind in order (a side branch only with a side branch);
+    a stage without a partner is shown as removed (only in the first recipe) or added (only in the
+    second). For each pair: budgets and unknown values, stage boundaries, batch and its ramp, LR at
+    stage start, context and RoPE, FIM, up-scaling, optimizer and its state, and mixture deltas (by
+    source, and by category when the sources differ) and ramps.
 
     [bold]Examples[/bold]
 

@@ -68,6 +68,17 @@ def list_(
         return
     out.print(catalogue_table(rows, out.width))
     out.print(f"[dim]{len(rows)} of {total} recipes · `midtrain show ID` for details[/dim]")
+    keys = [
+        text
+        for key, text in (
+            ("branches", "+N⑂ side branches (not in the token totals)"),
+            ("unknowns", "N? values the sources do not give"),
+            ("revisions", "N✎ errata"),
+        )
+        if any(row.get(key) for row in rows)
+    ]
+    if keys:
+        out.print(f"[dim]{' · '.join(keys)}[/dim]")
 
 
 def _rows() -> list[dict[str, Any]]:

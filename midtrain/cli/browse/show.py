@@ -26,7 +26,9 @@ def show(
     """Show one recipe: source, base, stages, mixtures, schedules, RoPE, merges, results.
 
     Every number carries a provenance mark: ● stated in the paper, ◐ derived from stated numbers,
-    ○ assumed (the paper is silent), · untagged.
+    ○ assumed (the paper is silent), · untagged. Values the sources do not give print as "unknown";
+    a number the paper prints differently follows the one used, and errata have their own panel.
+    Side branches (⑂) follow the main line and are left out of its totals.
 
     [bold]Examples[/bold]
 
