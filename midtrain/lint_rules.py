@@ -275,7 +275,7 @@ def organisation(recipe: Recipe) -> str:
 
 
 def lint_report(
-    catalog: Catalog, min_tagged: float = 0.95, min_stated: float = 0.80, strict: bool = False
+    catalog: Catalog, min_tagged: float = 0.97, min_stated: float = 0.82, strict: bool = False
 ) -> dict[str, Any]:
     """What `midtrain lint --json` prints: coverage, counts and rule findings.
 

@@ -16,9 +16,9 @@ SHOWN_PER_RECIPE = 3  # findings of one rule printed per recipe; --json has them
 @guarded
 def lint(
     min_tagged: float = typer.Option(
-        0.95, help="Fail when the overall share of numbers with provenance is below this."
+        0.97, help="Fail when the overall share of numbers with provenance is below this."
     ),
-    min_stated: float = typer.Option(0.80, help="Fail when the overall share of `stated` numbers is below this."),
+    min_stated: float = typer.Option(0.82, help="Fail when the overall share of `stated` numbers is below this."),
     strict: bool = typer.Option(False, "--strict", help="Also fail when any rule has a finding."),
     write_counts: Path | None = typer.Option(
         None,
