@@ -87,7 +87,17 @@ def stage_data(root: Path, plan_dir: Path) -> None:
 
 
 def _run_training(spec_path: Path, root: Path) -> None:
-    """One training run, in a child process (torchrun when MIDTRAIN_NPROC > 1)."""
+    """One training run: a child process on this machine (torchrun when MIDTRAIN_NPROC > 1), or a
+    Slurm job when `midtrain reproduce --launcher slurm` set MIDTRAIN_LAUNCH (midtrain/launch.py).
+    Either way the run resumes from its last checkpoint when it was interrupted before."""
+    from midtrain.launch import launch_from_env
+
+    slurm = launch_from_env(os.environ)
+    if slurm is not None:
+        from midtrain.launch import job_files, run_on_slurm
+
+        run_on_slurm(slurm, job_files(spec_path, root))
+        return
     nproc = int(os.environ.get("MIDTRAIN_NPROC", "1"))
     command = [sys.executable, "-m", "midtrain", "train", str(spec_path)]
     if nproc > 1:

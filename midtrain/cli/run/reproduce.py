@@ -13,8 +13,31 @@ from midtrain.cli.common import complete_recipe
 from midtrain.cli.run.request import BASE_HELP, build_request, planned
 
 if TYPE_CHECKING:
+    from midtrain.launch import Slurm
     from midtrain.plan.contract import Plan
     from midtrain.plan.request import PlanRequest
+
+
+# how each training run is launched (midtrain/launch.py); run-time choices, never in params.yaml
+NPROC = typer.Option(
+    None, "--nproc-per-node", help="Processes per node and training run (torchrun; default 1, or --gpus-per-node)."
+)
+LAUNCHER = typer.Option(
+    "local", "--launcher", help="local: train on this machine; slurm: each training run is a Slurm job."
+)
+NODES = typer.Option(1, "--nodes", help="Nodes per training run (--launcher slurm).")
+GPUS = typer.Option(None, "--gpus-per-node", help="GPUs per node, one process each (--launcher slurm).")
+PARTITION = typer.Option(None, "--partition", help="Slurm partition (default: the cluster's).")
+ACCOUNT = typer.Option(None, "--account", help="Slurm account to charge.")
+TIME = typer.Option(
+    None, "--time", help="Time limit per job, e.g. 4:00:00 or 2-00:00:00; a run that hits it goes on in a new job."
+)
+SLURM_ARGS = typer.Option(
+    None, "--slurm-arg", help="Another sbatch option, KEY=VALUE or KEY (repeatable), e.g. qos=high, exclusive."
+)
+MAX_RETRIES = typer.Option(
+    3, "--max-retries", help="Resubmissions of a failed job, or of one that made no progress (--launcher slurm)."
+)
 
 
 @guarded
@@ -49,9 +72,15 @@ def reproduce(
         True, "--exp/--repro", help="Run as a DVC experiment (default) or as a plain `dvc repro`."
     ),
     name: str | None = typer.Option(None, "--name", help="Experiment name."),
-    nproc_per_node: int = typer.Option(
-        1, "--nproc-per-node", help="Processes per training run (torchrun; GPUs on this node)."
-    ),
+    nproc_per_node: int | None = NPROC,
+    launcher: str = LAUNCHER,
+    nodes: int = NODES,
+    gpus_per_node: int | None = GPUS,
+    partition: str | None = PARTITION,
+    account: str | None = ACCOUNT,
+    time_limit: str | None = TIME,
+    slurm_args: list[str] | None = SLURM_ARGS,
+    max_retries: int = MAX_RETRIES,
 ) -> None:
     """Reproduce a recipe end to end through the DVC pipeline in dvc.yaml, at a scale or on your own base.
 
@@ -65,6 +94,7 @@ def reproduce(
       midtrain reproduce qwen3-8b --scale tiny --name qwen3-tiny
       midtrain reproduce olmo-2-1124-7b --base my-org/my-1b --base-peak-lr 3e-3 --tokens 300K --stand-in-data
       midtrain reproduce olmo-2-1124-7b --base my-org/my-1b --base-peak-lr 4e-4 --tokens 5B --nproc-per-node 8
+      midtrain reproduce qwen3-8b --scale full --launcher slurm --nodes 4 --gpus-per-node 8 --partition gpu --time 1-00:00:00
       dvc exp show ; dvc metrics diff ; dvc plots show
     """
     request = build_request(
@@ -83,13 +113,23 @@ def reproduce(
         eval_include,
         eval_limit,
     )
-    _reproduce(request, exp, name, nproc_per_node)
+    from midtrain.launch import launch_choice
+
+    launch = launch_choice(
+        launcher, nodes, gpus_per_node, nproc_per_node, partition, account, time_limit, slurm_args, max_retries
+    )
+    _reproduce(request, exp, name, launch)
 
 
-def _reproduce(request: PlanRequest, exp: bool, name: str | None, nproc_per_node: int) -> None:
-    """Plan (to fail fast), write params.yaml, run the DVC pipeline and print the results."""
+def _reproduce(request: PlanRequest, exp: bool, name: str | None, launch: tuple[int, Slurm | None]) -> None:
+    """Plan (to fail fast), write params.yaml, run the DVC pipeline and print the results.
+
+    How training runs are launched (`launch`: processes per node here, or Slurm settings) reaches the
+    stages through the environment, not params.yaml: it does not change what a run computes, so it
+    must not make DVC rerun anything (midtrain/launch.py)."""
     import os
 
+    from midtrain.launch import LAUNCH_ENV
     from midtrain.pipeline import check_repository, dvc_command
     from midtrain.plan.request import write_params
 
@@ -99,7 +139,12 @@ def _reproduce(request: PlanRequest, exp: bool, name: str | None, nproc_per_node
     request, result = planned(request, resolve=True)
     write_params(root, request.model_copy(update={"layout": result.summary.layout.model_dump()}))
     command = dvc_command(root, exp, name)
-    env = dict(os.environ, MIDTRAIN_NPROC=str(nproc_per_node))
+    nproc_per_node, slurm = launch
+    env = {k: v for k, v in os.environ.items() if k != LAUNCH_ENV}
+    env["MIDTRAIN_NPROC"] = str(nproc_per_node)
+    if slurm is not None:
+        env[LAUNCH_ENV] = slurm.to_env()
+        typer.echo(f"training runs: Slurm jobs of {slurm.describe()}", err=True)
     typer.echo("running: " + " ".join(command[1:] if command[0].endswith("dvc") else command), err=True)
     _run_pipeline(command, root, env)
     _print_results(root, result)
