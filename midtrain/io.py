@@ -164,25 +164,35 @@ def atomic_dir(path: Path) -> Iterator[Path]:
         raise disk_error(exc, path) from None
     try:
         yield tmp
-        for child in tmp.rglob("*"):
-            if child.is_file():
-                with open(child, "rb") as handle:
-                    os.fsync(handle.fileno())
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish_dir(tmp, path)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise disk_error(exc, path) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish_dir(tmp: Path, path: Path, sync_files: bool = True) -> None:
+    """Move a finished directory `tmp` (a sibling of `path`) to `path`: its files fsynced (unless the
+    writer synced them already, as DCP's writers do), an existing `path` moved aside and removed
+    only once the new one is in place (a kill in between leaves `.<name>.old`, which
+    `remove_stale_temporaries` puts back). atomic_dir's last step; also how a directory that
+    several processes wrote together (a distributed checkpoint) is published."""
+    if sync_files:
+        for child in tmp.rglob("*"):
+            if child.is_file():
+                with open(child, "rb") as handle:
+                    os.fsync(handle.fileno())
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:

@@ -1,4 +1,4 @@
-"""`midtrain train` (one run of one stage, optionally under torchrun) and `midtrain merge`."""
+"""`midtrain train` (one run of one stage, optionally under torchrun), `midtrain merge` and `midtrain export`."""
 
 from __future__ import annotations
 
@@ -25,12 +25,20 @@ def train(
         None, "--threads", help="torch threads per process (default: cores / processes)."
     ),
     no_resume: bool = typer.Option(False, "--no-resume", help="Start from scratch even if checkpoints exist."),
+    async_checkpoint: bool = typer.Option(
+        False,
+        "--async-checkpoint",
+        help="Multi-process runs: write checkpoints in the background while training continues "
+        "(also MIDTRAIN_ASYNC_CHECKPOINT=1).",
+    ),
 ) -> None:
     """Train one run of one stage. Rerunning the same command resumes from the newest good checkpoint.
 
     Single process (CPU or one GPU) by default; with --nproc-per-node N it launches torchrun itself:
     DDP for small models, FSDP2 (`fully_shard`) for models of a billion parameters or more on GPUs
-    (or `strategy` in the run file). Only rank 0 logs (dvclive) and writes.
+    (or `strategy` in the run file). Only rank 0 logs (dvclive) and writes; checkpoints of
+    multi-process runs are sharded (torch.distributed.checkpoint), every rank writing its part, and
+    resume on any number of processes.
 
     [bold]Examples[/bold]
 
@@ -43,6 +51,12 @@ def train(
 
     RunSpec.load(spec)  # fail fast, in this process, on a bad specification
     argv = [str(spec)] + (["--no-resume"] if no_resume else [])
+    if async_checkpoint:
+        import os
+
+        from midtrain.train.dcp import ASYNC_ENV
+
+        os.environ[ASYNC_ENV] = "1"  # torchrun's ranks inherit it
     if nproc_per_node > 1 or nnodes > 1:
         from midtrain.train.distributed import launch
 
@@ -91,6 +105,41 @@ def merge(
     typer.echo(f"merged {len(inputs)} models ({record['tensors']} tensors) into {out}", file=sys.stdout)
 
 
+@guarded
+def export(
+    checkpoint: Path = typer.Argument(
+        ..., help="A checkpoint (RUN/checkpoints/step-NNNNNNN), a run's checkpoints/ directory or a run directory."
+    ),
+    out: Path = typer.Argument(..., help="Directory for the Hugging Face model (replaced atomically)."),
+    weights: str = typer.Option("model", "--weights", help="Which weights: model, ema or polyak (the run's averages)."),
+    max_shard_size: str = typer.Option(
+        "5GB", "--max-shard-size", help="Largest safetensors file; above it the model is sharded (with an index)."
+    ),
+    tokenizer: Path | None = typer.Option(
+        None, "--tokenizer", help="Tokenizer directory to include (default: the run's, when it still exists)."
+    ),
+) -> None:
+    """Write a checkpoint as a Hugging Face model directory that `from_pretrained` loads.
+
+    Reads either checkpoint format (a single-process run's files or a distributed run's DCP shards,
+    whatever number of processes wrote them) after verifying it, and writes safetensors files one at
+    a time, so memory stays near one file (--max-shard-size), not the model. A run directory or its
+    checkpoints/ directory means its newest checkpoint that verifies.
+
+    [bold]Examples[/bold]
+
+      midtrain export runs/anneal-0/checkpoints/step-0001200 exported/anneal-0
+      midtrain export runs/anneal-0 exported/anneal-0-ema --weights ema
+      midtrain export runs/anneal-0 exported/anneal-0 --max-shard-size 2GB --tokenizer data/tokenizer
+    """
+    from midtrain.train.export import describe, parse_size
+    from midtrain.train.export import export as export_checkpoint
+
+    record = export_checkpoint(checkpoint, out, weights, parse_size(max_shard_size), tokenizer)
+    typer.echo(describe(record), file=sys.stdout)
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("merge")(merge)
+    app.command("export")(export)

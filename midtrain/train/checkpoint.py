@@ -1,12 +1,16 @@
 """Checkpoints: atomic, verified, never unpickling arbitrary objects.
 
-A checkpoint is a directory `step-000120/` holding `model.safetensors`, `optimizer.pt` (tensors and
-plain containers only, loaded with `weights_only=True`), optional `averages.safetensors` (EMA /
-Polyak), `state.json` (step, tokens seen, RNG states, ..., and under "callbacks" the JSON state of
-stateful callbacks that keep no tensors) and `manifest.json` with the sha256 of
-every file, written last. The directory appears under its final name only when complete (write to
-a temporary name, fsync, rename). On resume the newest checkpoint that verifies is used; broken
-ones are reported and skipped, so the previous good one is never lost (keep-last-N >= 2).
+A checkpoint is a directory `step-000120/`. A run of one process writes the single-file format:
+`model.safetensors`, `optimizer.pt` (tensors and plain containers only, loaded with
+`weights_only=True`), optional `averages.safetensors` (EMA / Polyak), `state.json` (step, tokens
+seen, RNG states, ..., and under "callbacks" the JSON state of stateful callbacks that keep no
+tensors) and `manifest.json` with the sha256 of every file, written last. A run of several
+processes writes the distributed format of midtrain/train/dcp.py (DCP's `.distcp` shards and
+`.metadata`, one `rank-NNNNN.json` per rank, `state.json`, `config.json`; its manifest says
+`"format": "dcp"` and the writing run's `world`). Either way the directory appears under its final
+name only when complete (write to a temporary name, fsync, rename). On resume the newest
+checkpoint that verifies is used; broken ones are reported and skipped, so the previous good one
+is never lost (keep-last-N >= 2).
 
 Nothing read back is trusted: the manifest must list exactly a checkpoint's files (plain names, the
 required ones, nothing else) for its directory's step, the directory must hold nothing unlisted,
@@ -32,6 +36,16 @@ REQUIRED_FILES = ("model.safetensors", "optimizer.pt", "state.json")
 AVERAGES = "averages.safetensors"  # the averaging callback's tensors (midtrain/train/callbacks/averaging.py)
 OPTIONAL_FILES = (AVERAGES,)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# a distributed checkpoint (midtrain/train/dcp.py): DCP's metadata and shards, and midtrain's own files
+DCP_METADATA = ".metadata"
+DCP_REQUIRED = (DCP_METADATA, "state.json", "config.json")
+_DCP_SHARD = re.compile(r"^__(\d{1,7})_(\d{1,7})\.distcp$")
+MAX_WORLD = 100_000
+
+
+def rank_file(rank: int) -> str:
+    """The file holding one rank's own state (its RNG) in a distributed checkpoint."""
+    return f"rank-{rank:05d}.json"
 
 
 def step_of(path: Path) -> int | None:
@@ -100,13 +114,23 @@ def save(
         if averages:
             save_file(unshare(averages), str(tmp / AVERAGES))
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
-        files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(tmp.iterdir())}
+        files = {p.name: file_entry(p) for p in sorted(tmp.iterdir())}
         (tmp / "manifest.json").write_text(json.dumps({"step": step, "files": files}, indent=1))
-    # Prune among the checkpoints up to this one: a newer one left behind (rejected on resume) must
-    # not push good ones out; it is replaced when the run reaches its step again.
+    prune(directory, step, keep_last)
+    return target
+
+
+def prune(directory: Path, step: int, keep_last: int) -> None:
+    """Keep the newest `keep_last` checkpoints up to `step`. Only those up to it: a newer one left
+    behind (rejected on resume) must not push good ones out; it is replaced when the run reaches
+    its step again."""
     for old in [p for p in list_checkpoints(directory) if (step_of(p) or 0) <= step][:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
-    return target
+
+
+def is_dcp_shard(name: str) -> bool:
+    """A DCP shard's file name (`__<rank>_<n>.distcp`)."""
+    return _DCP_SHARD.match(name) is not None
 
 
 def unshare(tensors: dict[str, Any]) -> dict[str, Any]:
@@ -136,36 +160,21 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: step_of(p) or 0)
 
 
-def verify(path: Path) -> str | None:
+def verify(path: Path, share: tuple[int, int] | None = None) -> str | None:
     """None when the checkpoint is complete and intact, else what is wrong with it.
 
-    The manifest is not trusted either: it must list exactly the files a checkpoint has (plain names,
-    the required ones, nothing else), be for this directory's step, and the directory must hold
-    nothing it does not list."""
+    The manifest is not trusted either: it must list exactly the files a checkpoint of its format
+    has (plain names, the required ones, nothing else), be for this directory's step, and the
+    directory must hold nothing it does not list. Every file's size is checked; its sha256 too, or,
+    with `share` = (rank, world), only every world-th file from the rank-th on: the ranks of a
+    distributed run split the hashing of a large checkpoint and agree on the verdict."""
     step = step_of(path)
     if step is None:
         return f"{path.name!r} is not a checkpoint directory name (step-NNNNNNN)"
-    manifest_path = path / MANIFEST
-    if manifest_path.is_symlink() or not manifest_path.is_file():
-        return "no manifest (the write did not finish)"
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        return f"manifest is corrupt ({_first_line(exc)})"
-    files = manifest.get("files") if isinstance(manifest, dict) else None
-    if not isinstance(files, dict):
-        return "manifest is corrupt (not a JSON object with a 'files' mapping)"
-    if not _is_int(manifest.get("step")) or manifest["step"] != step:
-        return f"manifest is corrupt (it is for step {short(manifest.get('step'))}, the directory for step {step})"
-    for name in files:
-        if not _is_plain_name(name):
-            return f"manifest is corrupt (it lists {short(name)}, which is not a plain file name)"
-    unexpected = sorted(set(files) - set(REQUIRED_FILES) - set(OPTIONAL_FILES))
-    if unexpected:
-        return f"manifest is corrupt (it lists files a checkpoint does not have: {', '.join(map(short, unexpected))})"
-    missing = [name for name in REQUIRED_FILES if name not in files]
-    if missing:
-        return f"manifest is corrupt (it does not list {', '.join(missing)})"
+    manifest, problem = _read_manifest(path, step)
+    if problem is not None:
+        return problem
+    files = manifest["files"]
     try:
         present = sorted(entry.name for entry in path.iterdir())
     except OSError as exc:
@@ -173,32 +182,100 @@ def verify(path: Path) -> str | None:
     unlisted = [name for name in present if name != MANIFEST and name not in files]
     if unlisted:
         return f"holds files the manifest does not list: {', '.join(map(short, unlisted[:5]))}"
-    for name in sorted(files):
-        info = files[name]
-        if not (
-            isinstance(info, dict)
-            and _is_int(info.get("bytes"))
-            and info["bytes"] >= 0
-            and isinstance(info.get("sha256"), str)
-            and _SHA256.match(info["sha256"])
-        ):
-            return f"manifest is corrupt (its entry for {name} needs integer bytes and a sha256)"
-        file = path / name
-        if file.is_symlink() or (file.exists() and not file.is_file()):
-            return f"{name} is not a plain file"
-        if not file.exists():
-            return f"{name} is missing"
-        try:
-            size = file.stat().st_size
-            if size < info["bytes"]:
-                return f"{name} is truncated ({size} of {info['bytes']} bytes)"
-            if size != info["bytes"]:
-                return f"{name} has the wrong size ({size} bytes, the manifest says {info['bytes']})"
-            if file_sha256(file) != info["sha256"]:
-                return f"{name} is corrupted (sha256 mismatch)"
-        except OSError as exc:
-            return f"{name} cannot be read: {exc.strerror or exc}"
+    rank, world = share or (0, 1)
+    for index, name in enumerate(sorted(files)):
+        problem = _check_file(path, name, files[name], hash_it=index % world == rank)
+        if problem is not None:
+            return problem
     return None
+
+
+def is_dcp(path: Path) -> bool:
+    """Whether a checkpoint directory holds a distributed (DCP) checkpoint (midtrain/train/dcp.py)."""
+    return (path / DCP_METADATA).is_file()
+
+
+def _read_manifest(path: Path, step: int) -> tuple[dict[str, Any], str | None]:
+    """(manifest, None), or ({}, what is wrong with it): its step, format and the names it lists."""
+    manifest_path = path / MANIFEST
+    if manifest_path.is_symlink() or not manifest_path.is_file():
+        return {}, "no manifest (the write did not finish)"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return {}, f"manifest is corrupt ({_first_line(exc)})"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        return {}, "manifest is corrupt (not a JSON object with a 'files' mapping)"
+    if not _is_int(manifest.get("step")) or manifest["step"] != step:
+        return {}, f"manifest is corrupt (it is for step {short(manifest.get('step'))}, the directory for step {step})"
+    for name in files:
+        if not _is_plain_name(name):
+            return {}, f"manifest is corrupt (it lists {short(name)}, which is not a plain file name)"
+    if manifest.get("format", "single") == "dcp":
+        problem = _dcp_names(manifest)
+    elif "format" in manifest:
+        problem = f"manifest is corrupt (unknown format {short(manifest['format'])}; expected dcp or none)"
+    else:
+        problem = _names(set(files), REQUIRED_FILES, set(OPTIONAL_FILES))
+    return (manifest, None) if problem is None else ({}, problem)
+
+
+def _names(files: set[str], required: tuple[str, ...], allowed: set[str]) -> str | None:
+    unexpected = sorted(files - set(required) - allowed)
+    if unexpected:
+        return f"manifest is corrupt (it lists files a checkpoint does not have: {', '.join(map(short, unexpected))})"
+    missing = [name for name in required if name not in files]
+    if missing:
+        return f"manifest is corrupt (it does not list {', '.join(missing)})"
+    return None
+
+
+def _dcp_names(manifest: dict[str, Any]) -> str | None:
+    """A DCP checkpoint: .metadata, state.json, config.json, one rank file per rank of the writing
+    run (manifest `world`) and the ranks' .distcp shards."""
+    world = manifest.get("world")
+    if not isinstance(world, int) or isinstance(world, bool) or not 1 <= world <= MAX_WORLD:
+        return f"manifest is corrupt (world {short(world)}; expected the writing run's process count)"
+    files = set(manifest["files"])
+    shards = {name for name in files if _DCP_SHARD.match(name)}
+    if not shards:
+        return "manifest is corrupt (it lists no .distcp shard)"
+    required = (*DCP_REQUIRED, *(rank_file(rank) for rank in range(world)))
+    return _names(files, required, shards)
+
+
+def _check_file(path: Path, name: str, info: object, hash_it: bool = True) -> str | None:
+    """What is wrong with one listed file (its manifest entry, kind, size, sha256), or None."""
+    if not (
+        isinstance(info, dict)
+        and _is_int(info.get("bytes"))
+        and info["bytes"] >= 0
+        and isinstance(info.get("sha256"), str)
+        and _SHA256.match(info["sha256"])
+    ):
+        return f"manifest is corrupt (its entry for {name} needs integer bytes and a sha256)"
+    file = path / name
+    if file.is_symlink() or (file.exists() and not file.is_file()):
+        return f"{name} is not a plain file"
+    if not file.exists():
+        return f"{name} is missing"
+    try:
+        size = file.stat().st_size
+        if size < info["bytes"]:
+            return f"{name} is truncated ({size} of {info['bytes']} bytes)"
+        if size != info["bytes"]:
+            return f"{name} has the wrong size ({size} bytes, the manifest says {info['bytes']})"
+        if hash_it and file_sha256(file) != info["sha256"]:
+            return f"{name} is corrupted (sha256 mismatch)"
+    except OSError as exc:
+        return f"{name} cannot be read: {exc.strerror or exc}"
+    return None
+
+
+def file_entry(file: Path) -> dict[str, Any]:
+    """A file's manifest entry: its size and sha256."""
+    return {"bytes": file.stat().st_size, "sha256": file_sha256(file)}
 
 
 def latest_good(directory: Path) -> Path | None:

@@ -26,10 +26,33 @@ class Dist:
         return self.rank == 0
 
 
+def die_with_parent() -> None:
+    """Under torchrun every rank runs in a session of its own, so a SIGKILL to the launcher (which it
+    cannot forward) would leave the ranks training on, orphaned, and a rerun would then write into
+    the same run beside them. On Linux, ask the kernel to SIGKILL this rank when its parent (the
+    torchrun agent) dies; exit at once if it already has."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):  # no prctl: nothing to ask for
+        return
+    if parent == 1 or os.getppid() != parent:
+        os._exit(1)
+
+
 def setup() -> Dist:
     """Read torchrun's environment; start the process group (NCCL on GPUs, gloo on CPUs)."""
     import torch
 
+    die_with_parent()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -48,6 +71,9 @@ def setup() -> Dist:
 def teardown() -> None:
     import torch
 
+    dcp = sys.modules.get("midtrain.train.dcp")
+    if dcp is not None:  # asynchronous checkpoint writes use a process group: let them end first
+        dcp.drain()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

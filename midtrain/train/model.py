@@ -274,7 +274,6 @@ def save_pretrained(
     model: PreTrainedModel, tokenizer_dir: Path, out: Path, extra: dict[str, Any] | None = None
 ) -> Path:
     """Save in HF format (safetensors, config, generation config, tokenizer) atomically."""
-    from transformers import GenerationConfig
     from transformers.utils import logging as hf_logging
 
     from midtrain.io import atomic_dir
@@ -284,29 +283,43 @@ def save_pretrained(
     with atomic_dir(out) as tmp:
         model.config.use_cache = True  # saved models generate with a KV cache; training keeps it off
         model.save_pretrained(tmp, safe_serialization=True)
-        generation = GenerationConfig.from_model_config(model.config)
-        tokenizer_config = tokenizer_dir / "tokenizer_config.json"
-        if tokenizer_config.exists():
-            info = json.loads(tokenizer_config.read_text())
-            from tokenizers import Tokenizer
-
-            tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-            eos = info.get("eos_token")
-            pad = info.get("pad_token")
-            generation.eos_token_id = tok.token_to_id(eos) if isinstance(eos, str) else generation.eos_token_id
-            generation.pad_token_id = tok.token_to_id(pad) if isinstance(pad, str) else generation.eos_token_id
-            bos = info.get("bos_token")
-            generation.bos_token_id = tok.token_to_id(bos) if isinstance(bos, str) else generation.eos_token_id
-        for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
-            value = getattr(generation, key, None)
-            if value is not None:
-                setattr(model.config, key, value)
-        model.config.save_pretrained(tmp)
+        write_model_files(model.config, tokenizer_dir, tmp, extra)
         model.config.use_cache = False
-        generation.save_pretrained(tmp)
-        for item in tokenizer_dir.iterdir():
-            if item.is_file() and item.name != "midtrain.json":
-                shutil.copy2(item, tmp / item.name)
-        if extra:
-            (tmp / "midtrain.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")
     return out
+
+
+def write_model_files(
+    config: PretrainedConfig, tokenizer_dir: Path | None, tmp: Path, extra: dict[str, Any] | None = None
+) -> None:
+    """Everything of an HF model directory but its weights, into `tmp`: config.json (with a KV cache
+    and the tokenizer's special-token ids), generation_config.json, the tokenizer's files and
+    midtrain.json (`extra`). Shared by save_pretrained and `midtrain export` (midtrain/train/export.py)."""
+    from transformers import GenerationConfig
+
+    use_cache = config.use_cache
+    config.use_cache = True
+    generation = GenerationConfig.from_model_config(config)
+    tokenizer_config = tokenizer_dir / "tokenizer_config.json" if tokenizer_dir is not None else None
+    if tokenizer_dir is not None and tokenizer_config is not None and tokenizer_config.exists():
+        info = json.loads(tokenizer_config.read_text())
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
+        eos = info.get("eos_token")
+        pad = info.get("pad_token")
+        generation.eos_token_id = tok.token_to_id(eos) if isinstance(eos, str) else generation.eos_token_id
+        generation.pad_token_id = tok.token_to_id(pad) if isinstance(pad, str) else generation.eos_token_id
+        bos = info.get("bos_token")
+        generation.bos_token_id = tok.token_to_id(bos) if isinstance(bos, str) else generation.eos_token_id
+    for key in ("eos_token_id", "bos_token_id", "pad_token_id"):
+        value = getattr(generation, key, None)
+        if value is not None:
+            setattr(config, key, value)
+    config.save_pretrained(tmp)
+    config.use_cache = use_cache
+    generation.save_pretrained(tmp)
+    for item in tokenizer_dir.iterdir() if tokenizer_dir is not None else []:
+        if item.is_file() and item.name != "midtrain.json":
+            shutil.copy2(item, tmp / item.name)
+    if extra:
+        (tmp / "midtrain.json").write_text(json.dumps(extra, indent=2, default=str) + "\n")

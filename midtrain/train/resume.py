@@ -59,6 +59,8 @@ def resume(trainer: Trainer) -> bool:
 
 def _attempt(trainer: Trainer, path: Path) -> tuple[str | None, bool]:
     """(what went wrong on any rank, or None; whether applying was attempted) for one checkpoint."""
+    if ckpt.is_dcp(path):
+        return _attempt_dcp(trainer, path)
     loaded, problem = None, ckpt.verify(path)
     if problem is None:
         try:
@@ -76,12 +78,74 @@ def _attempt(trainer: Trainer, path: Path) -> tuple[str | None, bool]:
     return agree(problem, trainer.dist), True
 
 
-def read_checkpoint(trainer: Trainer, path: Path) -> Loaded:
-    """Load a checkpoint and check it against this run, model and callbacks; changes nothing."""
-    from midtrain.train.model import unwrapped
+def _attempt_dcp(trainer: Trainer, path: Path) -> tuple[str | None, bool]:
+    """A distributed checkpoint (midtrain/train/dcp.py), on any number of ranks: verified with the
+    ranks sharing the hashing, checked against this run, then read (each rank its own chunks) and
+    applied. Building this run's state dict may initialise the optimizer's state, so a failure here
+    always counts as having touched the run."""
+    dist = trainer.dist
+    problem = agree(ckpt.verify(path, share=(dist.rank, dist.world)), dist)
+    if problem is not None:
+        return problem, False
+    try:
+        state, template, own = read_dcp_checkpoint(trainer, path)
+    except Exception as exc:
+        problem = problem_text(exc, path)
+    problem = agree(problem, dist)
+    if problem is not None:
+        return problem, True
+    try:
+        apply_dcp_checkpoint(trainer, path, state, template, own)
+    except Exception as exc:
+        problem = problem_text(exc, path)
+    return agree(problem, dist), True
 
-    model_state, optimizer_state, state, averages = ckpt.load(path)
-    files = {ckpt.AVERAGES: averages} if averages is not None else {}
+
+def read_dcp_checkpoint(trainer: Trainer, path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """(state.json, this run's state dict to load into, this rank's own state), all checked: the
+    run's bounds and model, DCP's metadata against this run's state (names, shapes, dtypes), the
+    rank file this rank resumes from. Reads no tensor."""
+    from midtrain.train import dcp
+
+    state = ckpt.read_state(path)
+    _check_run(trainer, state, path)
+    templates = {}
+    for callback in trainer.callbacks:
+        if callback.checkpoint_file is not None:
+            tensors = callback.checkpoint_template(trainer, state["step"])
+            if tensors:
+                templates[dcp.callback_key(callback.checkpoint_file)] = tensors
+    template = dcp.state_dict(trainer, templates)
+    dcp.check_layout(path, dcp.read_metadata(path), template)
+    own = dcp.rank_state(path, state, trainer.dist.rank)
+    return state, template, own
+
+
+def apply_dcp_checkpoint(
+    trainer: Trainer, path: Path, state: dict[str, Any], template: dict[str, Any], own: dict[str, Any]
+) -> None:
+    """Load the tensors into this run's state (collective), check the callbacks' states, then apply
+    them, this rank's RNG, the step and the tokens seen."""
+    from midtrain.train import dcp
+
+    dcp.load_into(trainer, path, template)
+    files = {
+        c.checkpoint_file: template.get(dcp.callback_key(c.checkpoint_file)) or None
+        for c in trainer.callbacks
+        if c.checkpoint_file is not None
+    }
+    for callback in trainer.callbacks:
+        file = path / (ckpt.DCP_METADATA if callback.checkpoint_file else "state.json")
+        callback.check_state(trainer, callback_state(callback, state, files), state["step"], file)
+    for callback in trainer.callbacks:
+        callback.on_checkpoint_load(trainer, callback_state(callback, state, files))
+    ckpt.set_rng_state(own["rng"])
+    trainer.step = state["step"]
+    trainer.tokens_seen = state["tokens_seen"]
+
+
+def _check_run(trainer: Trainer, state: dict[str, Any], path: Path) -> None:
+    """A checkpoint's state.json against this run: not past its end, of this model's size."""
     if state["step"] > trainer.spec.steps:
         raise MidtrainError.single(
             "checkpoint is beyond the end of this run",
@@ -96,6 +160,15 @@ def read_checkpoint(trainer: Trainer, path: Path) -> Loaded:
             expected=f"{trainer.parameters:,} parameters",
             found=f"{state['parameters']:,}",
         )
+
+
+def read_checkpoint(trainer: Trainer, path: Path) -> Loaded:
+    """Load a checkpoint and check it against this run, model and callbacks; changes nothing."""
+    from midtrain.train.model import unwrapped
+
+    model_state, optimizer_state, state, averages = ckpt.load(path)
+    files = {ckpt.AVERAGES: averages} if averages is not None else {}
+    _check_run(trainer, state, path)
     inner = unwrapped(trainer.model)
     expected = {name: tuple(t.shape) for name, t in inner.state_dict().items()}
     found = {name: tuple(t.shape) for name, t in model_state.items()}
@@ -207,6 +280,9 @@ def carry_optimizer(trainer: Trainer) -> None:
 
     source = Path(str(trainer.spec.optimizer_from))
     checkpoint = final_checkpoint(source)
+    if ckpt.is_dcp(checkpoint):
+        carry_dcp_optimizer(trainer, checkpoint, source)
+        return
     file = checkpoint / "optimizer.pt"
     saved = ckpt.load_optimizer(checkpoint)
     what = f" (optimizer_from: the final optimizer state of {source})"
@@ -242,6 +318,53 @@ def carry_optimizer(trainer: Trainer) -> None:
     for group, own in zip(trainer.optimizer.param_groups, settings, strict=True):
         group.update(own)  # this run's hyper-parameters; only the state (moments, step counts) is carried
     set_lr(trainer.optimizer, trainer.lr(trainer.step))
+
+
+def carry_dcp_optimizer(trainer: Trainer, checkpoint: Path, source: Path) -> None:
+    """carry_optimizer from a distributed run's final (DCP) checkpoint, on any number of ranks: the
+    same parameters with the same kinds of state and shapes, or a MidtrainError; only the state
+    (`optimizer.state.*`) is read, each rank its own chunks; the groups' settings stay this run's."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+
+    from midtrain.train import dcp
+
+    what = f" (optimizer_from: the final optimizer state of {source})"
+    dist = trainer.dist
+    problem = agree(ckpt.verify(checkpoint, share=(dist.rank, dist.world)), dist)
+    if problem is not None:
+        raise MidtrainError.single(f"checkpoint is not usable: {problem}{what}", file=checkpoint, path="optimizer_from")
+    ckpt.read_state(checkpoint)
+    metadata = dcp.read_metadata(checkpoint)
+    optimizers = parts(trainer.optimizer)
+    # this run's flattened state; DCP initialises it (a zero-gradient step at LR 0) to name its kinds
+    mine = cast("dict[str, Any]", get_optimizer_state_dict(trainer.model, optimizers, options=dcp.options()))
+    wanted = {key: value for key, value in mine.items() if key.startswith("state.")}
+    saved = {key[len("optimizer.") :] for key in metadata.state_dict_metadata if key.startswith("optimizer.state.")}
+    if set(wanted) != saved:
+        kinds = _kinds_by_parameter(set(wanted)), _kinds_by_parameter(saved)
+        differ = sorted(name for name in set(kinds[0]) | set(kinds[1]) if kinds[0].get(name) != kinds[1].get(name))
+        name = differ[0] if differ else "?"
+        raise MidtrainError.single(
+            f"optimizer state of other parameters or another optimizer type{what}",
+            file=checkpoint / ckpt.DCP_METADATA,
+            path="optimizer_from",
+            expected=f"{name}: {', '.join(kinds[0].get(name, ['no state']))} (optimizer.type {trainer.spec.optimizer.type})",
+            found=f"{name}: {', '.join(kinds[1].get(name, ['no state']))}",
+        )
+    template = {"optimizer": wanted}
+    dcp.check_layout(checkpoint, metadata, template, only="optimizer.state.")
+    dcp.load(template, checkpoint, dist=dist.world > 1)
+    set_optimizer_state_dict(trainer.model, optimizers, {**mine, **template["optimizer"]}, options=dcp.options())
+    set_lr(trainer.optimizer, trainer.lr(trainer.step))
+
+
+def _kinds_by_parameter(keys: set[str]) -> dict[str, list[str]]:
+    """`state.<name>.<kind>` keys -> {name: sorted kinds}."""
+    out: dict[str, list[str]] = {}
+    for key in keys:
+        name, _, kind = key[len("state.") :].rpartition(".")
+        out.setdefault(name, []).append(kind)
+    return {name: sorted(kinds) for name, kinds in out.items()}
 
 
 def final_checkpoint(run: Path) -> Path:

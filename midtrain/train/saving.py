@@ -1,6 +1,8 @@
 """What a run writes: a checkpoint every `checkpoint_every` steps, model snapshots after the `save_at`
 steps (`out/at-step-<step>/model`), and at its end the final checkpoint, the final model and
 summary.json. Reading checkpoints back, with every check and fallback, is midtrain/train/resume.py.
+A run of several processes writes distributed checkpoints (midtrain/train/dcp.py) and exports its
+final model from the last one (midtrain/train/export.py), never gathering it on one rank.
 
 The final checkpoint (`checkpoints/step-<steps>`, the newest, so never pruned) is what a later run
 with `optimizer_from` continues the optimizer state of."""
@@ -70,8 +72,11 @@ def save_snapshot(trainer: Trainer) -> None:
 
 
 def save_checkpoint(trainer: Trainer) -> None:
-    """Model, optimizer, RNG and the callbacks' state (tensor files, or JSON in state.json)."""
-    model_state, optimizer_state = state_dicts(trainer)  # collective under FSDP: every rank calls it
+    """Model, optimizer, RNG and the callbacks' state (tensor files, or JSON in state.json): the
+    single-file format on one process, the distributed one (midtrain/train/dcp.py) on several."""
+    distributed = trainer.dist.world > 1
+    # collective under FSDP: every rank calls it; a distributed checkpoint takes sharded state instead
+    model_state, optimizer_state = ({}, {}) if distributed else state_dicts(trainer)
     state = {
         "tokens_seen": trainer.tokens_seen,
         "rng": ckpt.rng_state(),
@@ -79,10 +84,16 @@ def save_checkpoint(trainer: Trainer) -> None:
         "parameters": trainer.parameters,
     }
     saved = [(callback, callback.on_checkpoint_save(trainer)) for callback in trainer.callbacks]
+    files = {c.checkpoint_file: value for c, value in saved if c.checkpoint_file is not None and value}
+    values = {c.name: value for c, value in saved if c.checkpoint_file is None and value is not None}
+    state.update({"callbacks": values} if values else {})
+    if distributed:
+        from midtrain.train import dcp
+
+        state.update({"strategy": trainer.strategy, "tokenizer": str(trainer.spec.tokenizer)})
+        dcp.save_checkpoint(trainer, state, {dcp.callback_key(name): value for name, value in files.items()})
+        return
     if trainer.dist.main:
-        files = {c.checkpoint_file: value for c, value in saved if c.checkpoint_file is not None and value}
-        values = {c.name: value for c, value in saved if c.checkpoint_file is None and value is not None}
-        state.update({"callbacks": values} if values else {})
         ckpt.save(
             trainer.checkpoint_dir,
             trainer.step,
@@ -95,10 +106,20 @@ def save_checkpoint(trainer: Trainer) -> None:
     trainer.barrier()
 
 
+def final_checkpoint(trainer: Trainer) -> Path:
+    """The checkpoint of the run's last step (written before the final model)."""
+    return trainer.checkpoint_dir / f"step-{trainer.step:07d}"
+
+
 def save_final_model(trainer: Trainer, last: StepResult | None, resumed: bool) -> dict[str, Any]:
     """Save the final model to `out/model`; returns the run's summary, which the callbacks then complete."""
     extra = {"run": trainer.spec.name, "steps": trainer.step, "tokens_seen": trainer.tokens_seen}
-    save_model(trainer, trainer.out / "model", extra)
+    if trainer.dist.world > 1:  # streamed from the final distributed checkpoint, the ranks sharing the files
+        from midtrain.train.export import export_in_run
+
+        export_in_run(trainer, final_checkpoint(trainer), trainer.out / "model", "model", extra)
+    else:
+        save_model(trainer, trainer.out / "model", extra)
     summary = {
         "run": trainer.spec.name,
         "steps": trainer.step,

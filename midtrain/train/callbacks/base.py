@@ -9,7 +9,9 @@ A stateful callback returns its state from `on_checkpoint_save` and gets it back
 resumes, through `on_checkpoint_load`. Where that state lives in a checkpoint:
 
 - `checkpoint_file` set (one of `checkpoint.OPTIONAL_FILES`, e.g. "averages.safetensors"): the
-  state is named tensors, saved in that file and covered by the manifest;
+  state is named tensors, saved in that file and covered by the manifest; in a distributed run's
+  checkpoint (midtrain/train/dcp.py) they are sharded state under the file's stem (`averages.*`),
+  read back into `checkpoint_template`'s tensors;
 - otherwise it is a JSON value, saved in state.json under "callbacks" → `name`.
 
 Nothing read back is trusted: `check_state` sees a checkpoint's state before anything is applied
@@ -49,6 +51,12 @@ class Callback:
 
     def on_checkpoint_save(self, trainer: Trainer) -> Any:
         """The state to include in the checkpoint being written, or None. Called on every rank."""
+        return None
+
+    def checkpoint_template(self, trainer: Trainer, step: int) -> dict[str, Any] | None:
+        """A callback with `checkpoint_file`: the tensors its state holds at `step`, allocated as they
+        live on this rank (sharded like the parameters under FSDP2), for a distributed checkpoint
+        (midtrain/train/dcp.py) to be read into; None or {} when it keeps none by then."""
         return None
 
     def check_state(self, trainer: Trainer, state: Any, step: int, file: Path) -> None:
