@@ -6,13 +6,21 @@
    the sequences/s a tiny-scale model consumes in training (forward + backward measured here on
    the registry's tiny Llama stand-in). Goal: >= 50x.
 3. peak RSS of a child process that decontaminates and packs 100 MB of text. Goal: < 1 GiB.
+4. the data engine (`data prepare --executor local`, datatrove): tokens/s per worker with 1 and with
+   2 workers on DIR's ten built-in streams, the scaling efficiency (per worker, 2 vs 1; 1.0 is
+   linear), and 1 worker against the single-process path. Reported, no goal: on a 2-core machine
+   the second worker competes with everything else that runs.
 
 Comparisons 1 and 2 alternate their two programs (A B A B ... A, --repeats rounds, the baseline A
-first) and report the MEDIAN of the per-round ratios and their min–max spread (benchmarks/_timing.py).
+first), comparison 4 its three (single process, engine with 1 worker, with 2; --engine-repeats
+rounds, 3 by default: about 3 minutes on 2 cores), and each reports the MEDIAN of the per-round
+ratios and their min–max spread (benchmarks/_timing.py).
 
-    python benchmarks/data_throughput.py [--data DIR] [--repeats 5] [--mb 20] [--json]
+    python benchmarks/data_throughput.py [--data DIR] [--repeats 5] [--mb 20] [--engine-repeats 3] [--json]
+    python benchmarks/data_throughput.py --engine-only      # comparison 4 alone
 
-The last line is JSON: {"ratio_vs_encode_batch", "ratio_spread": [min, max], "sampler_vs_trainer", ...}.
+The last line is JSON: {"ratio_vs_encode_batch", "ratio_spread": [min, max], "sampler_vs_trainer", ...,
+"engine_efficiency", "engine_efficiency_spread", "engine_tokens_per_s_per_worker": {"1", "2"}, ...}.
 
 DIR is a `midtrain data prepare --scale tiny` output (made in a cache directory when absent).
 """
@@ -23,6 +31,7 @@ import argparse
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -160,6 +169,52 @@ def bench_sampler(
     }, ratio
 
 
+def bench_engine(data: Path, repeats: int, tasks: int = 2, progress: bool = True) -> dict[str, object]:
+    """`data prepare` (tokenize, decontaminate, pack the ten built-in streams of DIR) on the data
+    engine's local executor with 1 and with 2 workers (the same `tasks` parts, one tokenizer thread
+    per task), and on the single-process path. Each run starts from the corpora and tokenizer of
+    DIR (symlinked) and an empty shard folder, and is timed from the call to the returned manifest:
+    planning, the eval index, the worker pool's start, both stages. Returns tokens/s per worker,
+    and per round the scaling efficiency (2 workers' tokens/s per worker over 1 worker's, the two
+    runs of the same round) and the engine (1 worker) against the single process."""
+    from midtrain.data.engine import EngineOptions
+    from midtrain.data.prepare import PrepareOptions, prepare_tiny
+
+    counter = itertools.count()
+    tokens: list[int] = []
+    with tempfile.TemporaryDirectory() as tmp:
+
+        def run(engine: EngineOptions | None) -> float:
+            out = Path(tmp) / f"run-{next(counter)}"
+            out.mkdir()
+            for part in ("corpora", "tokenizer"):
+                (out / part).symlink_to(data / part)
+            start = time.perf_counter()
+            manifest = prepare_tiny(PrepareOptions(out=out, progress=False, engine=engine))
+            seconds = time.perf_counter() - start
+            tokens.append(sum(entry["tokens"] for entry in manifest["streams"].values()))
+            shutil.rmtree(out)
+            return tokens[-1] / seconds
+
+        programs = {
+            "single process": lambda: run(None),
+            "engine, 1 worker": lambda: run(EngineOptions(workers=1, tasks=tasks)),
+            "engine, 2 workers": lambda: run(EngineOptions(workers=2, tasks=tasks)),
+        }
+        rates = alternate(programs, repeats, progress=progress)
+    assert len(set(tokens)) == 1, f"the runs packed different token counts: {sorted(set(tokens))}"
+    one, two = rates["engine, 1 worker"], rates["engine, 2 workers"]
+    return {
+        "tokens": tokens[0],
+        "tasks": tasks,
+        "single_tokens_per_s": median(rates["single process"]),
+        "one_worker_tokens_per_s": median(one),
+        "two_workers_tokens_per_s_per_worker": median(two) / 2,
+        "efficiency": paired_ratio([rate / 2 for rate in two], one),
+        "engine_vs_single": paired_ratio(one, rates.baseline_for("engine, 1 worker")),
+    }
+
+
 CHILD = """
 import itertools, json, sys
 from pathlib import Path
@@ -213,28 +268,26 @@ def main() -> None:
     add_repeats_argument(parser)
     parser.add_argument("--mb", type=float, default=20, help="MB of text tokenized and packed per round (default 20)")
     parser.add_argument("--rss-mb", type=int, default=100, help="MB of text the peak-RSS child prepares (default 100)")
+    parser.add_argument(
+        "--engine-repeats", type=int, default=3, help="rounds of the data-engine comparison (default 3; 0 skips it)"
+    )
+    parser.add_argument("--engine-only", action="store_true", help="only the data-engine comparison")
     parser.add_argument("--json", action="store_true", help="print only the JSON line")
     args = parser.parse_args()
     data = ensure_data(args.data)
+    result: dict[str, object] = {}
+    if not args.engine_only:
+        result.update(bench_pipeline(data, args))
+    if args.engine_repeats > 0:
+        result.update(report_engine(bench_engine(data, args.engine_repeats, progress=not args.json), args.json))
+    print(json.dumps(result))
+
+
+def bench_pipeline(data: Path, args: argparse.Namespace) -> dict[str, object]:
+    """Comparisons 1-3 (packing vs encode_batch, sampler vs trainer, peak RSS)."""
     packing, pack_ratio = bench_packing(data, args.repeats, args.mb, progress=not args.json)
     sampler, sampler_ratio = bench_sampler(data, args.repeats, progress=not args.json)
     rss = bench_rss(data, args.rss_mb)
-    result = {
-        "ratio_vs_encode_batch": round(pack_ratio.median, 3),
-        "ratio_spread": pack_ratio.spread(),
-        "ratios": [round(v, 3) for v in pack_ratio.values],
-        "sampler_vs_trainer": round(sampler_ratio.median, 1),
-        "sampler_vs_trainer_spread": sampler_ratio.spread(1),
-        "peak_rss_mib": round(rss["peak_rss_mib"], 1),
-        "pack_mb_s": round(packing["pack_mb_s"], 2),
-        "raw_encode_batch_mb_s": round(packing["raw_encode_batch_mb_s"], 2),
-        "packed_mb": round(packing["mb"], 1),
-        "sampler_sequences_per_s": round(sampler["sampler_sequences_per_s"], 1),
-        "trainer_sequences_per_s": round(sampler["trainer_sequences_per_s"], 1),
-        "rss_test_mb": rss["prepared_mb"],
-        "rss_test_seconds": round(rss["seconds"], 1),
-        "repeats": args.repeats,
-    }
     if not args.json:
         print(
             f"tokenize+pack {packing['pack_mb_s']:.2f} MB/s vs raw encode_batch {packing['raw_encode_batch_mb_s']:.2f} MB/s "
@@ -250,7 +303,51 @@ def main() -> None:
         note = noise_note(pack_ratio)
         if note:
             print(note)
-    print(json.dumps(result))
+    return {
+        "ratio_vs_encode_batch": round(pack_ratio.median, 3),
+        "ratio_spread": pack_ratio.spread(),
+        "ratios": [round(v, 3) for v in pack_ratio.values],
+        "sampler_vs_trainer": round(sampler_ratio.median, 1),
+        "sampler_vs_trainer_spread": sampler_ratio.spread(1),
+        "peak_rss_mib": round(rss["peak_rss_mib"], 1),
+        "pack_mb_s": round(packing["pack_mb_s"], 2),
+        "raw_encode_batch_mb_s": round(packing["raw_encode_batch_mb_s"], 2),
+        "packed_mb": round(packing["mb"], 1),
+        "sampler_sequences_per_s": round(sampler["sampler_sequences_per_s"], 1),
+        "trainer_sequences_per_s": round(sampler["trainer_sequences_per_s"], 1),
+        "rss_test_mb": rss["prepared_mb"],
+        "rss_test_seconds": round(rss["seconds"], 1),
+        "repeats": args.repeats,
+    }
+
+
+def report_engine(engine: dict[str, object], quiet: bool) -> dict[str, object]:
+    efficiency, versus = engine["efficiency"], engine["engine_vs_single"]
+    assert isinstance(efficiency, Ratio) and isinstance(versus, Ratio)
+    if not quiet:
+        print(
+            f"data engine (local, {engine['tasks']} tasks, {engine['tokens']:,} tokens): "
+            f"{engine['one_worker_tokens_per_s']:,.0f} tokens/s with 1 worker, "
+            f"{engine['two_workers_tokens_per_s_per_worker']:,.0f} tokens/s per worker with 2 (medians); "
+            f"scaling efficiency {efficiency.text()}; 1 worker vs the single process {versus.text()} "
+            f"(single process: {engine['single_tokens_per_s']:,.0f} tokens/s)"
+        )
+        note = noise_note(efficiency, versus)
+        if note:
+            print(note)
+    return {
+        "engine_efficiency": round(efficiency.median, 3),
+        "engine_efficiency_spread": efficiency.spread(),
+        "engine_tokens_per_s_per_worker": {
+            "1": round(float(engine["one_worker_tokens_per_s"])),  # type: ignore[arg-type]
+            "2": round(float(engine["two_workers_tokens_per_s_per_worker"])),  # type: ignore[arg-type]
+        },
+        "engine_vs_single": round(versus.median, 3),
+        "engine_vs_single_spread": versus.spread(),
+        "single_tokens_per_s": round(float(engine["single_tokens_per_s"])),  # type: ignore[arg-type]
+        "engine_tokens": engine["tokens"],
+        "engine_repeats": len(efficiency.values),
+    }
 
 
 if __name__ == "__main__":

@@ -14,6 +14,30 @@ from midtrain.errors import MidtrainError
 HELP = "Build and look at the token data a recipe trains on: corpora, tokenizer, decontaminated packed shards."
 
 
+PANEL = "Data engine (datatrove)"
+EXECUTOR = typer.Option(
+    None,
+    "--executor",
+    help="local (processes here), slurm (array jobs) or ray (a running cluster). Default: this one process. "
+    "The shards are the same byte for byte.",
+    rich_help_panel=PANEL,
+)
+WORKERS = typer.Option(None, "--workers", help="Engine tasks running at once (default 1).", rich_help_panel=PANEL)
+TASKS = typer.Option(None, "--tasks", help="Parts each stream is cut into (default: --workers).", rich_help_panel=PANEL)
+CPUS = typer.Option(1, "--cpus-per-task", help="Tokenizer threads per task (Slurm/Ray: CPUs).", rich_help_panel=PANEL)
+MEMORY = typer.Option(2, "--mem-per-cpu-gb", help="Memory per CPU in GB (Slurm/Ray).", rich_help_panel=PANEL)
+PARTITION = typer.Option(None, "--partition", help="Slurm partition.", rich_help_panel=PANEL)
+TIME = typer.Option("24:00:00", "--time", help="Slurm time limit of each job.", rich_help_panel=PANEL)
+QOS = typer.Option(None, "--qos", help="Slurm QOS.", rich_help_panel=PANEL)
+SBATCH = typer.Option(None, "--sbatch-arg", help="Extra #SBATCH KEY=VALUE (repeatable).", rich_help_panel=PANEL)
+SLURM_ENV = typer.Option(
+    None, "--slurm-env", help="Command each Slurm job runs first (default: activate this venv).", rich_help_panel=PANEL
+)
+RAY_ADDRESS = typer.Option(
+    None, "--ray-address", help="Ray cluster HOST:PORT (default: RAY_ADDRESS, else auto).", rich_help_panel=PANEL
+)
+
+
 @guarded
 def prepare(
     out: Path = typer.Option(Path("data"), "--out", "-o", help="Output directory."),
@@ -34,6 +58,17 @@ def prepare(
         None, "--eval-file", help="Extra evaluation set (jsonl with 'text') to decontaminate against."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
+    executor: str | None = EXECUTOR,
+    workers: int | None = WORKERS,
+    tasks: int | None = TASKS,
+    cpus_per_task: int = CPUS,
+    mem_per_cpu_gb: int = MEMORY,
+    partition: str | None = PARTITION,
+    time_limit: str = TIME,
+    qos: str | None = QOS,
+    sbatch_arg: list[str] | None = SBATCH,
+    slurm_env: str | None = SLURM_ENV,
+    ray_address: str | None = RAY_ADDRESS,
 ) -> None:
     """Prepare token shards (resumable: finished pieces whose inputs did not change are kept).
 
@@ -42,9 +77,13 @@ def prepare(
       midtrain data prepare --scale tiny --out data/tiny
       midtrain data prepare --scale tiny --out data/tiny --eval-file my_benchmark.jsonl
       midtrain data prepare --scale full --recipe olmo-2-1124-7b --out data/olmo2
+      midtrain data prepare --scale tiny --out data/tiny --executor local --workers 2
+      midtrain data prepare --scale tiny --out /shared/tiny --executor slurm --tasks 8 --workers 4 --partition cpu
     """
     from midtrain.catalog import load_catalog
 
+    slurm = {"partition": partition, "time": time_limit, "qos": qos, "sbatch_arg": sbatch_arg, "env": slurm_env}
+    engine = _engine_options(executor, workers, tasks, cpus_per_task, mem_per_cpu_gb, slurm, ray_address)
     catalog = load_catalog()
     if scale not in catalog.registry.scales:
         raise MidtrainError.single(f"unknown scale {scale!r}", expected=", ".join(catalog.registry.scales), found=scale)
@@ -66,16 +105,75 @@ def prepare(
             action="flag" if flag_only else "drop",
             extra_eval=list(eval_file or []),
             progress=not quiet,
+            engine=engine,
         )
         manifest = prepare_tiny(options)
     else:
-        manifest = _prepare_sources(catalog, out, scale, recipe, quiet)
+        manifest = _prepare_sources(catalog, out, scale, recipe, quiet, engine)
+    _say_prepared(out, manifest, engine)
+
+
+def _say_prepared(out: Path, manifest: dict[str, Any], engine: Any) -> None:
+    if engine is not None and engine.submitted:
+        typer.echo(
+            f"submitted Slurm jobs {', '.join(engine.submitted)} (tokenize, then merge); when they are done, the same "
+            f"command checks the result (finished work is kept) and {out / 'shards'} holds the shards"
+        )
+        return
     streams = manifest["streams"]
     total = sum(s["tokens"] for s in streams.values())
     typer.echo(f"prepared {len(streams)} streams, {total:,} tokens in {out / 'shards'}")
 
 
-def _prepare_sources(catalog: Any, out: Path, scale: str, recipe: str | None, quiet: bool) -> dict[str, Any]:
+def _engine_options(
+    executor: str | None,
+    workers: int | None,
+    tasks: int | None,
+    cpus_per_task: int,
+    mem_per_cpu_gb: int,
+    slurm: dict[str, Any],
+    ray_address: str | None,
+) -> Any:
+    """The data engine's options (None: the single-process path), checked."""
+    if executor is None:
+        given = [
+            name
+            for name, value in (("--workers", workers), ("--tasks", tasks), ("--partition", slurm["partition"]))
+            if value is not None
+        ]
+        if given:
+            raise MidtrainError.single(
+                f"{', '.join(given)} only apply to the data engine", expected="--executor local, slurm or ray"
+            )
+        return None
+    from midtrain.data.engine import EngineOptions
+
+    extra: dict[str, str] = {}
+    for item in slurm["sbatch_arg"] or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise MidtrainError.single("--sbatch-arg takes KEY=VALUE", expected="e.g. account=myproject", found=item)
+        extra[key.strip().lstrip("-")] = value
+    engine = EngineOptions(
+        executor=executor,
+        workers=1 if workers is None else workers,
+        tasks=tasks,
+        cpus_per_task=cpus_per_task,
+        mem_per_cpu_gb=mem_per_cpu_gb,
+        partition=slurm["partition"],
+        time=slurm["time"],
+        qos=slurm["qos"],
+        sbatch_args=extra,
+        env_command=slurm["env"],
+        ray_address=ray_address,
+    )
+    engine.check()
+    return engine
+
+
+def _prepare_sources(
+    catalog: Any, out: Path, scale: str, recipe: str | None, quiet: bool, engine: Any = None
+) -> dict[str, Any]:
     """Above tiny: the recipe's own sources, tokenized with its base model's tokenizer."""
     if recipe is None:
         raise MidtrainError.single(f"--recipe is needed at scale {scale!r}: its sources and tokenizer are prepared")
@@ -93,6 +191,7 @@ def _prepare_sources(catalog: Any, out: Path, scale: str, recipe: str | None, qu
         model.revision,
         base=catalog.root,
         progress=not quiet,
+        engine=engine,
     )
 
 

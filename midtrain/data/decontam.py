@@ -10,12 +10,16 @@ counts them per source.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
 
 _WORDS = re.compile(r"[a-z0-9]+")
+MAX_EXAMPLES = 50  # contaminated documents listed in the report, in processing order
 
 
 def words(text: str) -> list[str]:
@@ -64,6 +68,46 @@ class EvalIndex:
         return count / self.sizes[number], self.items[number]
 
 
+def save_index(index: EvalIndex, handle: IO[bytes]) -> None:
+    """Write an index as plain arrays (`.npz`, no pickle: loading it runs no code)."""
+    import json
+
+    import numpy as np
+
+    keys = np.fromiter(index.index.keys(), dtype=np.uint64, count=len(index.index))
+    lengths = np.fromiter((len(v) for v in index.index.values()), dtype=np.int64, count=len(index.index))
+    values = np.fromiter(itertools.chain.from_iterable(index.index.values()), dtype=np.int64, count=int(lengths.sum()))
+    np.savez(
+        handle,
+        n=np.int64(index.n),
+        items=np.frombuffer(json.dumps(index.items).encode(), dtype=np.uint8),
+        sizes=np.asarray(index.sizes, dtype=np.int64),
+        keys=keys,
+        lengths=lengths,
+        values=values,
+    )
+
+
+def load_index(path: Path) -> EvalIndex:
+    """An index written by `save_index`."""
+    import json
+
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        index = EvalIndex(n=int(data["n"]), items=json.loads(data["items"].tobytes()), sizes=data["sizes"].tolist())
+        values = data["values"].tolist()
+        offsets = np.concatenate(([0], np.cumsum(data["lengths"]))).tolist()
+        for key, start, end in zip(data["keys"].tolist(), offsets[:-1], offsets[1:]):
+            index.index[key] = values[start:end]
+    return index
+
+
+def example(source: str, doc_id: str, eval_id: str | None, overlap: float) -> dict[str, object]:
+    """One contaminated document as the report lists it."""
+    return {"source": source, "document": doc_id, "eval_item": eval_id, "overlap": round(overlap, 4)}
+
+
 @dataclass
 class Report:
     n: int
@@ -77,10 +121,8 @@ class Report:
         counts["documents"] += 1
         if contaminated:
             counts["contaminated"] += 1
-            if len(self.examples) < 50:
-                self.examples.append(
-                    {"source": source, "document": doc_id, "eval_item": eval_id, "overlap": round(overlap, 4)}
-                )
+            if len(self.examples) < MAX_EXAMPLES:
+                self.examples.append(example(source, doc_id, eval_id, overlap))
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -90,6 +132,13 @@ class Report:
             "sources": self.sources,
             "examples": self.examples,
         }
+
+
+def judge(index: EvalIndex, text: str, threshold: float) -> tuple[bool, float, str | None]:
+    """(contaminated, overlap, evaluation item) of one document: the one decision rule, shared by
+    the single-process filter and the data engine's decontamination step."""
+    overlap, eval_id = index.worst_overlap(text) if index.index else (0.0, None)
+    return overlap >= threshold, overlap, eval_id
 
 
 def filter_documents(
@@ -102,8 +151,7 @@ def filter_documents(
 ) -> Iterator[tuple[str, str]]:
     """Yield (id, text) of the documents to keep; record every decision in `report`."""
     for doc_id, text in docs:
-        overlap, eval_id = index.worst_overlap(text) if index.index else (0.0, None)
-        contaminated = overlap >= threshold
+        contaminated, overlap, eval_id = judge(index, text, threshold)
         report.record(source, contaminated, doc_id, eval_id, overlap)
         if contaminated and action == "drop":
             continue

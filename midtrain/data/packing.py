@@ -42,17 +42,17 @@ def _batches(docs: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-def pack_stream(
+def write_packed(
     docs: Iterable[str],
     tokenizer: FastTokenizer,
-    out_dir: Path,
-    name: str,
+    bin_path: Path,
+    idx_path: Path,
     progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Encode `docs` and write `<name>.bin` / `<name>.idx` atomically; returns the manifest entry."""
+) -> tuple[int, int]:
+    """Encode `docs` into `bin_path` (tokens, EOS after each document) and `idx_path` (int64 document
+    starts), each written atomically; returns (tokens, documents). No documents: two empty files."""
     dtype = token_dtype(tokenizer.vocab_size)
     eos = tokenizer.eos_id
-    bin_path, idx_path = out_dir / f"{name}.bin", out_dir / f"{name}.idx"
     tokens = 0
     documents = 0
     offsets: list[np.ndarray] = []
@@ -72,11 +72,31 @@ def pack_stream(
             documents += len(batch)
             if progress:
                 progress(len(batch), int(flat.size))
+    with atomic_writer(idx_path, "wb") as handle:
+        handle.write(np.concatenate(offsets).astype(np.int64).tobytes() if offsets else b"")
+    return tokens, documents
+
+
+def pack_stream(
+    docs: Iterable[str],
+    tokenizer: FastTokenizer,
+    out_dir: Path,
+    name: str,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Encode `docs` and write `<name>.bin` / `<name>.idx` atomically; returns the manifest entry."""
+    bin_path, idx_path = out_dir / f"{name}.bin", out_dir / f"{name}.idx"
+    tokens, documents = write_packed(docs, tokenizer, bin_path, idx_path, progress)
     if documents == 0:
         bin_path.unlink(missing_ok=True)
+        idx_path.unlink(missing_ok=True)
         raise MidtrainError.single(f"stream {name!r} has no documents to pack")
-    with atomic_writer(idx_path, "wb") as handle:
-        handle.write(np.concatenate(offsets).astype(np.int64).tobytes())
+    return _entry(name, tokens, documents, token_dtype(tokenizer.vocab_size), bin_path, idx_path)
+
+
+def _entry(
+    name: str, tokens: int, documents: int, dtype: np.dtype, bin_path: Path, idx_path: Path, digests: dict | None = None
+) -> dict[str, Any]:
     return {
         "name": name,
         "tokens": tokens,
@@ -84,8 +104,36 @@ def pack_stream(
         "dtype": dtype.name,
         "bin": bin_path.name,
         "idx": idx_path.name,
-        "sha256": {"bin": file_sha256(bin_path), "idx": file_sha256(idx_path)},
+        "sha256": digests or {"bin": file_sha256(bin_path), "idx": file_sha256(idx_path)},
     }
+
+
+def merge_packed(parts: list[tuple[Path, Path]], out_dir: Path, name: str, dtype: np.dtype) -> dict[str, Any]:
+    """Concatenate packed parts ((bin, idx) pairs written by `write_packed`, in order) into
+    `<name>.bin` / `<name>.idx`: byte for byte what `pack_stream` writes for the same documents in
+    the same order. Streams block by block; returns the manifest entry."""
+    import hashlib
+
+    bin_path, idx_path = out_dir / f"{name}.bin", out_dir / f"{name}.idx"
+    digests = {"bin": hashlib.sha256(), "idx": hashlib.sha256()}
+    tokens = documents = 0
+    with atomic_writer(bin_path, "wb") as out_bin, atomic_writer(idx_path, "wb") as out_idx:
+        for part_bin, part_idx in parts:
+            starts = np.fromfile(part_idx, dtype=np.int64) + tokens
+            out_idx.write(starts.tobytes())
+            digests["idx"].update(starts.tobytes())
+            with open(part_bin, "rb") as handle:
+                while block := handle.read(1 << 22):
+                    out_bin.write(block)
+                    digests["bin"].update(block)
+                    tokens += len(block) // dtype.itemsize
+            documents += int(starts.size)
+    if documents == 0:
+        bin_path.unlink(missing_ok=True)
+        idx_path.unlink(missing_ok=True)
+        raise MidtrainError.single(f"stream {name!r} has no documents to pack")
+    hexes = {key: digest.hexdigest() for key, digest in digests.items()}
+    return _entry(name, tokens, documents, dtype, bin_path, idx_path, hexes)
 
 
 @dataclass

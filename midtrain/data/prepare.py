@@ -29,6 +29,7 @@ from midtrain.io import write_json
 from midtrain.progress import progress_bar
 
 if TYPE_CHECKING:
+    from midtrain.data.engine import EngineOptions
     from midtrain.data.tokenizer import FastTokenizer
     from midtrain.schema.recipe import Recipe
     from midtrain.schema.registry import Registry
@@ -49,6 +50,7 @@ class PrepareOptions:
     sizes: builtin.CorpusSizes = field(default_factory=builtin.CorpusSizes)
     extra_eval: list[Path] = field(default_factory=list)  # user evaluation sets (jsonl with "text")
     progress: bool = True
+    engine: EngineOptions | None = None  # None: this process; else the datatrove data engine
 
 
 def _hash(data: object) -> str:
@@ -167,6 +169,55 @@ def prepare_stand_in(options: PrepareOptions, tokenizer_ref: str, revision: str 
     return prepare_shards(options, corpora, tokenizer_dir)
 
 
+def _decontam_settings(options: PrepareOptions) -> dict[str, Any]:
+    return {
+        "n": options.ngram,
+        "threshold": options.threshold,
+        "action": options.action,
+        "extra": [str(p) for p in options.extra_eval],
+    }
+
+
+def _builtin_jobs(
+    options: PrepareOptions, corpora: dict[str, Any], tokenizer_dir: Path, splits: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """The built-in streams, in the order they are packed: what to read, whether to decontaminate,
+    and the inputs hash a finished shard is recognised by."""
+    from midtrain.data.parts import corpus_origin
+
+    tokenizer_hash = json.loads((tokenizer_dir / "midtrain.json").read_text())["inputs"]
+    decontam = _decontam_settings(options)
+    jobs = []
+    for name in builtin.BUILTINS:
+        for split in splits:
+            corpus = corpora[name]["splits"][split]
+            inputs = {
+                "corpus": corpus["sha256"],
+                "tokenizer": tokenizer_hash,
+                "decontam": decontam if split == "train" else None,
+            }
+            jobs.append(
+                {
+                    "stream": f"{name}.{split}",
+                    "origin": corpus_origin(options.out / "corpora" / corpus["file"]),
+                    "decontaminate": split == "train",
+                    "inputs": _hash(inputs),
+                    "source": {"corpus": name, "split": split},
+                    "corpus": corpus,
+                }
+            )
+    return jobs
+
+
+def _is_done(manifest: dict[str, Any], shard_dir: Path, job: dict[str, Any]) -> bool:
+    entry = manifest["streams"].get(job["stream"])
+    return bool(entry and entry.get("inputs") == job["inputs"] and shard_is_complete(shard_dir, entry))
+
+
+def _manifest_tokenizer(tokenizer: FastTokenizer) -> dict[str, Any]:
+    return {"path": "../tokenizer", "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}
+
+
 def prepare_shards(
     options: PrepareOptions,
     corpora: dict[str, Any],
@@ -178,58 +229,80 @@ def prepare_shards(
     shard_dir = options.out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(shard_dir) if (shard_dir / "manifest.json").exists() else {"streams": {}}
-    tokenizer_hash = json.loads((tokenizer_dir / "midtrain.json").read_text())["inputs"]
     tokenizer = load_tokenizer(tokenizer_dir)
-    decontam = {
-        "n": options.ngram,
-        "threshold": options.threshold,
-        "action": options.action,
-        "extra": [str(p) for p in options.extra_eval],
-    }
     report = Report(options.ngram, options.threshold, options.action)
     index: EvalIndex | None = None
-    jobs = [(name, split) for name in builtin.BUILTINS for split in splits]
-    total_bytes = sum(corpora[n]["splits"][s]["bytes"] for n, s in jobs)
-    previous_report = {}
+    jobs = _builtin_jobs(options, corpora, tokenizer_dir, splits)
+    total_bytes = sum(job["corpus"]["bytes"] for job in jobs)
     report_path = options.out / "decontam.json"
-    if report_path.exists():
-        previous_report = json.loads(report_path.read_text()).get("sources", {})
-    with progress_bar("tokenize + pack", total_bytes, unit=" bytes", enabled=options.progress) as advance:
-        for name, split in jobs:
-            stream = f"{name}.{split}"
-            corpus = corpora[name]["splits"][split]
-            inputs = _hash(
-                {
-                    "corpus": corpus["sha256"],
-                    "tokenizer": tokenizer_hash,
-                    "decontam": decontam if split == "train" else None,
-                }
-            )
-            entry = manifest["streams"].get(stream)
-            if entry and entry.get("inputs") == inputs and shard_is_complete(shard_dir, entry):
+    previous_report = json.loads(report_path.read_text()).get("sources", {}) if report_path.exists() else {}
+    pending = []
+    bar = options.progress and options.engine is None
+    with progress_bar("tokenize + pack", total_bytes, unit=" bytes", enabled=bar) as advance:
+        for job in jobs:
+            stream, corpus = job["stream"], job["corpus"]
+            if _is_done(manifest, shard_dir, job):
                 if stream in previous_report:
                     report.sources[stream] = previous_report[stream]
                 advance(corpus["bytes"])
                 continue
+            if options.engine is not None:  # the data engine packs every pending stream at once, below
+                pending.append(job)
+                continue
             rows: Iterable[tuple[str, str]] = (
                 (row["id"], row["text"]) for row in _read_rows(options.out / "corpora" / corpus["file"])
             )
-            if split == "train":
+            if job["decontaminate"]:
                 if index is None:
                     index = build_eval_index(options, corpora)
                 rows = filter_documents(rows, index, report, stream, options.threshold, options.action)
             entry = _pack_corpus(rows, corpus, tokenizer, shard_dir, stream, advance)
-            entry["inputs"] = inputs
-            entry["source"] = {"corpus": name, "split": split}
+            entry["inputs"] = job["inputs"]
+            entry["source"] = job["source"]
             manifest["streams"][stream] = entry
-            manifest["tokenizer"] = {
-                "path": "../tokenizer",
-                "vocab_size": tokenizer.vocab_size,
-                "eos_id": tokenizer.eos_id,
-            }
+            manifest["tokenizer"] = _manifest_tokenizer(tokenizer)
             write_json(report_path, report.to_json())  # counts first: a kill after the manifest never loses them
             write_manifest(shard_dir, manifest)
+    if pending:
+        order = [job["stream"] for job in jobs if job["decontaminate"]]
+        return _run_engine(options, pending, tokenizer_dir, report, order, lambda: build_eval_index(options, corpora))
     write_json(report_path, report.to_json())
+    return manifest
+
+
+def _run_engine(
+    options: PrepareOptions,
+    jobs: list[dict[str, Any]],
+    tokenizer_dir: Path,
+    report: Report,
+    order: list[str],
+    build_index: Callable[[], EvalIndex],
+) -> dict[str, Any]:
+    """Pack the pending streams on the data engine (midtrain/data/engine.py): the same shards,
+    manifest and report as the single-process path. `order` is the report's order of sources."""
+    from midtrain.data.engine import run_engine
+    from midtrain.data.packing import token_dtype
+    from midtrain.data.tokenizer import load_tokenizer
+
+    assert options.engine is not None
+    tokenizer = load_tokenizer(tokenizer_dir)
+    settings = {
+        "shards": str((options.out / "shards").resolve()),
+        "tokenizer": {
+            "dir": str(tokenizer_dir.resolve()),
+            "dtype": token_dtype(tokenizer.vocab_size).name,
+            "manifest": _manifest_tokenizer(tokenizer),
+        },
+        "decontam": {"n": options.ngram, "threshold": options.threshold, "action": options.action},
+        "report": {"path": str((options.out / "decontam.json").resolve()), "base": report.sources, "order": order},
+    }
+    keys = ("stream", "origin", "decontaminate", "inputs", "source")
+    manifest = run_engine(
+        options.out, [{k: job[k] for k in keys} for job in jobs], settings, options.engine, build_index
+    )
+    if manifest is None:  # submitted to Slurm: its merge job writes the shards and the manifest
+        shard_dir = options.out / "shards"
+        return read_manifest(shard_dir) if (shard_dir / "manifest.json").exists() else {"streams": {}}
     return manifest
 
 
@@ -267,6 +340,17 @@ def prepare_tiny(options: PrepareOptions) -> dict[str, Any]:
     return prepare_shards(options, corpora, tokenizer_dir)
 
 
+def _source_inputs(source: Any, tokenizer_ref: str, revision: str | None, options: PrepareOptions) -> str:
+    return _hash(
+        {
+            "source": source.model_dump(mode="json"),
+            "tokenizer": tokenizer_ref,
+            "revision": revision,
+            "decontam": [options.ngram, options.threshold, options.action],
+        }
+    )
+
+
 def prepare_sources(
     out: Path,
     sources: dict[str, Any],
@@ -275,19 +359,25 @@ def prepare_sources(
     base: Path | None = None,
     progress: bool = True,
     seed: int = 0,
+    engine: EngineOptions | None = None,
+    sizes: builtin.CorpusSizes | None = None,
 ) -> dict[str, Any]:
     """Own and published bases: pack registry sources (hub ids or local files) with the base's
     tokenizer, plus the built-in held-out sets (per-domain held-out loss, decontamination)."""
     from midtrain.data.sources import iter_documents
     from midtrain.data.tokenizer import load_tokenizer
 
-    options = PrepareOptions(out=out, seed=seed, progress=progress)
+    options = PrepareOptions(out=out, seed=seed, progress=progress, engine=engine)
+    if sizes is not None:
+        options.sizes = sizes
     out.mkdir(parents=True, exist_ok=True)
     clean_stale(out)
     report_path = out / "decontam.json"
     previous = json.loads(report_path.read_text()) if report_path.exists() else {}
     corpora = prepare_corpora(options)
     tokenizer_dir = save_base_tokenizer(tokenizer_ref, revision, out / "tokenizer")
+    if engine is not None:
+        return _sources_on_engine(options, corpora, tokenizer_dir, sources, (tokenizer_ref, revision), base, previous)
     prepare_shards(options, corpora, tokenizer_dir, splits=("heldout",))
     shard_dir = out / "shards"
     manifest = read_manifest(shard_dir)
@@ -297,14 +387,7 @@ def prepare_sources(
     report.sources.update(previous.get("sources", {}))
     for name, source in sources.items():
         stream = f"{name}.train"
-        inputs = _hash(
-            {
-                "source": source.model_dump(mode="json"),
-                "tokenizer": tokenizer_ref,
-                "revision": revision,
-                "decontam": [options.ngram, options.threshold, options.action],
-            }
-        )
+        inputs = _source_inputs(source, tokenizer_ref, revision, options)
         entry = manifest["streams"].get(stream)
         if entry and entry.get("inputs") == inputs and shard_is_complete(shard_dir, entry):
             continue
@@ -317,11 +400,45 @@ def prepare_sources(
         entry["inputs"] = inputs
         entry["source"] = {"registry": name}
         manifest["streams"][stream] = entry
-        manifest["tokenizer"] = {"path": "../tokenizer", "vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id}
+        manifest["tokenizer"] = _manifest_tokenizer(tokenizer)
         write_manifest(shard_dir, manifest)
         write_json(report_path, report.to_json())
     write_json(report_path, report.to_json())
     return manifest
+
+
+def _sources_on_engine(
+    options: PrepareOptions,
+    corpora: dict[str, Any],
+    tokenizer_dir: Path,
+    sources: dict[str, Any],
+    tokenizer: tuple[str, str | None],
+    base: Path | None,
+    previous: dict[str, Any],
+) -> dict[str, Any]:
+    """`prepare_sources` on the data engine: the built-in held-out streams and the registry
+    sources, all pending ones in one engine run, with the single-process path's result."""
+    from midtrain.data.parts import source_origin
+
+    shard_dir = options.out / "shards"
+    manifest = read_manifest(shard_dir) if (shard_dir / "manifest.json").exists() else {"streams": {}}
+    jobs = _builtin_jobs(options, corpora, tokenizer_dir, ("heldout",))
+    for name, source in sources.items():
+        inputs = _source_inputs(source, *tokenizer, options)
+        jobs.append({"stream": f"{name}.train", "decontaminate": True, "inputs": inputs, "source": {"registry": name}})
+        if not _is_done(manifest, shard_dir, jobs[-1]):  # files listed, hub datasets opened: only when pending
+            jobs[-1]["origin"] = source_origin(name, source, base)
+    pending = [job for job in jobs if not _is_done(manifest, shard_dir, job)]
+    report = Report(options.ngram, options.threshold, options.action)
+    report.sources.update(previous.get("sources", {}))
+    if not pending:
+        write_json(options.out / "decontam.json", report.to_json())
+        return manifest
+    order = [
+        *report.sources,
+        *(job["stream"] for job in jobs if job["decontaminate"] and job["stream"] not in report.sources),
+    ]
+    return _run_engine(options, pending, tokenizer_dir, report, order, lambda: build_eval_index(options, corpora))
 
 
 def stage_streams(recipe: Recipe, stage: Stage, registry: Registry, scale: str) -> dict[str, float]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import glob
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -87,44 +87,51 @@ def expand_files(patterns: list[str], base: Path | None = None) -> list[Path]:
     return files
 
 
+def parse_jsonl_line(raw: bytes, path: Path, line: Callable[[], int]) -> dict[str, Any] | None:
+    """One JSON-lines row (None for a blank line); `line()` gives the 1-based line number for errors."""
+    if not raw.strip():
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MidtrainError.single(
+            "line is not valid UTF-8",
+            file=path,
+            line=line(),
+            expected="UTF-8 text",
+            found=f"byte 0x{raw[exc.start]:02x}",
+        ) from None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MidtrainError.single(f"invalid JSON: {exc.msg}", file=path, line=line()) from None
+    if not isinstance(row, dict):
+        raise MidtrainError.single("each JSON line must be an object", file=path, line=line(), found=type(row).__name__)
+    return row
+
+
 def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise MidtrainError.single(
-                    "line is not valid UTF-8",
-                    file=path,
-                    line=number,
-                    expected="UTF-8 text",
-                    found=f"byte 0x{raw[exc.start]:02x}",
-                ) from None
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise MidtrainError.single(f"invalid JSON: {exc.msg}", file=path, line=number) from None
-            if not isinstance(row, dict):
-                raise MidtrainError.single(
-                    "each JSON line must be an object", file=path, line=number, found=type(row).__name__
-                )
-            yield row
+            row = parse_jsonl_line(raw, path, lambda: number)  # noqa: B023 (called before the loop moves on)
+            if row is not None:
+                yield row
 
 
-def _read_parquet(path: Path, batch_rows: int = 1024) -> Iterator[dict[str, Any]]:
+def read_parquet_rows(
+    path: Path, batch_rows: int = 1024, row_groups: list[int] | None = None
+) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several types for a corrupt file
         raise MidtrainError.single(f"cannot read parquet: {exc}", file=path) from None
-    for batch in parquet.iter_batches(batch_size=batch_rows):
+    for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=row_groups):
         yield from batch.to_pylist()
 
 
-def _read_text(path: Path) -> Iterator[dict[str, Any]]:
+def read_text_rows(path: Path) -> Iterator[dict[str, Any]]:
     data = path.read_bytes()
     try:
         text = data.decode("utf-8")
@@ -140,31 +147,49 @@ def _read_text(path: Path) -> Iterator[dict[str, Any]]:
     yield {"text": text}
 
 
+def file_kind(path: Path) -> str:
+    """How a local source file is read: jsonl (also .json, .ndjson), parquet, or text (one document)."""
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix == ".parquet":
+        return "parquet"
+    if suffix in TEXT_SUFFIXES:
+        return "text"
+    raise MidtrainError.single(
+        "unsupported file type", file=path, expected="jsonl, json, parquet or txt", found=suffix or "no suffix"
+    )
+
+
 def iter_local_rows(files: list[Path]) -> Iterator[tuple[Path, dict[str, Any]]]:
     for path in files:
-        suffix = "".join(path.suffixes[-1:]).lower()
-        if suffix in (".jsonl", ".json", ".ndjson"):
-            rows = _read_jsonl(path)
-        elif suffix == ".parquet":
-            rows = _read_parquet(path)
-        elif suffix in TEXT_SUFFIXES:
-            rows = _read_text(path)
-        else:
-            raise MidtrainError.single(
-                "unsupported file type", file=path, expected="jsonl, json, parquet or txt", found=suffix or "no suffix"
-            )
+        kind = file_kind(path)
+        rows = (
+            _read_jsonl(path)
+            if kind == "jsonl"
+            else read_parquet_rows(path)
+            if kind == "parquet"
+            else read_text_rows(path)
+        )
         for row in rows:
             yield path, row
 
 
-def iter_hub_rows(
-    hub_id: str, subset: str | None, split: str, revision: str | None, streaming: bool = True
-) -> Iterator[dict[str, Any]]:
-    """Rows of a hub dataset (or a local dataset directory, which `load_dataset` accepts the same way)."""
+def load_hub_dataset(
+    hub_id: str,
+    subset: str | None,
+    split: str,
+    revision: str | None,
+    streaming: bool = True,
+    cache_dir: str | None = None,
+) -> Any:
+    """`datasets.load_dataset` of a hub dataset (or a local dataset directory), with clear errors."""
     import datasets
 
     try:
-        dataset = datasets.load_dataset(hub_id, subset, split=split, revision=revision, streaming=streaming)
+        return datasets.load_dataset(
+            hub_id, subset, split=split, revision=revision, streaming=streaming, cache_dir=cache_dir
+        )
     except FileNotFoundError as exc:
         raise MidtrainError.single(f"dataset {hub_id!r} not found: {exc}") from None
     except ValueError as exc:
@@ -175,7 +200,19 @@ def iter_hub_rows(
         raise MidtrainError.single(
             f"dataset {hub_id!r} needs the network, which is not available here: {exc}"
         ) from None
-    yield from dataset
+
+
+def iter_hub_rows(
+    hub_id: str, subset: str | None, split: str, revision: str | None, streaming: bool = True
+) -> Iterator[dict[str, Any]]:
+    """Rows of a hub dataset (or a local dataset directory, which `load_dataset` accepts the same way)."""
+    yield from load_hub_dataset(hub_id, subset, split, revision, streaming)
+
+
+def document_text(row: dict[str, Any], source: DataSource, origin: str) -> str | None:
+    """The document of one row of a registry source, or None when it is blank (blank rows are skipped)."""
+    text = row_text(row, source.text_field, source.template, origin)
+    return text if text.strip() else None
 
 
 def iter_documents(source: DataSource, name: str, *, base: Path | None = None, streaming: bool = True) -> Iterator[str]:
@@ -184,15 +221,15 @@ def iter_documents(source: DataSource, name: str, *, base: Path | None = None, s
     if source.files:
         files = expand_files(source.files, base)
         for path, row in iter_local_rows(files):
-            text = row_text(row, source.text_field, source.template, str(path))
-            if text.strip():
+            text = document_text(row, source, str(path))
+            if text is not None:
                 count += 1
                 yield text
         origin = ", ".join(source.files)
     elif source.hub_id:
         for row in iter_hub_rows(source.hub_id, source.subset, source.split, source.revision, streaming):
-            text = row_text(row, source.text_field, source.template, source.hub_id)
-            if text.strip():
+            text = document_text(row, source, source.hub_id)
+            if text is not None:
                 count += 1
                 yield text
         origin = source.hub_id
