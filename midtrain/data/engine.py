@@ -217,15 +217,19 @@ def failure(work: Path, stage: str, logs: Path) -> MidtrainError:
 # ---- the pipeline steps ---------------------------------------------------------------------------
 
 
-class ReadStreams(PipelineStep):
-    """Task r's part of every pending stream, in plan order, as datatrove Documents."""
-
-    type = "📖 - READER"
-    name = "midtrain streams"
+class _PlanStep(PipelineStep):
+    """A step of the engine's pipeline: it reads the prepare plan at `plan_path` (written by the driver)."""
 
     def __init__(self, plan_path: str):
         super().__init__()
         self.plan_path = plan_path
+
+
+class ReadStreams(_PlanStep):
+    """Task r's part of every pending stream, in plan order, as datatrove Documents."""
+
+    type = "📖 - READER"
+    name = "midtrain streams"
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from midtrain.data.parts import read_part
@@ -250,16 +254,12 @@ class ReadStreams(PipelineStep):
                 write_json(folder / f"{number:04d}.read.json", {"rows": count})
 
 
-class Decontaminate(PipelineStep):
+class Decontaminate(_PlanStep):
     """Marks the documents of decontaminated streams that hold at least `threshold` of some
     evaluation item's n-grams (the single-process rule); `PackParts` drops or keeps them."""
 
     type = "🦠 - DECONT"
     name = "midtrain n-gram decontamination"
-
-    def __init__(self, plan_path: str):
-        super().__init__()
-        self.plan_path = plan_path
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         from midtrain.data.decontam import judge
@@ -279,16 +279,12 @@ class Decontaminate(PipelineStep):
                 yield doc
 
 
-class PackParts(PipelineStep):
+class PackParts(_PlanStep):
     """Tokenizes task r's documents and writes `parts/<r>/<stream number>.bin|.idx` (the packing
     format, midtrain/data/packing.py) and, last, a `.json` record of the part's counts."""
 
     type = "🔢 - TOKENIZER"
     name = "midtrain pack parts"
-
-    def __init__(self, plan_path: str):
-        super().__init__()
-        self.plan_path = plan_path
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         with recorded(self.plan_path, "tokenize", rank), _threads(load_plan(self.plan_path)["threads"]):
@@ -337,15 +333,11 @@ class PackParts(PipelineStep):
         write_json(folder / f"{number:04d}.json", record | {"tokens": tokens, "documents": documents})
 
 
-class MergeParts(PipelineStep):
+class MergeParts(_PlanStep):
     """The one merge task: parts in task order -> shards, manifest and decontamination report."""
 
     type = "💽 - WRITER"
     name = "midtrain merge parts"
-
-    def __init__(self, plan_path: str):
-        super().__init__()
-        self.plan_path = plan_path
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         with recorded(self.plan_path, "merge", rank):
