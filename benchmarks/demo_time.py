@@ -96,12 +96,13 @@ class Pipeline:
         subprocess.run(
             ["git", "-c", "advice.detachedHead=false", "checkout", "--quiet", self.commit], cwd=clone, check=True
         )
-        shim_dir, log = clone / ".bench-bin", clone / ".bench-stages.log"
-        shim_dir.mkdir()
+        aux = self.work / f"{self.name}-{self.runs}-aux"  # outside the clone: its git tree stays clean
+        shim_dir, log = aux / "bin", aux / "stages.log"
+        shim_dir.mkdir(parents=True)
         shim = shim_dir / "midtrain"
         shim.write_text(SHIM.format(python=self.python, log=log))
         shim.chmod(0o755)
-        cache = clone / ".bench-cache"  # compile and other user caches start empty, as on a fresh machine
+        cache = aux / "cache"  # compile and other user caches start empty, as on a fresh machine
         env = {
             **os.environ,
             "PYTHONPATH": str(clone),
@@ -184,8 +185,8 @@ def main() -> None:
     commits = {"baseline": resolve(args.baseline), "current": resolve(args.current)}
     if args.only:
         commits = {args.only: commits[args.only]}
-    with tempfile.TemporaryDirectory(prefix="midtrain-demo-time-") as tmp:
-        work = Path(tmp)
+    work = Path(tempfile.mkdtemp(prefix="midtrain-demo-time-"))
+    try:
         programs = {name: Pipeline(name, commit, work, python, args.keep) for name, commit in commits.items()}
         if args.only:
             totals = {args.only: [programs[args.only]() for _ in range(args.repeats)]}
@@ -193,6 +194,11 @@ def main() -> None:
         else:
             runs = alternate(dict(programs), args.repeats)
             totals = {name: runs[name] for name in programs}
+    finally:
+        if args.keep:
+            print(f"the clones are kept in {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
     stages = {name: median_stages(p.stage_seconds) for name, p in programs.items()}
     effects = {

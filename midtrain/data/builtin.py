@@ -64,14 +64,29 @@ def prose_documents() -> Iterator[tuple[str, str]]:
         except (SyntaxError, UnicodeDecodeError, ValueError):
             continue
         module = path.relative_to(_stdlib()).with_suffix("").as_posix().replace("/", ".")
-        nodes = [tree] + [
-            n for n in ast.walk(tree) if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-        ]
-        for node in nodes:
+        for node in _documented_nodes(tree):
             doc = ast.get_docstring(node, clean=True)
             if doc and len(doc) >= 120:
                 name = getattr(node, "name", "")
                 yield f"doc:{module}:{name}:{getattr(node, 'lineno', 0)}", doc.strip()
+
+
+def _documented_nodes(
+    tree: ast.Module,
+) -> Iterator[ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The module, then its classes and functions in `ast.walk`'s breadth-first order. Only
+    statements (and except/match clauses) are descended into: no definition sits inside an
+    expression, and skipping expressions halves the time of building the prose corpus."""
+    from collections import deque
+
+    yield tree
+    queue: deque[ast.AST] = deque([tree])
+    while queue:
+        for child in ast.iter_child_nodes(queue.popleft()):
+            if isinstance(child, (ast.stmt, ast.excepthandler, ast.match_case)):
+                if isinstance(child, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    yield child
+                queue.append(child)
 
 
 # ---------------------------------------------------------------- code

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
@@ -51,7 +51,7 @@ class DesignPlan(Strict):
     seeds: int
     steps: int
     global_batch: int
-    micro_batch: int
+    micro_batch: int | Literal["auto"]
     sequence_length: int
     schedule: str
     linear_start: float | None = Field(None, description="Start LR of the linear decay (mixture form).")
@@ -106,7 +106,7 @@ def base_request(request: MicroRequest) -> Any:
     )
 
 
-def _batch(template: RunSpec, tokens: int) -> tuple[int, int, int, list[str]]:
+def _batch(template: RunSpec, tokens: int) -> tuple[int, int, int | Literal["auto"], list[str]]:
     """(steps, global batch, micro-batch, notes) for `tokens` per unit at the template's length."""
     sequence = template.sequence_length
     need = MIN_STEPS * sequence
@@ -121,7 +121,9 @@ def _batch(template: RunSpec, tokens: int) -> tuple[int, int, int, list[str]]:
     if tokens // (global_batch * sequence) < MIN_STEPS:
         global_batch = max(1, tokens // (MIN_STEPS * sequence))
         notes.append(f"batch {template.global_batch} → {global_batch} sequences so each unit runs ≥ {MIN_STEPS} steps")
-    micro = math.gcd(global_batch, template.micro_batch)
+    micro: int | Literal["auto"] = (
+        "auto" if template.micro_batch == "auto" else math.gcd(global_batch, template.micro_batch)
+    )
     steps = max(round(tokens / (global_batch * sequence)), MIN_STEPS)
     return steps, global_batch, micro, notes
 

@@ -251,7 +251,7 @@ class StagePlan(Strict):
     steps: int
     sequence_length: int
     global_batch: int
-    micro_batch: int
+    micro_batch: int | Literal["auto"]
     lr_start: float | None
     lr_end: float | None
     schedule: str

@@ -54,7 +54,6 @@ if TYPE_CHECKING:
 H100_BF16_FLOPS = 989e12  # dense bf16 peak of an H100 SXM (and of an H200, same compute die)
 ASSUMED_MFU = 0.40
 DEFAULT_TOKENS_PER_STEP = 4 * 1024 * 1024  # a recipe that states no batch (noted)
-DEFAULT_MICRO_TOKENS = 8192
 TINY_BASE_MIX = {"prose.train": 0.80, "code.train": 0.15, "math.train": 0.05}
 DOMAINS = {"prose": "prose.heldout", "code": "code.heldout", "math": "math.heldout", "qa": "qa.heldout"}
 OBJECTIVE_TASKS = {
@@ -87,11 +86,11 @@ class Target:
     budget: float
     min_steps: int
     max_runs: int | None
-    micro_tokens: float | None
+    micro_tokens: float | None  # None with a pretrained base: the run spec's micro_batch is "auto"
     tokens_per_step: float | None  # stand-in: fixed; pretrained: from the recipe, shrunk to fit the budget
     precision: str
     strategy: str
-    activation_checkpointing: bool
+    activation_checkpointing: bool | str  # "auto": only when memory requires it (train/auto.py)
     checkpoints_per_run: int
     stream_of: Callable[[str], str]
     layout: Layout
@@ -205,7 +204,7 @@ def _stand_in_target(recipe: Recipe, registry: Registry, request: PlanRequest, p
         tokens_per_step=profile.tokens_per_step or 2048,
         precision=profile.precision if profile.precision in ("auto", "fp32", "bf16") else "fp32",
         strategy="auto",
-        activation_checkpointing=False,
+        activation_checkpointing="auto",
         checkpoints_per_run=4,
         stream_of=lambda source: f"{registry.sources[source].builtin.value}.train",
         layout=layout,
@@ -291,11 +290,11 @@ def _pretrained_target(
         budget=budget,
         min_steps=own.min_steps,
         max_runs=None,
-        micro_tokens=own.micro_batch_tokens or (None if not own.model else DEFAULT_MICRO_TOKENS),
+        micro_tokens=own.micro_batch_tokens,
         tokens_per_step=None,
         precision="auto",
         strategy="fsdp",
-        activation_checkpointing=not own.model,
+        activation_checkpointing="auto",
         checkpoints_per_run=4 if own.model else 20,
         stream_of=stream_of,
         layout=layout,
@@ -617,7 +616,7 @@ def _run_spec(
             "streams": settings.streams,
             "sequence_length": size.sequence_length,
             "global_batch": size.global_batch,
-            "micro_batch": size.micro_batch,
+            "micro_batch": size.micro_batch if target.micro_tokens else "auto",
             "steps": size.steps,
             "schedule": settings.schedule,
             "optimizer": _trainable_optimizer(stage.optimizer or recipe.optimizer, notes),
@@ -664,7 +663,7 @@ def _stage_plan(
         steps=size.steps,
         sequence_length=size.sequence_length,
         global_batch=size.global_batch,
-        micro_batch=size.micro_batch,
+        micro_batch=size.micro_batch if target.micro_tokens else "auto",
         lr_start=rules.finite_or_none(_lr_after_warmup(schedule, size.steps, target.base_end)),
         lr_end=rules.finite_or_none(schedule.lr_at(size.steps - 1, size.steps, target.base_end)),
         schedule=schedule.describe(),
@@ -933,6 +932,7 @@ def _base_run(recipe: Recipe, target: Target, request: PlanRequest, profile: Sca
             "seed": request.seed,
             "data_seed": request.seed,
             "precision": target.precision,
+            "activation_checkpointing": target.activation_checkpointing,
             "checkpoint_every": max(steps // 4, 1),
             "max_epochs": {},
             "on_repeat": "warn",

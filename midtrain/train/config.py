@@ -119,7 +119,10 @@ class RunSpec(Strict):
     streams: dict[StreamName, Share] = Field(min_length=1, description="Stream name -> share of sequences.")
     sequence_length: int = Field(gt=0, le=MAX_SEQUENCE_LENGTH)
     global_batch: int = Field(gt=0, le=MAX_GLOBAL_BATCH, description="Sequences per optimizer step, over all ranks.")
-    micro_batch: int = Field(gt=0, le=MAX_GLOBAL_BATCH, description="Sequences per forward pass on one rank.")
+    micro_batch: Annotated[int, Field(gt=0, le=MAX_GLOBAL_BATCH)] | Literal["auto"] = Field(
+        "auto",
+        description="Sequences per forward pass on one rank; auto: the largest that fits in memory (train/auto.py).",
+    )
     steps: int = Field(gt=0, le=MAX_STEPS)
     schedule: Schedule
     base_lr: float | None = Field(None, ge=0, allow_inf_nan=False, description="The LR a from_base schedule starts at.")
@@ -130,11 +133,21 @@ class RunSpec(Strict):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     data_seed: int = Field(0, ge=0, le=MAX_SEED)
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "fp32",
+        "auto",
         description="bf16 autocast, fp32, or auto (bf16 where the hardware has it natively; see train/precision.py).",
     )
-    compile: bool = False
-    activation_checkpointing: bool = False
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile the model; auto: when the run is long enough to repay it (train/auto.py)."
+    )
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "auto", description="Attention kernels; auto: FlashAttention-2 on GPUs that have it, else SDPA."
+    )
+    optimizer_kernel: Literal["auto", "fused", "foreach", "loop"] = Field(
+        "auto", description="AdamW's implementation; auto: fused on GPUs, foreach on CPUs."
+    )
+    activation_checkpointing: bool | Literal["auto"] = Field(
+        "auto", description="Recompute activations in the backward pass; auto: only when memory requires it."
+    )
     strategy: Literal["auto", "ddp", "fsdp"] = "auto"
     checkpoint_every: int = Field(50, gt=0)
     keep_last: int = Field(2, ge=1)
@@ -170,14 +183,14 @@ class RunSpec(Strict):
             raise ValueError(f"numbers must be finite (no NaN or infinity), found {', '.join(bad[:5])}")
         if not any(share > 0 for share in self.streams.values()):
             raise ValueError("streams: at least one stream needs a share > 0")
-        if self.micro_batch > self.global_batch:
+        if self.micro_batch != "auto" and self.micro_batch > self.global_batch:
             raise ValueError(f"micro_batch {self.micro_batch} is larger than global_batch {self.global_batch}")
         if self.global_batch * self.sequence_length > MAX_TOKENS_PER_STEP:
             raise ValueError(
                 f"global_batch × sequence_length = {self.global_batch * self.sequence_length:,} tokens per step, "
                 f"more than the limit of {MAX_TOKENS_PER_STEP:,}"
             )
-        if self.global_batch % self.micro_batch:
+        if self.micro_batch != "auto" and self.global_batch % self.micro_batch:
             raise ValueError(f"global_batch {self.global_batch} is not a multiple of micro_batch {self.micro_batch}")
         if abs(sum(self.streams.values()) - 1.0) > 1e-6:
             raise ValueError(f"stream shares must sum to 1, found {sum(self.streams.values()):.6g}")
@@ -200,7 +213,7 @@ class RunSpec(Strict):
                 f"batch_ramp steps must increase and lie inside the run's {self.steps} steps, found {steps}"
             )
         for phase in self.batch_ramp:
-            if phase.global_batch % self.micro_batch:
+            if self.micro_batch != "auto" and phase.global_batch % self.micro_batch:
                 raise ValueError(
                     f"batch_ramp batch {phase.global_batch} is not a multiple of micro_batch {self.micro_batch}"
                 )

@@ -78,41 +78,81 @@ class Trainer:
         if self.dist.main:
             check_writable(self.out)
             claim(self.out, spec)
-        self._resolve()
         self._build()
         self.step = 0
         self.tokens_seen = 0
         self.callbacks = with_defaults(callbacks)
         self._call("on_attach")
 
-    def _resolve(self) -> None:
-        """Settings given as `auto`, resolved for this machine, printed and recorded in out/resolved.json."""
-        from midtrain.io import write_json
-        from midtrain.train.precision import resolve_precision
+    def _resolve(self, config: Any) -> None:
+        """The settings left to `auto` (train/auto.py), decided for this machine, printed, and recorded
+        with their reasons in out/resolved.json. A run that finds that record (it resumes, or restarts
+        with the same spec) keeps the recorded choices, so its numerics stay those of its start."""
+        import json
 
-        precision, reason = resolve_precision(self.spec.precision, self.dist.device)
-        if self.spec.precision == "auto":
-            self.spec = self.spec.model_copy(update={"precision": precision})
-            if self.dist.main:
-                print(f"{self.spec.name}: precision auto → {precision} ({reason})", flush=True)
+        from midtrain.io import write_json
+        from midtrain.train.auto import SETTINGS, Choice, Footprint, describe, resolve
+        from midtrain.train.model import supports_sdpa
+
+        machine = self._machine()
+        footprint = Footprint.of(config, self.parameters, sdpa=supports_sdpa(config))
+        shards = self.dist.world if self.strategy == "fsdp" else 1
+        choices = resolve(self.spec, machine, footprint, self.dist.world, shards)
+        record = self.out / "resolved.json"
+        try:
+            previous = json.loads(record.read_text()) if record.exists() else {}
+        except (OSError, json.JSONDecodeError):
+            previous = {}
+        auto = [name for name in SETTINGS if getattr(self.spec, name) == "auto"]
+        for name in auto:
+            kept = previous.get(name, {})
+            if isinstance(kept, dict) and "value" in kept and kept["value"] != choices[name].value:
+                choices[name] = Choice(kept["value"], f"{kept.get('reason', '')} (as resolved when the run started)")
+        self.spec = self.spec.model_copy(update={name: choices[name].value for name in auto})
         if self.dist.main:
-            write_json(self.out / "resolved.json", {"precision": {"value": precision, "reason": reason}})
+            if auto:
+                print(f"{self.spec.name}: {describe(choices)} (auto: see {record})", flush=True)
+            write_json(record, {name: choice.to_json() for name, choice in choices.items()})
+
+    def _machine(self) -> Any:
+        """This machine, as `auto` sees it; with several ranks, the least any of them has (they must agree)."""
+        import dataclasses
+
+        import torch
+
+        from midtrain.train.auto import Machine
+
+        machine = Machine.probe(self.dist.device, self.dist.local_world, torch.get_num_threads())
+        if self.dist.world == 1:
+            return machine
+        values = torch.tensor(
+            [machine.free_bytes, machine.bf16, machine.flash_attn, machine.compiler], dtype=torch.float64
+        )
+        values = values.to(self.dist.device)
+        torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.MIN)
+        free, bf16, flash, compiler = values.tolist()
+        return dataclasses.replace(
+            machine, free_bytes=int(free), bf16=bool(bf16), flash_attn=bool(flash), compiler=bool(compiler)
+        )
 
     def _build(self) -> None:
-        """Tokenizer, data, the (wrapped) model and the optimizer, each checked before it is allocated."""
+        """Tokenizer, data, the resolved settings, the (wrapped) model and the optimizer, each checked
+        before it is allocated."""
         import torch
 
         from midtrain.data.tokenizer import load_tokenizer
         from midtrain.train.model import check_fits, check_vocab, count_parameters, load_model, model_config
         from midtrain.train.optim import build_optimizer
 
-        spec = self.spec
-        self.tokenizer = load_tokenizer(spec.tokenizer)
-        self.sampler, self.shards, _ = open_data(spec)
+        self.tokenizer = load_tokenizer(self.spec.tokenizer)
+        self.sampler, self.shards, _ = open_data(self.spec)
         self._check_batches()
-        self.sampler.check_repetition(spec.steps)
-        config = model_config(spec)
+        self.sampler.check_repetition(self.spec.steps)
+        config = model_config(self.spec)
         self.parameters = count_parameters(config)
+        self.strategy = choose_strategy(self.spec.strategy, self.dist.world, self.parameters, self.dist.device)
+        self._resolve(config)
+        spec = self.spec
         check_fits(config, self.parameters, spec, self.dist.device, self.dist.world)
         model = load_model(spec)
         check_vocab(model, self.tokenizer.vocab_size, spec.tokenizer)
@@ -121,10 +161,13 @@ class Trainer:
         if spec.activation_checkpointing:
             enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
             enable()
-        self.strategy = choose_strategy(spec.strategy, self.dist.world, self.parameters, self.dist.device)
         self.model = wrap(model, self.strategy, self.dist, spec.precision)
+        if spec.compile:
+            from midtrain.train.auto import compile_cache_dir
+
+            os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compile_cache_dir()))  # compiled graphs persist
         self.forward = torch.compile(self.model) if spec.compile else self.model
-        self.optimizer = build_optimizer(self.model, spec.optimizer, lr=self.lr(0))
+        self.optimizer = build_optimizer(self.model, spec.optimizer, lr=self.lr(0), kernel=str(spec.optimizer_kernel))
 
     def _check_batches(self) -> None:
         """Every batch of the run (global_batch, then each batch_ramp phase) must split evenly over the ranks."""
@@ -197,7 +240,8 @@ class Trainer:
             )
         windows = windows.to(dist.device, non_blocking=True)
         targets_global = sequences * spec.sequence_length
-        micro = [windows[i : i + spec.micro_batch] for i in range(0, windows.shape[0], spec.micro_batch)]
+        size = int(spec.micro_batch)  # resolved in _resolve
+        micro = [windows[i : i + size] for i in range(0, windows.shape[0], size)]
         # Gradients are sums over this rank's tokens / all tokens of the global batch; DDP and FSDP
         # average over ranks, so each rank's loss is scaled by the world size to make it a sum.
         scale = dist.world / targets_global

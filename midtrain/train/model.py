@@ -163,6 +163,16 @@ def _init_config(spec: RunSpec) -> PretrainedConfig:
     return config
 
 
+def supports_sdpa(config: PretrainedConfig) -> bool:
+    """Whether the causal-LM class of `config` implements torch's scaled_dot_product_attention."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        return bool(getattr(MODEL_FOR_CAUSAL_LM_MAPPING[type(config)], "_supports_sdpa", False))
+    except (KeyError, ImportError, AttributeError):
+        return False
+
+
 def count_parameters(config: PretrainedConfig) -> int:
     """Parameters of a config's model, counted on the meta device (no memory is allocated)."""
     import torch
@@ -174,7 +184,8 @@ def count_parameters(config: PretrainedConfig) -> int:
 
 
 def load_model(spec: RunSpec, init_override: Path | None = None) -> PreTrainedModel:
-    """The model a run starts from, with the run's RoPE settings applied, in fp32 on the CPU.
+    """The model a run starts from, with the run's RoPE settings applied, in fp32 on the CPU, with
+    the run's attention implementation (transformers' default while it is still `auto`).
 
     With `spec.upscale`, the init model's decoder layers are up-scaled (midtrain/train/upscale.py):
     this is the architecture a resumed run builds and then loads its checkpoint into."""
@@ -184,14 +195,15 @@ def load_model(spec: RunSpec, init_override: Path | None = None) -> PreTrainedMo
 
     hf_logging.disable_progress_bar()
     init = Pretrained(path=str(init_override)) if init_override else spec.init
+    attention = {} if spec.attn_implementation == "auto" else {"attn_implementation": spec.attn_implementation}
     if isinstance(init, NewModel):
         config = apply_rope(new_config(init), spec)
         torch.manual_seed(spec.seed)
-        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32, **attention)
     config = _init_config(spec.model_copy(update={"init": init}))
     try:
         model: PreTrainedModel = AutoModelForCausalLM.from_pretrained(
-            init.path, revision=init.revision, config=config, dtype=torch.float32, trust_remote_code=False
+            init.path, revision=init.revision, config=config, dtype=torch.float32, trust_remote_code=False, **attention
         )
     except (OSError, ValueError, RuntimeError) as exc:
         raise MidtrainError.single(f"cannot load model weights from {init.path!r}: {exc}") from None
@@ -236,24 +248,22 @@ def unsharded_copy(spec: RunSpec, tensors: dict[str, torch.Tensor]) -> PreTraine
     return model
 
 
-def estimate_memory_bytes(parameters: int, spec: RunSpec, hidden: int, layers: int, vocab: int, world: int = 1) -> int:
-    """Weights + grads + AdamW moments (fp32), plus activations of one micro-batch (rough upper bound)."""
-    state = parameters * 4 * 4
-    if spec.strategy == "fsdp" and world > 1:
-        state //= world
-    tokens = spec.micro_batch * spec.sequence_length
-    per_layer = tokens * hidden * 34 * (2 if spec.precision == "fp32" else 1)
-    activations = per_layer * (1 if spec.activation_checkpointing else layers) + tokens * vocab * 4 * 3
-    return int(state + activations)
-
-
 def check_fits(config: PretrainedConfig, parameters: int, spec: RunSpec, device: torch.device, world: int = 1) -> None:
-    """Refuse a configuration that cannot fit, before allocating it."""
+    """Refuse a resolved configuration that cannot fit, before allocating it (the estimate is
+    train/auto.py's `memory_bytes`, the one `auto` sizes micro-batches with)."""
     import psutil
     import torch
 
-    need = estimate_memory_bytes(
-        parameters, spec, config.hidden_size, config.num_hidden_layers, config.vocab_size, world
+    from midtrain.train.auto import Footprint, memory_bytes
+
+    need = memory_bytes(
+        Footprint.of(config, parameters),
+        micro_batch=int(spec.micro_batch),
+        sequence_length=spec.sequence_length,
+        precision=spec.precision,
+        checkpointing=bool(spec.activation_checkpointing),
+        attention=spec.attn_implementation,
+        shards=world if spec.strategy == "fsdp" else 1,
     )
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)

@@ -127,7 +127,9 @@ def set_lr(optimizer: AnyOptimizer, lr: float) -> None:
         group["lr"] = lr * group["lr_scale"] if "lr_scale" in group else lr
 
 
-def build_optimizer(model: torch.nn.Module, settings: Optimizer, lr: float) -> AnyOptimizer:
+def build_optimizer(model: torch.nn.Module, settings: Optimizer, lr: float, kernel: str = "foreach") -> AnyOptimizer:
+    """The run's optimizer; `kernel` (fused / foreach / loop, see train/auto.py) picks AdamW's and
+    Adam's implementation and is ignored by the others."""
     import torch
 
     if settings.type not in BUILT_IN:
@@ -164,9 +166,10 @@ def build_optimizer(model: torch.nn.Module, settings: Optimizer, lr: float) -> A
             eps=settings.eps,
         )
     groups = parameter_groups(model, settings)
+    implementation = {"fused": {"fused": True}, "loop": {"foreach": False}}.get(kernel, {"foreach": True})
     if settings.type == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=settings.betas, eps=settings.eps)
-    return torch.optim.AdamW(groups, lr=lr, betas=settings.betas, eps=settings.eps, foreach=True)
+        return torch.optim.Adam(groups, lr=lr, betas=settings.betas, eps=settings.eps, **implementation)
+    return torch.optim.AdamW(groups, lr=lr, betas=settings.betas, eps=settings.eps, **implementation)
 
 
 def build_muon(model: torch.nn.Module, settings: Optimizer, lr: float) -> MuonAdamW:

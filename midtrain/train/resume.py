@@ -259,7 +259,9 @@ def reset_to_initial(trainer: Trainer, rng: dict[str, Any]) -> None:
     set_model_state_dict(
         trainer.model, load_model(trainer.spec).state_dict(), options=StateDictOptions(full_state_dict=True)
     )
-    trainer.optimizer = build_optimizer(trainer.model, trainer.spec.optimizer, lr=trainer.lr(0))
+    trainer.optimizer = build_optimizer(
+        trainer.model, trainer.spec.optimizer, lr=trainer.lr(0), kernel=str(trainer.spec.optimizer_kernel)
+    )
     for callback in trainer.callbacks:
         callback.on_checkpoint_load(trainer, None)
     ckpt.set_rng_state(rng)

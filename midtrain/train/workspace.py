@@ -14,7 +14,7 @@ from midtrain.io import write_json
 from midtrain.train.config import RunSpec
 
 # what a run writes in its directory; removed when the directory is reused for other settings
-RUN_OUTPUTS = ("checkpoints", "model", "model-ema", "model-polyak", "dvclive", "summary.json")
+RUN_OUTPUTS = ("checkpoints", "model", "model-ema", "model-polyak", "dvclive", "summary.json", "resolved.json")
 
 
 def check_writable(out: Path) -> None:
