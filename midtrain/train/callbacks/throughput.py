@@ -8,7 +8,7 @@ counted) at the measured tokens/s, against the peak of the devices (`peak_flops`
 world size). The peak is passed in, or measured (`peak_flops="measure"`: a large matmul on the
 device at the run's precision, before training starts); with neither, no MFU is reported.
 
-Summary keys: tokens_per_s (always), mfu (with a peak).
+Summary keys: tokens_per_s (always), mfu (with a peak), peak_memory_gib (GPU: the most allocated).
 """
 
 from __future__ import annotations
@@ -89,3 +89,7 @@ class Throughput(Callback):
         mfu = self.mfu(trainer.parameters, trainer.dist.world)
         if mfu is not None:
             summary["mfu"] = mfu
+        if trainer.dist.device.type == "cuda":
+            import torch
+
+            summary["peak_memory_gib"] = torch.cuda.max_memory_allocated(trainer.dist.device) / 2**30
