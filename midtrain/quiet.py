@@ -54,7 +54,8 @@ def quiet_third_party(log_dir: Path | None = None) -> Path | None:
         logger.setLevel(logging.INFO)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # TOKENIZERS_PARALLELISM is left alone: the data stage encodes on every core (a training process
+    # turns it off itself, before its data loading could fork)
     _capture_warnings(handler)
     try:  # transformers keeps its own handler on its root logger; replace it once it is imported
         from transformers.utils import logging as hf_logging

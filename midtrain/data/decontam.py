@@ -2,8 +2,8 @@
 
 Words are lower-cased alphanumeric runs; an n-gram (default n = 13, as in GPT-3 and later reports)
 is hashed to 64 bits: each distinct word once with BLAKE2b, then every n-gram of a document at once
-as a polynomial of its words' hashes modulo 2^64 (numpy, no Python loop over n-grams: 7x faster
-than hashing each n-gram's text, and the same in every process, unlike Python's `hash`). A training document is contaminated when it contains at least `threshold`
+as a polynomial of its words' hashes modulo 2^64 (numpy, no Python loop over n-grams: several times
+faster than hashing each n-gram's text, and the same in every process, unlike Python's `hash`). A training document is contaminated when it contains at least `threshold`
 of some evaluation item's n-grams (default 0.5: most of an item appears in it). Items shorter than
 n words are matched whole. Contaminated documents are dropped (or only flagged), and a report
 counts them per source.
@@ -17,11 +17,13 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from midtrain.errors import MidtrainError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 _WORDS = re.compile(r"[a-z0-9]+")
 MAX_EXAMPLES = 50  # contaminated documents listed in the report, in processing order
@@ -35,19 +37,26 @@ HASH_VERSION = 2  # saved indexes record it: hashes of another version never mat
 _MULTIPLIER = 0x9E3779B97F4A7C15  # odd, so the polynomial keeps every bit of the last word
 
 
-@lru_cache(maxsize=1 << 20)
+_WORD_HASHES: dict[str, int] = {}  # every distinct word seen by this process, hashed once
+
+
 def _word_hash(word: str) -> int:
-    return int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little")
+    value = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=8).digest(), "little") or 1
+    if len(_WORD_HASHES) < 1 << 22:  # a bounded cache: natural text has far fewer distinct words
+        _WORD_HASHES[word] = value
+    return value
 
 
-def ngram_hashes(text: str, n: int) -> set[int]:
-    """The 64-bit hashes of a text's word n-grams (of the whole text when it has fewer than n words)."""
+def ngram_array(text: str, n: int) -> np.ndarray:
+    """The distinct 64-bit hashes of a text's word n-grams (of the whole text when it has fewer
+    than n words), as a sorted uint64 array."""
     import numpy as np
 
     tokens = words(text)
     if not tokens:
-        return set()
-    values = np.fromiter((_word_hash(w) for w in tokens), dtype=np.uint64, count=len(tokens))
+        return np.empty(0, dtype=np.uint64)
+    known = _WORD_HASHES.get
+    values = np.array([known(w) or _word_hash(w) for w in tokens], dtype=np.uint64)
     width = min(n, len(tokens))
     count = len(tokens) - width + 1
     multiplier = np.uint64(_MULTIPLIER)
@@ -55,7 +64,12 @@ def ngram_hashes(text: str, n: int) -> set[int]:
     with np.errstate(over="ignore"):
         for k in range(width):
             grams = grams * multiplier + values[k : k + count]
-    return set(grams.tolist())
+    return np.unique(grams)
+
+
+def ngram_hashes(text: str, n: int) -> set[int]:
+    """`ngram_array` as a set of Python ints."""
+    return set(ngram_array(text, n).tolist())
 
 
 @dataclass
@@ -66,6 +80,7 @@ class EvalIndex:
     items: list[str] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
     index: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))
+    _keys: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def add(self, item_id: str, text: str) -> None:
         hashes = ngram_hashes(text, self.n)
@@ -78,9 +93,20 @@ class EvalIndex:
             self.index[h].append(number)
 
     def worst_overlap(self, text: str) -> tuple[float, str | None]:
-        """Largest share of any evaluation item's n-grams found in `text`, and that item's id."""
+        """Largest share of any evaluation item's n-grams found in `text`, and that item's id.
+        The document's n-grams are matched against the index's keys in numpy (most documents share
+        none); only the matches are looked up one by one."""
+        import numpy as np
+
+        if self._keys is None or len(self._keys) != len(self.index):  # sorted once, after the last add
+            self._keys = np.sort(np.fromiter(self.index.keys(), dtype=np.uint64, count=len(self.index)))
+        found = ngram_array(text, self.n)
+        if not len(self._keys) or not len(found):
+            return 0.0, None
+        at = np.minimum(np.searchsorted(self._keys, found), len(self._keys) - 1)
+        found = found[self._keys[at] == found]
         hits: Counter[int] = Counter()
-        for h in ngram_hashes(text, self.n):
+        for h in found.tolist():
             for number in self.index.get(h, ()):
                 hits[number] += 1
         if not hits:
