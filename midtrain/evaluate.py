@@ -57,12 +57,20 @@ def _load(model: ModelUnderTest, root: Path) -> PreTrainedModel:
     return loaded
 
 
+EVAL_TOKENS = 8192  # tokens per forward pass of the loss evaluations: few passes for small models, bounded memory
+
+
+def _batch_for(length: int, batch: int | None) -> int:
+    return batch or max(1, EVAL_TOKENS // max(length, 1))
+
+
 def heldout_loss(
-    model: PreTrainedModel, tokens: np.ndarray, sequence_length: int, sequences: int, batch: int = 8
+    model: PreTrainedModel, tokens: np.ndarray, sequence_length: int, sequences: int, batch: int | None = None
 ) -> float:
     """Mean next-token loss over the first `sequences` consecutive windows of a held-out stream."""
     import torch
 
+    batch = _batch_for(sequence_length, batch)
     count = min(sequences, (len(tokens) - 1) // sequence_length)
     if count < 1:
         raise MidtrainError.single(
@@ -86,11 +94,17 @@ def heldout_loss(
 
 
 def position_losses(
-    model: PreTrainedModel, tokens: np.ndarray, doc_starts: np.ndarray, length: int, documents: int, batch: int = 4
+    model: PreTrainedModel,
+    tokens: np.ndarray,
+    doc_starts: np.ndarray,
+    length: int,
+    documents: int,
+    batch: int | None = None,
 ) -> np.ndarray:
     """Mean loss at each position 0..length-2 over windows that start at document starts."""
     import torch
 
+    batch = _batch_for(length, batch)
     starts = [int(s) for s in doc_starts if s + length <= len(tokens)][:documents]
     if not starts:
         raise MidtrainError.single(f"no held-out long document has {length} tokens")
@@ -107,7 +121,7 @@ def position_losses(
 
 
 def _generate(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int, batch: int = 16
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int, batch: int = 64
 ) -> list[str]:
     """Greedy continuations (left-padded batches)."""
     import torch
@@ -178,7 +192,7 @@ def retrieval_prompts(
 def retrieval_accuracy(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[tuple[str, int]]
 ) -> float:
-    completions = _generate(model, tokenizer, [p for p, _ in prompts], max_new_tokens=4, batch=8)
+    completions = _generate(model, tokenizer, [p for p, _ in prompts], max_new_tokens=4, batch=32)
     hits = 0
     for (_, value), text in zip(prompts, completions):
         match = re.search(r"\d+", text)

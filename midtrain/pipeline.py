@@ -284,6 +284,7 @@ def _run_trainings(runs: list[tuple[str, Path]], root: Path) -> None:
     if not runs:
         return
     jobs, threads = training_slots(len(runs))
+    threads = int(os.environ.get("MIDTRAIN_THREADS") or threads)  # the user's thread count wins
     if jobs == 1:
         for _, spec_path in runs:
             _run_training(spec_path, root)

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 _WORDS = re.compile(r"[a-z0-9]+")
+CHUNK = 512  # documents judged together by filter_documents
 MAX_EXAMPLES = 50  # contaminated documents listed in the report, in processing order
 
 
@@ -92,27 +93,84 @@ class EvalIndex:
         for h in hashes:
             self.index[h].append(number)
 
-    def worst_overlap(self, text: str) -> tuple[float, str | None]:
-        """Largest share of any evaluation item's n-grams found in `text`, and that item's id.
-        The document's n-grams are matched against the index's keys in numpy (most documents share
-        none); only the matches are looked up one by one."""
+    def _sorted_keys(self) -> np.ndarray:
         import numpy as np
 
         if self._keys is None or len(self._keys) != len(self.index):  # sorted once, after the last add
             self._keys = np.sort(np.fromiter(self.index.keys(), dtype=np.uint64, count=len(self.index)))
-        found = ngram_array(text, self.n)
-        if not len(self._keys) or not len(found):
-            return 0.0, None
-        at = np.minimum(np.searchsorted(self._keys, found), len(self._keys) - 1)
-        found = found[self._keys[at] == found]
+        return self._keys
+
+    def _known(self, grams: np.ndarray) -> np.ndarray:
+        """The entries of `grams` that are keys of the index (binary search in the sorted keys)."""
+        import numpy as np
+
+        keys = self._sorted_keys()
+        if not len(keys) or not len(grams):
+            return grams[:0]
+        at = np.minimum(np.searchsorted(keys, grams), len(keys) - 1)
+        return grams[keys[at] == grams]
+
+    def _worst(self, matched: Iterable[int]) -> tuple[float, str | None]:
+        """(largest share, item id) over the items containing the document's distinct `matched` n-grams."""
         hits: Counter[int] = Counter()
-        for h in found.tolist():
+        for h in matched:
             for number in self.index.get(h, ()):
                 hits[number] += 1
         if not hits:
             return 0.0, None
         number, count = max(hits.items(), key=lambda kv: (kv[1] / self.sizes[kv[0]], -kv[0]))
         return count / self.sizes[number], self.items[number]
+
+    def worst_overlap(self, text: str) -> tuple[float, str | None]:
+        """Largest share of any evaluation item's n-grams found in `text`, and that item's id.
+        The document's n-grams are matched against the index's keys in numpy (most documents share
+        none); only the matches are looked up one by one."""
+        return self._worst(self._known(ngram_array(text, self.n)).tolist())
+
+    def worst_overlaps(self, texts: list[str]) -> list[tuple[float, str | None]]:
+        """`worst_overlap` of many texts at once: the n-grams of every text of at least n words are
+        hashed in one pass over their words laid end to end (n-grams that cross from one text
+        into the next are dropped) and matched in one search, which saves numpy's per-call cost on
+        the many short documents of a corpus."""
+        import numpy as np
+
+        results: list[tuple[float, str | None]] = [(0.0, None)] * len(texts)
+        if not len(self._sorted_keys()):
+            return results
+        n = self.n
+        known = _WORD_HASHES.get
+        owners: list[int] = []
+        pieces: list[list[int]] = []
+        for position, text in enumerate(texts):
+            tokens = words(text)
+            if len(tokens) >= n:
+                owners.append(position)
+                pieces.append([known(w) or _word_hash(w) for w in tokens])
+            elif tokens:
+                results[position] = self.worst_overlap(text)
+        if not pieces:
+            return results
+        lengths = np.array([len(p) for p in pieces], dtype=np.int64)
+        values = np.fromiter((v for p in pieces for v in p), dtype=np.uint64, count=int(lengths.sum()))
+        count = len(values) - n + 1
+        grams = np.full(count, n, dtype=np.uint64)
+        multiplier = np.uint64(_MULTIPLIER)
+        with np.errstate(over="ignore"):
+            for k in range(n):
+                grams = grams * multiplier + values[k : k + count]
+        ends = np.cumsum(lengths)
+        doc = np.repeat(np.arange(len(pieces)), lengths)[:count]
+        inside = np.arange(count) + n <= ends[doc]  # the n-gram ends inside the text it starts in
+        grams, doc = grams[inside], doc[inside]
+        keys = self._sorted_keys()
+        at = np.minimum(np.searchsorted(keys, grams), len(keys) - 1)
+        hit = keys[at] == grams
+        matched: dict[int, set[int]] = defaultdict(set)
+        for piece, gram in zip(doc[hit].tolist(), grams[hit].tolist()):
+            matched[piece].add(gram)
+        for piece, grams_of_doc in matched.items():
+            results[owners[piece]] = self._worst(grams_of_doc)
+        return results
 
 
 def save_index(index: EvalIndex, handle: IO[bytes]) -> None:
@@ -205,10 +263,14 @@ def filter_documents(
     threshold: float = 0.5,
     action: str = "drop",
 ) -> Iterator[tuple[str, str]]:
-    """Yield (id, text) of the documents to keep; record every decision in `report`."""
-    for doc_id, text in docs:
-        contaminated, overlap, eval_id = judge(index, text, threshold)
-        report.record(source, contaminated, doc_id, eval_id, overlap)
-        if contaminated and action == "drop":
-            continue
-        yield doc_id, text
+    """Yield (id, text) of the documents to keep, in order; record every decision in `report`.
+    Documents are judged in chunks of `CHUNK` (EvalIndex.worst_overlaps), with the same rule as `judge`."""
+    iterator = iter(docs)
+    while chunk := list(itertools.islice(iterator, CHUNK)):
+        overlaps = index.worst_overlaps([text for _, text in chunk]) if index.index else [(0.0, None)] * len(chunk)
+        for (doc_id, text), (overlap, eval_id) in zip(chunk, overlaps):
+            contaminated = overlap >= threshold
+            report.record(source, contaminated, doc_id, eval_id, overlap)
+            if contaminated and action == "drop":
+                continue
+            yield doc_id, text

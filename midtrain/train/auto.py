@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 AUTO = "auto"
 MEMORY_HEADROOM = 0.85  # share of the free memory a run may plan to use (allocator slack, fragmentation)
 COMPILE_MIN_STEPS = 200  # GPU: compile from this many optimizer steps on
-CPU_COMPILE_MIN_SECONDS = 600.0  # CPU: compile when the eager compute is estimated to take longer
+CPU_COMPILE_MIN_SECONDS = 300.0  # CPU: compile above this much estimated eager compute (cold compile ~32 s)
 CPU_FLOPS_PER_CORE = 35e9  # fp32 training FLOP/s per core the CPU estimate assumes (2-core build machine: ~70e9)
 SETTINGS = (
     "precision",

@@ -50,3 +50,25 @@ def test_user_eval_file_is_applied(tmp_path: Path) -> None:
     report = json.loads((out / "decontam.json").read_text())
     assert report["sources"]["code.train"]["contaminated"] >= 1
     assert any(e["eval_item"] == "my_eval.jsonl:0" for e in report["examples"])
+
+
+def test_batched_judging_matches_one_document_at_a_time() -> None:
+    """worst_overlaps (what filter_documents uses) gives exactly worst_overlap's answer per text:
+    long and short texts, texts that share n-grams with items across a chunk's text boundaries,
+    empty texts."""
+    import random
+
+    from midtrain.data.decontam import EvalIndex
+
+    rng = random.Random(7)
+    vocabulary = [f"w{i}" for i in range(60)]
+    texts = [" ".join(rng.choice(vocabulary) for _ in range(rng.randint(0, 80))) for _ in range(300)]
+    index = EvalIndex(n=5)
+    for number, text in enumerate(texts[::9]):
+        words = text.split()
+        index.add(f"item{number}", " ".join(words[: rng.randint(1, max(len(words), 1))]))
+    joined = texts[10].split()[-3:] + texts[11].split()[:3]  # an n-gram that only exists across a boundary
+    index.add("straddle", " ".join(joined))
+    singles = [index.worst_overlap(t) for t in texts]
+    assert index.worst_overlaps(texts) == singles
+    assert any(overlap > 0 for overlap, _ in singles)

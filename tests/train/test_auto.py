@@ -227,6 +227,8 @@ def test_full_scale_plan_leaves_the_machine_settings_to_auto(tmp_path: Path) -> 
     # on 8 H100s with FSDP it trains without recomputation
     on_gpus = values(resolve(anneal, H100, olmo_7b, world=8, shards=8))
     assert on_gpus["activation_checkpointing"] is False and on_gpus["precision"] == "bf16"
+    assert on_gpus["attn_implementation"] == "flash_attention_2" and on_gpus["optimizer_kernel"] == "fused"
+    assert on_gpus["compile"] is True
 
 
 def test_a_run_prints_records_and_keeps_its_choices(spec_factory, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
