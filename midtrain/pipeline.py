@@ -408,8 +408,8 @@ def run_children(commands: list[list[str]], cwd: Path, env: dict[str, str] | Non
 
     processes = [subprocess.Popen(c, cwd=cwd, env=env, start_new_session=True) for c in commands]
     with _forwarding([p.pid for p in processes]) as received:
-        while any(p.poll() is None for p in processes):
-            if any(p.returncode for p in processes) or received:
+        while None in (states := [p.poll() for p in processes]):  # every child polled, every time
+            if any(states) or received:
                 for process in processes:
                     if process.poll() is None:
                         with contextlib.suppress(ProcessLookupError):

@@ -218,7 +218,8 @@ def test_progress_lines_on_a_pipe(prepared: Path, tmp_path: Path, capsys: pytest
     Trainer(spec, progress=True).fit()
     lines = capsys.readouterr().out.splitlines()
     steps = [line for line in lines if line.startswith("test/run-0: step ")]
-    assert lines[0] == "test/run-0: 4 steps" and "test/run-0: 4 steps, resuming at step 2" in lines
+    assert "auto: see" in lines[0]  # the resolved settings come first (train/auto.py)
+    assert lines[1] == "test/run-0: 4 steps" and "test/run-0: 4 steps, resuming at step 2" in lines
     assert [line.split()[2] for line in steps] == ["1/4", "2/4", "3/4", "3/4", "4/4"]
     assert all("loss " in line and " tok/s · eta " in line for line in steps)
 
