@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench constraints clean
+.PHONY: install demo test bench bench-demo bench-gpu constraints clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/data_throughput.py
 	$(BIN)/python benchmarks/trainer_throughput.py
 	$(BIN)/python benchmarks/checkpoint.py
+
+# this release's demo pipeline against the current one, from fresh clones (about 25 minutes on 2 cores)
+bench-demo: $(STAMP)
+	$(BIN)/python benchmarks/demo_time.py
+
+# on a machine with NVIDIA GPUs: 1B Llama, bf16, FSDP2 over every GPU, sequence 4096 (a few minutes)
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu_throughput.py
 
 # Refresh constraints.txt: upgrade every dependency to the newest release inside pyproject.toml's
 # ranges (torch held at TORCH_SPEC), then pin what got installed. Run `make test` before committing it.
