@@ -399,10 +399,17 @@ def interrupt_once_followed(slurm: FakeSlurm) -> None:
 
 
 def test_ctrl_c_cancels_the_job(slurm: FakeSlurm, tmp_path: Path) -> None:
+    import signal
+
     slurm.play({"states": ["PENDING"]})
-    interrupt_once_followed(slurm)
-    with pytest.raises(KeyboardInterrupt):
-        run_on_slurm(slurm_settings(), job(tmp_path), FAST)
+    # Python's own Ctrl-C handler, whatever an earlier test in this worker process left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        interrupt_once_followed(slurm)
+        with pytest.raises(KeyboardInterrupt):
+            run_on_slurm(slurm_settings(), job(tmp_path), FAST)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert slurm.calls("scancel") == [[str(slurm.first_id)]]
     assert slurm.read()["jobs"][str(slurm.first_id)]["state"] == "CANCELLED"
 
