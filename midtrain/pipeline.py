@@ -258,6 +258,13 @@ def training_slots(runs: int, environ: Mapping[str, str] | None = None, cores: i
     cores = cores or os.cpu_count() or 1
     requested = environ.get("MIDTRAIN_JOBS")
     if requested:
+        if not requested.strip().isdigit() or int(requested) < 1:
+            raise MidtrainError.single(
+                "MIDTRAIN_JOBS must be a whole number of runs to train at once",
+                path="MIDTRAIN_JOBS",
+                expected="an integer >= 1 (1: one run after the other)",
+                found=repr(requested),
+            )
         jobs = max(1, min(int(requested), runs))
     elif runs < 2 or _accelerated(environ):
         jobs = 1

@@ -78,3 +78,11 @@ def test_run_children_returns_every_status(tmp_path: Path) -> None:
 
     commands = [[sys.executable, "-c", f"raise SystemExit({code})"] for code in (0, 0, 0)]
     assert run_children(commands, cwd=tmp_path) == [0, 0, 0]
+
+
+def test_a_bad_midtrain_jobs_is_a_message() -> None:
+    from midtrain.errors import MidtrainError
+
+    with pytest.raises(MidtrainError) as caught:
+        training_slots(3, {"MIDTRAIN_JOBS": "two", "CUDA_VISIBLE_DEVICES": ""}, 2)
+    assert "MIDTRAIN_JOBS" in str(caught.value.problems[0].message) or caught.value.problems[0].path == "MIDTRAIN_JOBS"
