@@ -593,11 +593,18 @@ def _ray(engine: EngineOptions) -> Iterator[None]:
         _probe(address)
         if loopback:
             _loopback_ok(address)
+        token = _token_auth()
         try:
             ray.init(address=address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
+            hint = (
+                ""
+                if token
+                else " (a cluster with token authentication needs its token here: RAY_AUTH_TOKEN_PATH "
+                "or ~/.ray/auth_token, and RAY_AUTH_MODE=token)"
+            )
             raise MidtrainError.single(
-                f"no Ray cluster to connect to at {address!r}: {exc}",
+                f"no Ray cluster to connect to at {address!r}: {exc}{hint}",
                 expected="a running cluster: `ray start --head` (or --ray-address HOST:PORT)",
             ) from None
     try:
@@ -605,6 +612,25 @@ def _ray(engine: EngineOptions) -> Iterator[None]:
     finally:
         if started:
             ray.shutdown()
+
+
+def _token_auth() -> bool:
+    """Whether this process will send a Ray authentication token. `ray start` turns token
+    authentication on by itself when a token exists (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token), but `ray.init` with an explicit address does not, and then the cluster refuses
+    it. Apply `ray start`'s rule here too, unless RAY_AUTH_MODE says otherwise."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None:
+        return mode.lower() == "token"
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+        from ray._raylet import AuthenticationTokenLoader
+    except ImportError:  # a Ray without token authentication
+        return False
+    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        return False
+    _enable_token_auth()  # RAY_AUTH_MODE=token for this process, and Ray's cached config refreshed
+    return True
 
 
 def _loopback_ok(address: str) -> None:

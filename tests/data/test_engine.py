@@ -373,11 +373,16 @@ def test_engine_options_are_checked() -> None:
 
 
 @pytest.fixture
-def ray_cluster() -> Any:
+def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Any:
     """A one-node Ray cluster on loopback (`ray start --head`), in its own process group, killed whole
     at the end. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps every address of the cluster on 127.0.0.1
-    (else Ray swaps loopback for the machine's network address)."""
+    (else Ray swaps loopback for the machine's network address).
+
+    The cluster uses token authentication, as `ray start` does by itself once ~/.ray/auth_token
+    exists, with a token of its own (RAY_AUTH_TOKEN_PATH), so ~/.ray is neither read nor written. The
+    test process sees only the token path, not RAY_AUTH_MODE: the engine has to turn token mode on."""
     import contextlib
+    import secrets
     import socket
     import tempfile
 
@@ -387,7 +392,13 @@ def ray_cluster() -> Any:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     temp = Path(tempfile.mkdtemp(prefix="mtray-", dir="/tmp"))  # short: Ray's socket paths have a length limit
-    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    token = temp / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "unset")  # recorded, then removed: undone, the engine's setting goes too
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "token"}
     command = [
         str(Path(sys.executable).parent / "ray"),
         "start",
