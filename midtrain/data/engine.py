@@ -624,7 +624,7 @@ def _token_auth() -> bool:
         return mode.lower() == "token"
     try:
         from ray._private.authentication.authentication_token_setup import _enable_token_auth
-        from ray._raylet import AuthenticationTokenLoader
+        from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
     except ImportError:  # a Ray without token authentication
         return False
     if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
