@@ -389,7 +389,7 @@ def run_lm_eval(
         if isinstance(include_path, list)
         else ([str(include_path)] if include_path else None)
     )
-    manager = TaskManager(include_path=paths)
+    manager = _task_manager(TaskManager, paths, tasks)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise MidtrainError.single(
@@ -407,6 +407,17 @@ def run_lm_eval(
         task: {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         for task, metrics in output["results"].items()
     }
+
+
+def _task_manager(factory: Any, paths: list[str] | None, tasks: list[str]) -> Any:
+    """lm-eval's task index over only the local task folders when they hold every task asked for
+    (and none is a group, which may name lm-eval's own tasks): indexing lm-eval's thousands of
+    bundled task files takes about 13 s a process here, the local ones a millisecond."""
+    if paths:
+        local = factory(include_path=paths, include_defaults=False)
+        if all(t in local.all_tasks and t not in local.all_groups for t in tasks):
+            return local
+    return factory(include_path=paths)
 
 
 def _cuda() -> bool:

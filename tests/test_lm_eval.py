@@ -29,3 +29,32 @@ def test_lm_eval_adapter_on_a_local_task(prepared: Path, tmp_path: Path) -> None
     )
     results = run_lm_eval(tmp_path / "run" / "model", ["tiny_arith"], tasks)
     assert results["tiny_arith"]["sample_len"] == 5 and 0.0 <= results["tiny_arith"]["acc,none"] <= 1.0
+
+
+def test_local_tasks_are_indexed_without_lm_evals_own(tmp_path: Path) -> None:
+    """A run asking only for local tasks indexes only the local folder (lm-eval's thousands of bundled
+    task files take seconds per process); a bundled task or a local group brings in the full index."""
+    from lm_eval.tasks import TaskManager
+
+    from midtrain.evaluate import _task_manager
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "mine.yaml").write_text("task: mine\ndataset_path: json\noutput_type: loglikelihood\n")
+    (tasks / "both.yaml").write_text("group: both\ntask: [mine, arc_easy]\n")
+    built: list[bool] = []
+
+    def factory(include_path: list[str], include_defaults: bool = True) -> TaskManager:
+        built.append(include_defaults)
+        return TaskManager(include_path=include_path, include_defaults=False)  # the real local index either way
+
+    assert "mine" in _task_manager(factory, [str(tasks)], ["mine"]).all_tasks and built == [False]
+    built.clear()
+    _task_manager(factory, [str(tasks)], ["mine", "arc_easy"])
+    assert built == [False, True]
+    built.clear()
+    _task_manager(factory, [str(tasks)], ["both"])
+    assert built == [False, True]
+    built.clear()
+    _task_manager(factory, None, ["arc_easy"])
+    assert built == [True]
