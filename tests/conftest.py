@@ -65,3 +65,9 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("prepared")
     prepare_tiny(PrepareOptions(out=out, vocab_size=512, sizes=SMALL, progress=False))
     return out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked slow (end-to-end pipelines, minutes each) run first: the two workers of `make test`
+    share them from the start instead of one worker finishing a long one while the other idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

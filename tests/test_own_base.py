@@ -210,6 +210,7 @@ def _refused(proc: subprocess.CompletedProcess, *words: str) -> None:
         assert word in proc.stderr, (word, proc.stderr)
 
 
+@pytest.mark.slow
 def test_own_base_bad_input(hub_cache: Path, tmp_path: Path) -> None:
     cwd = tmp_path
     _refused(

@@ -175,6 +175,7 @@ def test_a_two_process_run_writes_dcp_checkpoints(reference: Path) -> None:
     assert json.loads((reference / "model-ema" / "midtrain.json").read_text())["average"] == "ema"
 
 
+@pytest.mark.slow
 def test_fsdp_run_killed_and_resumed_is_bitwise_identical(
     prepared: Path, tmp_path: Path, reference: Path, groups
 ) -> None:  # type: ignore[no-untyped-def]

@@ -30,6 +30,7 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert wa[key].dtype == wb[key].dtype and bool((wa[key] == wb[key]).all()), f"{key} differs"
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_identical(spec_factory) -> None:  # type: ignore[no-untyped-def]
     reference = spec_factory("reference", steps=24, checkpoint_every=3, ema_decay=0.9)
     assert cli("train", str(reference)).returncode == 0
@@ -81,6 +82,7 @@ def test_resume_skips_a_corrupted_checkpoint(spec_factory) -> None:  # type: ign
     assert_same_weights(out_of(reference) / "model", out_of(broken) / "model")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_distributed_two_process_gloo_matches_one_process(spec_factory, strategy: str) -> None:  # type: ignore[no-untyped-def]
     single = spec_factory("single", steps=20, checkpoint_every=10)

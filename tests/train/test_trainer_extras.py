@@ -143,6 +143,7 @@ def test_batch_that_does_not_split_over_the_ranks(prepared: Path, tmp_path: Path
     assert "batch_ramp[0].global_batch" in text and "6 sequences" in text and "multiple of 4" in text
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_ramped_muon_run_with_snapshots_resumes_exactly(prepared: Path, tmp_path: Path) -> None:
     """Killed twice with SIGKILL (after its first checkpoint, then just after the snapshot at step 5,
     whatever it is doing then), a run with a batch ramp, Muon and save_at ends as an uninterrupted one."""
