@@ -201,3 +201,33 @@ def test_gpu_options_run_on_cpu(spec_factory) -> None:  # type: ignore[no-untype
     path = spec_factory("options", steps=3, precision="bf16", activation_checkpointing=True, compile=True)
     summary = run(path)
     assert summary["steps"] == 3 and summary["final_loss"] < 6.5
+
+
+def test_metrics_rows_are_on_disk_at_every_checkpoint_and_a_writer_error_stops_the_run(spec_factory) -> None:  # type: ignore[no-untyped-def]
+    """dvclive's rows are written by a thread of their own; each checkpoint waits for them, and a
+    failed write (here: its metrics folder replaced by a file) is raised in the training thread."""
+    import shutil
+
+    from midtrain.train.callbacks import Callback
+
+    seen: list[tuple[int, int]] = []
+
+    class AtCheckpoint(Callback):
+        def on_checkpoint_save(self, trainer: Trainer) -> None:
+            seen.append((trainer.step, len(losses(trainer.out))))
+
+    path = spec_factory(steps=9, checkpoint_every=4)
+    run(path, callbacks=[AtCheckpoint()])
+    # the built-in callbacks are called first, so dvclive has flushed before this one looks
+    assert seen == [(4, 4), (8, 8), (9, 9)]
+
+    class BreakMetrics(Callback):
+        def on_step_end(self, trainer: Trainer, step: int, result: object) -> None:
+            if step == 2:
+                folder = trainer.out / "dvclive" / "plots" / "metrics" / "train"
+                shutil.rmtree(folder)
+                folder.write_text("not a folder")
+
+    broken = spec_factory("broken", steps=12, checkpoint_every=100)
+    with pytest.raises(OSError):
+        run(broken, callbacks=[BreakMetrics()])
