@@ -28,20 +28,49 @@ def check_writable(out: Path) -> None:
 
 
 def claim(out: Path, spec: RunSpec) -> None:
-    """Record the spec in `out/spec.json`. Checkpoints of a different spec are not resumed: a run
-    directory reused for changed settings starts afresh (what it held is in DVC's cache)."""
+    """Record the spec in `out/spec.json` and what the run trains from in `out/inputs.json`
+    (`inputs_identity`). Checkpoints of a different spec, or of other data or another starting
+    model under the same paths (a base retrained, a data stage rerun), are not resumed: the run
+    directory starts afresh (what it held is in DVC's cache)."""
     current = spec.model_dump(mode="json")
-    path = out / "spec.json"
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            previous = None
-        if previous != current:
-            for target in [*(out / name for name in RUN_OUTPUTS), *out.glob("at-step-*")]:  # save_at snapshots
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-            print(f"{spec.name}: settings changed since the last run in {out}; starting afresh", flush=True)
+    inputs = inputs_identity(spec)
+    path, inputs_path = out / "spec.json", out / "inputs.json"
+    changed = None
+    if path.exists() and _read(path) != current:
+        changed = "settings"
+    elif inputs_path.exists() and _read(inputs_path) != inputs:
+        changed = "data or starting model"
+    if changed:
+        for target in [*(out / name for name in RUN_OUTPUTS), *out.glob("at-step-*")]:  # save_at snapshots
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+        print(f"{spec.name}: {changed} changed since the last run in {out}; starting afresh", flush=True)
     write_json(path, current)
+    write_json(inputs_path, inputs)
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def inputs_identity(spec: RunSpec) -> dict[str, Any]:
+    """What a run's checkpoints depend on besides its spec: the data (the sha256 of its shard
+    manifest, which holds every stream's sha256) and, for a starting model in a local directory,
+    the sha256 of each weight file (seconds per GB, once per start). A hub id is pinned by the
+    spec's revision."""
+    from midtrain.io import file_sha256
+    from midtrain.train.config import Pretrained
+
+    manifest = spec.data / "shards" / "manifest.json"
+    identity: dict[str, Any] = {"data": file_sha256(manifest) if manifest.is_file() else None}
+    if isinstance(spec.init, Pretrained) and Path(spec.init.path).is_dir():
+        weights = sorted(
+            p for p in Path(spec.init.path).iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()
+        )
+        identity["init"] = {p.name: file_sha256(p) for p in weights}
+    return identity
 
 
 def open_data(spec: RunSpec) -> tuple[MixtureSampler, dict[str, Any], dict[str, Any]]:

@@ -231,3 +231,29 @@ def test_metrics_rows_are_on_disk_at_every_checkpoint_and_a_writer_error_stops_t
     broken = spec_factory("broken", steps=12, checkpoint_every=100)
     with pytest.raises(OSError):
         run(broken, callbacks=[BreakMetrics()])
+
+
+def test_a_run_whose_starting_model_changed_under_the_same_path_starts_afresh(spec_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A base retrained into the same directory (what a pipeline rerun does) must not let a finished
+    or half-finished run resume its old checkpoints: same spec, other starting weights, fresh start."""
+    import shutil
+
+    base = Path(json.loads(spec_factory("base", steps=2).read_text())["out"])
+    run(spec_factory("base", steps=2))
+    first_base = tmp_path / "first-base"
+    shutil.copytree(base / "model", first_base)
+    child = spec_factory("child", steps=4, init={"path": str(base / "model")})
+    assert run(child)["resumed"] is False
+    assert run(child)["resumed"] is True  # nothing changed: the finished run is resumed
+    run(spec_factory("base", steps=2, seed=7))  # another base, written where the first one was
+    assert run(child)["resumed"] is False
+    shutil.rmtree(base / "model")
+    shutil.copytree(first_base, base / "model")  # the data are part of it too: same base, other data manifest
+    run(child)
+    manifest = Path(json.loads(child.read_text())["data"]) / "shards" / "manifest.json"
+    original = manifest.read_text()
+    try:
+        manifest.write_text(original.replace('"documents"', '"documents" ', 1))
+        assert run(child)["resumed"] is False
+    finally:
+        manifest.write_text(original)
