@@ -204,3 +204,14 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def weights_fingerprint(model_dir: Path) -> str | None:
+    """Identity of a model directory's weights: the sha256 of its weight files' hashes (safetensors,
+    and .bin where a base has them), in name order; None when it has none."""
+    import hashlib
+
+    files = sorted(p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file())
+    if not files:
+        return None
+    return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()

@@ -19,7 +19,6 @@ the fingerprint of the model it started from, and is skipped when both are uncha
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -30,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from midtrain.errors import MidtrainError
-from midtrain.io import file_sha256, write_json
+from midtrain.io import weights_fingerprint, write_json
 from midtrain.plan.contract import read_plan_file, write_plan
 from midtrain.plan.request import PARAMS, PlanRequest, read_params, write_params  # noqa: F401  (re-exported)
 
@@ -149,10 +148,10 @@ def fetch_pretrained(ref: str, revision: str | None, root: Path) -> Path:
 
 def _weights_fingerprint(model_dir: Path) -> str:
     """Identity of a model directory written by a stage: the sha256 of its weight files."""
-    files = sorted(model_dir.glob("*.safetensors"))
-    if not files:
+    fingerprint = weights_fingerprint(model_dir) if model_dir.is_dir() else None
+    if fingerprint is None:
         raise MidtrainError.single("model directory has no weights (did its stage finish?)", file=model_dir)
-    return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+    return fingerprint
 
 
 def _init_fingerprint(root: Path, path: str, base_fingerprint: str | None, base_path: str | None) -> str:

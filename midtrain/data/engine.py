@@ -622,12 +622,13 @@ def _token_auth() -> bool:
     mode = os.environ.get("RAY_AUTH_MODE")
     if mode is not None:
         return mode.lower() == "token"
-    try:
+    try:  # Ray's own helpers (private): a Ray without them, or with others, is left to itself
         from ray._private.authentication.authentication_token_setup import _enable_token_auth
         from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
-    except ImportError:  # a Ray without token authentication
-        return False
-    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+
+        if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+            return False
+    except (ImportError, AttributeError, TypeError):
         return False
     _enable_token_auth()  # RAY_AUTH_MODE=token for this process, and Ray's cached config refreshed
     return True

@@ -58,18 +58,15 @@ def _read(path: Path) -> Any:
 def inputs_identity(spec: RunSpec) -> dict[str, Any]:
     """What a run's checkpoints depend on besides its spec: the data (the sha256 of its shard
     manifest, which holds every stream's sha256) and, for a starting model in a local directory,
-    the sha256 of each weight file (seconds per GB, once per start). A hub id is pinned by the
-    spec's revision."""
-    from midtrain.io import file_sha256
+    the fingerprint of its weight files (`io.weights_fingerprint`, as the pipeline's done stamps
+    use: seconds per GB, once per start). A hub id is pinned by the spec's revision."""
+    from midtrain.io import file_sha256, weights_fingerprint
     from midtrain.train.config import Pretrained
 
     manifest = spec.data / "shards" / "manifest.json"
     identity: dict[str, Any] = {"data": file_sha256(manifest) if manifest.is_file() else None}
     if isinstance(spec.init, Pretrained) and Path(spec.init.path).is_dir():
-        weights = sorted(
-            p for p in Path(spec.init.path).iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()
-        )
-        identity["init"] = {p.name: file_sha256(p) for p in weights}
+        identity["init"] = weights_fingerprint(Path(spec.init.path))
     return identity
 
 
